@@ -1,0 +1,151 @@
+//! Two-pass moments (mean, then the sum of squared deviations) over contiguous runs.
+//!
+//! Never `E[x²] − E[x]²`: the second pass sums `(x − μ)²` with the mean already known, so data
+//! with a large offset and a small spread keeps its precision. Sums run over [`LANES`]
+//! independent accumulators (a blocked, pairwise-like order that also vectorises), in the
+//! element type's accumulator (`f64` for f32/f64 input, `f32` for f16/bf16).
+
+use crate::dtype::{Element, Real};
+
+/// Independent partial sums per run; the order of their final combination is fixed, so
+/// results never depend on the thread count.
+pub const LANES: usize = 16;
+
+/// Σ x over `xs`, in the accumulator type.
+#[inline]
+pub fn sum<T: Element>(xs: &[T]) -> T::Acc {
+    let mut acc = [T::Acc::ZERO; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i].to_acc();
+        }
+    }
+    for (i, &v) in tail.iter().enumerate() {
+        acc[i] += v.to_acc();
+    }
+    combine(acc)
+}
+
+/// Σ (x − mean)² over `xs`: the difference and its square in the compute type (as PyTorch's CPU
+/// kernels do), the sum in the accumulator type.
+#[inline]
+pub fn sum_sq_dev<T: Element>(xs: &[T], mean: T::Compute) -> T::Acc {
+    let mut acc = [T::Acc::ZERO; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            let d = c[i].to_compute() - mean;
+            acc[i] += acc_of::<T>(d * d);
+        }
+    }
+    for (i, &v) in tail.iter().enumerate() {
+        let d = v.to_compute() - mean;
+        acc[i] += acc_of::<T>(d * d);
+    }
+    combine(acc)
+}
+
+/// Converts a compute-type value into the accumulator type (exact: the accumulator is at
+/// least as wide as the compute type).
+#[inline(always)]
+pub fn acc_of<T: Element>(v: T::Compute) -> T::Acc {
+    T::Acc::from_f64(v.to_f64())
+}
+
+/// Converts an accumulator value to the compute type (rounds f64 → f32 where they differ).
+#[inline(always)]
+pub fn compute_of<T: Element>(v: T::Acc) -> T::Compute {
+    T::Compute::from_f64(v.to_f64())
+}
+
+#[inline(always)]
+fn combine<A: Real>(acc: [A; LANES]) -> A {
+    // pairwise tree over the lanes
+    let mut w = acc;
+    let mut n = LANES;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            let v = w[i + n];
+            w[i] += v;
+        }
+    }
+    w[0]
+}
+
+/// Mean and inverse standard deviation from a count, a sum and a sum of squared deviations,
+/// with PyTorch's rounding order: `μ = float(Σx / M)`, `σ² = float(m2) / M` (biased),
+/// `r = float(1 / sqrt(double(σ²) + eps))`. `σ² = 0` with `eps = 0` gives `r = 0` when
+/// `zero_var_rule` is set (PyTorch's batch-norm kernel rule, reached through InstanceNorm).
+#[inline]
+pub fn finish<C: Real>(
+    count: usize,
+    m2: f64,
+    eps: f64,
+    clamp: bool,
+    zero_var_rule: bool,
+) -> (C, C) {
+    let var = C::from_f64(C::from_f64(m2).to_f64() / count as f64);
+    let var = if clamp { var.max(C::ZERO) } else { var };
+    let denom = var.to_f64() + eps;
+    let r = if zero_var_rule && var.to_f64() == 0.0 && eps == 0.0 {
+        C::ZERO
+    } else {
+        C::from_f64(1.0 / denom.sqrt())
+    };
+    (var, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    #[test]
+    fn sums_match_naive_for_odd_lengths() {
+        for n in [0usize, 1, 7, 13, 15, 16, 17, 97, 1025] {
+            let xs: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let naive: f64 = xs.iter().map(|&v| v as f64).sum();
+            assert!((sum(&xs) - naive).abs() < 1e-9, "n={n}");
+            let mean = (naive / n.max(1) as f64) as f32;
+            let naive2: f64 = xs.iter().map(|&v| ((v - mean) * (v - mean)) as f64).sum();
+            assert!((sum_sq_dev(&xs, mean) - naive2).abs() < 1e-9, "n={n}");
+        }
+    }
+
+    #[test]
+    fn large_offset_keeps_its_spread() {
+        // 1e4 + small spread: E[x²]−E[x]² in f32 would lose every digit here.
+        let xs: Vec<f32> = (0..1000)
+            .map(|i| 1e4 + 0.01 * ((i % 7) as f32 - 3.0))
+            .collect();
+        let s = sum(&xs);
+        let mean = (s / 1000.0) as f32;
+        let m2 = sum_sq_dev(&xs, mean);
+        let var = m2 / 1000.0;
+        // exact spread of the f32-rounded data
+        let mean64: f64 = xs.iter().map(|&v| v as f64).sum::<f64>() / 1000.0;
+        let var64: f64 = xs.iter().map(|&v| (v as f64 - mean64).powi(2)).sum::<f64>() / 1000.0;
+        assert!((var - var64).abs() / var64 < 1e-2, "var {var} vs {var64}");
+    }
+
+    #[test]
+    fn zero_variance_and_zero_eps_follow_the_rule() {
+        let (_, r) = finish::<f32>(4, 0.0, 0.0, false, true);
+        assert_eq!(r, 0.0);
+        let (_, r) = finish::<f32>(4, 0.0, 0.0, false, false);
+        assert!(r.is_infinite());
+        let (v, _) = finish::<f64>(2, -1.0, 1e-5, true, false);
+        assert_eq!(v, 0.0);
+    }
+
+    #[test]
+    fn bf16_accumulates_in_f32() {
+        let xs = vec![bf16::from_f32(1.0); 1000];
+        // bf16 accumulation would stall at 256; f32 reaches 1000 exactly
+        assert_eq!(sum(&xs), 1000.0f32);
+    }
+}

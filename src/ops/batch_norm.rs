@@ -1,0 +1,294 @@
+//! `batch_norm`: per-channel statistics over the batch and spatial dims (`F.batch_norm`).
+
+use super::{
+    SavedStats, channel_geom, check_min_rank, check_numel, check_output, check_param_dtypes, ema,
+    mut_values, param_values, run_dense, with_element,
+};
+use crate::backend::cpu::{self, Coefficients, moments};
+use crate::dtype::{DType, Element, Real};
+use crate::error::{Error, Result, fmt_shape};
+use crate::tensor::{Tensor, TensorMut};
+
+const OP: &str = "batch_norm";
+
+/// Arguments of [`batch_norm`]. [`BatchNormArgs::default`] gives PyTorch's defaults
+/// (inference, momentum 0.1, eps 1e-5, no parameters, no running statistics).
+#[derive(Debug)]
+pub struct BatchNormArgs<'a> {
+    /// Per-channel scale γ (`C` elements), or none for γ = 1.
+    pub weight: Option<Tensor<'a>>,
+    /// Per-channel shift β (`C` elements), or none for β = 0.
+    pub bias: Option<Tensor<'a>>,
+    /// Running mean (`C` elements): read in inference, updated in training.
+    pub running_mean: Option<TensorMut<'a>>,
+    /// Running variance (`C` elements, unbiased): read in inference, updated in training.
+    pub running_var: Option<TensorMut<'a>>,
+    /// Batch counter. In training it is incremented once per successful call, and a
+    /// `momentum` of `None` then uses the factor `1/num_batches_tracked` (cumulative average).
+    pub num_batches_tracked: Option<&'a mut i64>,
+    /// Batch statistics (true) or running statistics (false).
+    pub training: bool,
+    /// Running-statistic factor; `None` means cumulative average (needs the counter).
+    pub momentum: Option<f64>,
+    /// Added to the variance inside the square root. Must be > 0 in training, ≥ 0 otherwise.
+    pub eps: f64,
+}
+
+impl Default for BatchNormArgs<'_> {
+    fn default() -> Self {
+        BatchNormArgs {
+            weight: None,
+            bias: None,
+            running_mean: None,
+            running_var: None,
+            num_batches_tracked: None,
+            training: false,
+            momentum: Some(0.1),
+            eps: 1e-5,
+        }
+    }
+}
+
+/// Batch normalisation of `x` (shape `(N, C, *S)`, rank ≥ 2) into `y`.
+///
+/// Training: normalises with the batch mean and biased variance, updates the running
+/// statistics (when given) with the unbiased variance, and returns the saved mean and inverse
+/// std (`C` each). Inference: normalises with the running statistics and returns empty saved
+/// statistics.
+///
+/// ```
+/// use normkit::{Tensor, TensorMut, ops::{batch_norm, BatchNormArgs}};
+/// let x = vec![1.0f32, 10.0, 2.0, 20.0, 4.0, 60.0]; // (N=3, C=2)
+/// let mut y = vec![0.0f32; 6];
+/// let (mut rm, mut rv) = (vec![0.0f32; 2], vec![1.0f32; 2]);
+/// let stats = batch_norm(
+///     &Tensor::new(&x, &[3, 2])?,
+///     &mut TensorMut::new(&mut y, &[3, 2])?,
+///     BatchNormArgs {
+///         training: true,
+///         running_mean: Some(TensorMut::new(&mut rm, &[2])?),
+///         running_var: Some(TensorMut::new(&mut rv, &[2])?),
+///         ..Default::default()
+///     },
+/// )?;
+/// assert!((y[0] + 1.0690415).abs() < 1e-5);
+/// assert!((rm[1] - 3.0).abs() < 1e-6);
+/// assert_eq!(stats.mean.len(), 2);
+/// # Ok::<(), normkit::Error>(())
+/// ```
+pub fn batch_norm(x: &Tensor, y: &mut TensorMut, mut args: BatchNormArgs) -> Result<SavedStats> {
+    check_min_rank(OP, x, 2, "(N, C, *)")?;
+    check_output(OP, x, y)?;
+    let g = channel_geom(x.shape());
+    let count = g.n * g.s;
+    if args.training && count == 1 {
+        return Err(Error::invalid(
+            OP,
+            "input",
+            "more than 1 value per channel when training",
+            format!("input of shape {}", fmt_shape(x.shape())),
+        ));
+    }
+    if args.training && (args.eps <= 0.0 || args.eps.is_nan()) {
+        return Err(Error::invalid(
+            OP,
+            "eps",
+            "eps > 0 in training",
+            format!("{}", args.eps),
+        ));
+    }
+    if args.eps < 0.0 || args.eps.is_nan() {
+        return Err(Error::invalid(
+            OP,
+            "eps",
+            "eps >= 0",
+            format!("{}", args.eps),
+        ));
+    }
+    let numels = [
+        (
+            "running_mean",
+            args.running_mean.as_ref().map(|t| t.numel()),
+        ),
+        ("running_var", args.running_var.as_ref().map(|t| t.numel())),
+        ("weight", args.weight.as_ref().map(|t| t.numel())),
+        ("bias", args.bias.as_ref().map(|t| t.numel())),
+    ];
+    let updates = args.training && (args.running_mean.is_some() || args.running_var.is_some());
+    if updates && args.momentum.is_none() && args.num_batches_tracked.is_none() {
+        return Err(Error::invalid(
+            OP,
+            "momentum",
+            "a momentum, or num_batches_tracked for the cumulative average (momentum None)",
+            "momentum None without num_batches_tracked",
+        ));
+    }
+    if x.numel() == 0 {
+        // PyTorch skips every further check for empty input (it only indexes weight[0]).
+        if g.c == 0 && args.weight.is_some() {
+            return Err(Error::shape(
+                OP,
+                "weight",
+                "an input with at least one channel",
+                "0 channels",
+            ));
+        }
+        if args.training {
+            if let Some(n) = args.num_batches_tracked {
+                *n += 1;
+            }
+            let sd = x.dtype().stat_dtype();
+            return Ok(SavedStats {
+                mean: crate::Buffer::filled(sd, g.c, 0.0),
+                invstd: crate::Buffer::filled(sd, g.c, 0.0),
+            });
+        }
+        return Ok(SavedStats::empty(x.dtype()));
+    }
+    if !args.training {
+        for (name, present) in [("running_mean", numels[0].1), ("running_var", numels[1].1)] {
+            if present.is_none() {
+                return Err(Error::invalid(
+                    OP,
+                    name,
+                    format!("{name} in inference mode"),
+                    "none",
+                ));
+            }
+        }
+    }
+    for (name, n) in numels {
+        check_numel(OP, name, n, g.c, "one per channel")?;
+    }
+    let pdt = check_param_dtypes(
+        OP,
+        x.dtype(),
+        &[
+            ("weight", args.weight.as_ref().map(|t| t.dtype())),
+            ("bias", args.bias.as_ref().map(|t| t.dtype())),
+            (
+                "running_mean",
+                args.running_mean.as_ref().map(|t| t.dtype()),
+            ),
+            ("running_var", args.running_var.as_ref().map(|t| t.dtype())),
+        ],
+    )?;
+
+    let factor = if updates {
+        if let Some(n) = args.num_batches_tracked.as_deref_mut() {
+            *n += 1;
+        }
+        match (args.momentum, args.num_batches_tracked.as_deref()) {
+            (Some(m), _) => m,
+            (None, Some(&n)) => 1.0 / n as f64,
+            (None, None) => 0.0, // rejected above
+        }
+    } else {
+        0.0
+    };
+
+    with_element!(x.dtype(), T => {
+        run_typed::<T>(x, y, &mut args, pdt, factor)
+    })
+}
+
+fn run_typed<T: crate::tensor::ElementData>(
+    x: &Tensor,
+    y: &mut TensorMut,
+    args: &mut BatchNormArgs,
+    pdt: DType,
+    factor: f64,
+) -> Result<SavedStats> {
+    let g = channel_geom(x.shape());
+    let gamma: Vec<T::Compute> = param_values(args.weight.as_ref(), g.c, 1.0);
+    let beta: Vec<T::Compute> = param_values(args.bias.as_ref(), g.c, 0.0);
+    if args.training {
+        let eps = args.eps;
+        let (mean, m2, rstd) = run_dense::<T, _>(OP, x, y, true, |xs, ys, lay| {
+            let (mean, m2) = cpu::channel_moments(xs, g, lay);
+            let rstd: Vec<T::Compute> = m2
+                .iter()
+                .map(|&m| moments::finish::<T::Compute>(g.n * g.s, m, eps, false, true).1)
+                .collect();
+            let scale: Vec<T::Compute> = rstd.iter().zip(&gamma).map(|(&r, &w)| r * w).collect();
+            let k = Coefficients {
+                shift: &mean,
+                scale: &scale,
+                offset: &beta,
+                per_sample: false,
+            };
+            cpu::apply_channel(xs, ys, g, lay, &k);
+            (mean, m2, rstd)
+        })?;
+        let count = (g.n * g.s) as f64;
+        if let Some(rm) = args.running_mean.as_mut() {
+            for (c, &mu) in mean.iter().enumerate() {
+                let old = rm.get_linear_f64(c);
+                rm.set_linear_f64(c, ema(pdt, old, mu.to_f64(), factor));
+            }
+        }
+        if let Some(rv) = args.running_var.as_mut() {
+            for (c, &m) in m2.iter().enumerate() {
+                let unbiased = <T::Compute as Real>::from_f64(m).to_f64() / (count - 1.0);
+                let unbiased = <T::Compute as Real>::from_f64(unbiased).to_f64();
+                let old = rv.get_linear_f64(c);
+                rv.set_linear_f64(c, ema(pdt, old, unbiased, factor));
+            }
+        }
+        Ok(SavedStats {
+            mean: T::Compute::into_buffer(mean),
+            invstd: T::Compute::into_buffer(rstd),
+        })
+    } else {
+        let (Some(rm), Some(rv)) = (args.running_mean.as_ref(), args.running_var.as_ref()) else {
+            return Err(Error::invalid(
+                OP,
+                "running_mean",
+                "running statistics in inference mode",
+                "none",
+            ));
+        };
+        let mean: Vec<T::Compute> = mut_values(rm);
+        let var: Vec<T::Compute> = mut_values(rv);
+        let k = eval_coefficients::<T>(&mean, &var, &gamma, &beta, args.eps);
+        run_dense::<T, _>(OP, x, y, true, |xs, ys, lay| {
+            let c = Coefficients {
+                shift: &k.0,
+                scale: &k.1,
+                offset: &k.2,
+                per_sample: false,
+            };
+            cpu::apply_channel(xs, ys, g, lay, &c);
+        })?;
+        Ok(SavedStats::empty(x.dtype()))
+    }
+}
+
+/// Coefficients `(shift, scale, offset)` for normalising with running statistics:
+/// `scale = γ / sqrt(var + eps)` (the reciprocal square root in the compute type, as PyTorch).
+/// Where the scale is not finite (var + eps = 0), PyTorch's folded form `x·α + (β − μ·α)` is
+/// reproduced exactly (shift 0, offset `β − μ·α`), so NaN and ∞ come out where PyTorch's do.
+pub(crate) type EvalCoefficients<C> = (Vec<C>, Vec<C>, Vec<C>);
+
+pub(crate) fn eval_coefficients<T: Element>(
+    mean: &[T::Compute],
+    var: &[T::Compute],
+    gamma: &[T::Compute],
+    beta: &[T::Compute],
+    eps: f64,
+) -> EvalCoefficients<T::Compute> {
+    let mut shift = mean.to_vec();
+    let mut offset = beta.to_vec();
+    let scale: Vec<T::Compute> = var
+        .iter()
+        .zip(gamma)
+        .map(|(&v, &w)| T::Compute::ONE / (v + T::Compute::from_f64(eps)).sqrt() * w)
+        .collect();
+    for c in 0..scale.len() {
+        if !scale[c].is_finite() {
+            offset[c] = beta[c] - mean[c] * scale[c];
+            shift[c] = T::Compute::ZERO;
+        }
+    }
+    (shift, scale, offset)
+}

@@ -1,0 +1,188 @@
+//! `instance_norm`: statistics per `(n, c)` over the spatial dims (`F.instance_norm`).
+
+use super::batch_norm::eval_coefficients;
+use super::{
+    SavedStats, channel_geom, check_min_rank, check_numel, check_output, check_param_dtypes, ema,
+    mut_values, param_values, run_dense, with_element,
+};
+use crate::backend::cpu::{self, Coefficients, moments};
+use crate::dtype::{DType, Real};
+use crate::error::{Error, Result, fmt_shape};
+use crate::tensor::{ElementData, Tensor, TensorMut};
+
+const OP: &str = "instance_norm";
+
+/// Arguments of [`instance_norm`]; [`Default`] gives PyTorch's defaults (input statistics,
+/// momentum 0.1, eps 1e-5, no parameters, no running statistics).
+#[derive(Debug)]
+pub struct InstanceNormArgs<'a> {
+    pub weight: Option<Tensor<'a>>,
+    pub bias: Option<Tensor<'a>>,
+    /// Running mean (`C` elements), updated with the batch average of the instance means.
+    pub running_mean: Option<TensorMut<'a>>,
+    /// Running variance (`C` elements), updated with the batch average of the unbiased
+    /// instance variances.
+    pub running_var: Option<TensorMut<'a>>,
+    /// Normalise with each instance's own statistics (true) or the running ones (false).
+    pub use_input_stats: bool,
+    /// Running-statistic factor (0 means no update; the module passes 0 for momentum None).
+    pub momentum: f64,
+    /// Not validated (PyTorch does not validate it either).
+    pub eps: f64,
+}
+
+impl Default for InstanceNormArgs<'_> {
+    fn default() -> Self {
+        InstanceNormArgs {
+            weight: None,
+            bias: None,
+            running_mean: None,
+            running_var: None,
+            use_input_stats: true,
+            momentum: 0.1,
+            eps: 1e-5,
+        }
+    }
+}
+
+/// Instance normalisation of `x` (shape `(N, C, *S)`) into `y`. Returns the saved mean and
+/// inverse std per `(n, c)` (`N·C` each) when using input statistics, empty otherwise.
+///
+/// A constant plane with `eps = 0` normalises to 0 (not NaN), as in PyTorch.
+pub fn instance_norm(
+    x: &Tensor,
+    y: &mut TensorMut,
+    mut args: InstanceNormArgs,
+) -> Result<SavedStats> {
+    check_min_rank(OP, x, 2, "(N, C, *)")?;
+    check_output(OP, x, y)?;
+    let g = channel_geom(x.shape());
+    if args.use_input_stats && g.s == 1 {
+        return Err(Error::invalid(
+            OP,
+            "input",
+            "more than 1 spatial element when using input statistics",
+            format!("input of shape {}", fmt_shape(x.shape())),
+        ));
+    }
+    if !args.use_input_stats && (args.running_mean.is_none() || args.running_var.is_none()) {
+        return Err(Error::invalid(
+            OP,
+            "running_mean",
+            "running_mean and running_var when use_input_stats is false",
+            "none",
+        ));
+    }
+    for (name, n) in [
+        (
+            "running_mean",
+            args.running_mean.as_ref().map(|t| t.numel()),
+        ),
+        ("running_var", args.running_var.as_ref().map(|t| t.numel())),
+        ("weight", args.weight.as_ref().map(|t| t.numel())),
+        ("bias", args.bias.as_ref().map(|t| t.numel())),
+    ] {
+        check_numel(OP, name, n, g.c, "one per channel")?;
+    }
+    let pdt = check_param_dtypes(
+        OP,
+        x.dtype(),
+        &[
+            ("weight", args.weight.as_ref().map(|t| t.dtype())),
+            ("bias", args.bias.as_ref().map(|t| t.dtype())),
+            (
+                "running_mean",
+                args.running_mean.as_ref().map(|t| t.dtype()),
+            ),
+            ("running_var", args.running_var.as_ref().map(|t| t.dtype())),
+        ],
+    )?;
+    if x.numel() == 0 {
+        return Ok(SavedStats::empty(x.dtype()));
+    }
+    with_element!(x.dtype(), T => run_typed::<T>(x, y, &mut args, pdt))
+}
+
+fn run_typed<T: ElementData>(
+    x: &Tensor,
+    y: &mut TensorMut,
+    args: &mut InstanceNormArgs,
+    pdt: DType,
+) -> Result<SavedStats> {
+    let g = channel_geom(x.shape());
+    let gamma: Vec<T::Compute> = param_values(args.weight.as_ref(), g.c, 1.0);
+    let beta: Vec<T::Compute> = param_values(args.bias.as_ref(), g.c, 0.0);
+    if !args.use_input_stats {
+        let (Some(rm), Some(rv)) = (args.running_mean.as_ref(), args.running_var.as_ref()) else {
+            return Err(Error::invalid(
+                OP,
+                "running_mean",
+                "running statistics",
+                "none",
+            ));
+        };
+        let k = eval_coefficients::<T>(&mut_values(rm), &mut_values(rv), &gamma, &beta, args.eps);
+        run_dense::<T, _>(OP, x, y, true, |xs, ys, lay| {
+            let c = Coefficients {
+                shift: &k.0,
+                scale: &k.1,
+                offset: &k.2,
+                per_sample: false,
+            };
+            cpu::apply_channel(xs, ys, g, lay, &c);
+        })?;
+        return Ok(SavedStats::empty(x.dtype()));
+    }
+    let eps = args.eps;
+    let (mean, m2, rstd) = run_dense::<T, _>(OP, x, y, true, |xs, ys, lay| {
+        let (mean, m2) = cpu::group_moments(xs, g, g.c, lay);
+        let rstd: Vec<T::Compute> = m2
+            .iter()
+            .map(|&m| moments::finish::<T::Compute>(g.s, m, eps, false, true).1)
+            .collect();
+        let scale: Vec<T::Compute> = rstd
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| r * gamma[i % g.c])
+            .collect();
+        let offset: Vec<T::Compute> = (0..g.n * g.c).map(|i| beta[i % g.c]).collect();
+        let k = Coefficients {
+            shift: &mean,
+            scale: &scale,
+            offset: &offset,
+            per_sample: true,
+        };
+        cpu::apply_channel(xs, ys, g, lay, &k);
+        (mean, m2, rstd)
+    })?;
+    // PyTorch updates N tiled copies of the running statistics and averages them.
+    let f = args.momentum;
+    if let Some(rm) = args.running_mean.as_mut() {
+        for c in 0..g.c {
+            let old = rm.get_linear_f64(c);
+            let avg = (0..g.n)
+                .map(|n| ema(pdt, old, mean[n * g.c + c].to_f64(), f))
+                .sum::<f64>()
+                / g.n as f64;
+            rm.set_linear_f64(c, avg);
+        }
+    }
+    if let Some(rv) = args.running_var.as_mut() {
+        for c in 0..g.c {
+            let old = rv.get_linear_f64(c);
+            let avg = (0..g.n)
+                .map(|n| {
+                    let m = <T::Compute as Real>::from_f64(m2[n * g.c + c]).to_f64();
+                    let unbiased = <T::Compute as Real>::from_f64(m / (g.s as f64 - 1.0)).to_f64();
+                    ema(pdt, old, unbiased, f)
+                })
+                .sum::<f64>()
+                / g.n as f64;
+            rv.set_linear_f64(c, avg);
+        }
+    }
+    Ok(SavedStats {
+        mean: T::Compute::into_buffer(mean),
+        invstd: T::Compute::into_buffer(rstd),
+    })
+}

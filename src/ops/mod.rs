@@ -1,0 +1,268 @@
+//! Stateless functional ops over caller-owned buffers (the `torch.nn.functional` equivalents).
+//!
+//! Each op validates its arguments, then writes the output in place into the caller's `y`
+//! (in `y`'s own strides) and returns the statistics a backward pass needs. Semantics follow
+//! PyTorch 2.15 (`shared/spec/pytorch-semantics.md`); the deliberate deviations are listed in
+//! the crate docs.
+//!
+//! | op | statistics |
+//! |---|---|
+//! | [`batch_norm`] | per channel over `N·S` |
+//! | [`instance_norm`] | per `(n, c)` over `S` |
+//! | [`group_norm`] | per `(n, g)` over `(C/G)·S` |
+//! | [`layer_norm`] | per row over the trailing `normalized_shape` |
+//! | [`local_response_norm`] | none (window over channels) |
+
+mod batch_norm;
+mod group_norm;
+mod instance_norm;
+mod layer_norm;
+mod local_response_norm;
+
+pub use batch_norm::{BatchNormArgs, batch_norm};
+pub use group_norm::{GroupNormArgs, group_norm};
+pub use instance_norm::{InstanceNormArgs, instance_norm};
+pub use layer_norm::{LayerNormArgs, layer_norm};
+pub use local_response_norm::{LrnArgs, local_response_norm};
+
+use crate::backend::cpu::{ChannelLayout, Geom};
+use crate::dtype::{DType, Real};
+use crate::error::{Error, ErrorKind, Result, fmt_shape};
+use crate::tensor::{Buffer, ElementData, Layout, Tensor, TensorMut, for_each_offset};
+
+/// Statistics saved by a forward pass for the backward pass: the mean and the inverse
+/// standard deviation `1/sqrt(var + eps)` of every normalised group, in the statistics dtype
+/// (f64 for f64 input, f32 otherwise). Empty when the op normalised with running statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SavedStats {
+    pub mean: Buffer,
+    pub invstd: Buffer,
+}
+
+impl SavedStats {
+    pub(crate) fn empty(x: DType) -> SavedStats {
+        SavedStats {
+            mean: Buffer::filled(x.stat_dtype(), 0, 0.0),
+            invstd: Buffer::filled(x.stat_dtype(), 0, 0.0),
+        }
+    }
+}
+
+/// Runs `$body` with `$T` bound to the element type of `$dtype`.
+macro_rules! with_element {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::dtype::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::dtype::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            $crate::dtype::DType::F16 => {
+                type $T = half::f16;
+                $body
+            }
+            $crate::dtype::DType::BF16 => {
+                type $T = half::bf16;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_element;
+
+/// `(N, C, S)` of an input whose dim 0 is the batch and dim 1 the channels.
+pub(crate) fn channel_geom(shape: &[usize]) -> Geom {
+    Geom {
+        n: shape[0],
+        c: shape[1],
+        s: shape[2..].iter().product(),
+    }
+}
+
+/// Checks that `y` has `x`'s shape and dtype.
+pub(crate) fn check_output(op: &str, x: &Tensor, y: &TensorMut) -> Result<()> {
+    if y.shape() != x.shape() {
+        return Err(Error::shape(
+            op,
+            "output",
+            format!("shape {} (the input's)", fmt_shape(x.shape())),
+            format!("shape {}", fmt_shape(y.shape())),
+        ));
+    }
+    if y.dtype() != x.dtype() {
+        return Err(Error::dtype(
+            op,
+            "output",
+            format!("dtype {} (the input's)", x.dtype()),
+            y.dtype().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks PyTorch's mixed-precision rule: every parameter has the input's dtype, or the input
+/// is f16/bf16 and every parameter is f32. Returns the parameters' dtype (the input's when none
+/// is given).
+pub(crate) fn check_param_dtypes(
+    op: &str,
+    x: DType,
+    params: &[(&str, Option<DType>)],
+) -> Result<DType> {
+    let given: Vec<(&str, DType)> = params
+        .iter()
+        .filter_map(|(n, d)| d.map(|d| (*n, d)))
+        .collect();
+    let Some(&(_, first)) = given.first() else {
+        return Ok(x);
+    };
+    let allowed = first == x || (x.is_low_precision() && first == DType::F32);
+    for &(name, d) in &given {
+        if !allowed || d != first {
+            let expected = if x.is_low_precision() {
+                format!("every parameter in {x} or every parameter in f32 (input is {x})")
+            } else {
+                format!("dtype {x} (the input's)")
+            };
+            let got = given
+                .iter()
+                .map(|(n, d)| format!("{n} {d}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::dtype(op, name, expected, got));
+        }
+    }
+    Ok(first)
+}
+
+/// Checks that an optional per-channel tensor has `len` elements.
+pub(crate) fn check_numel(
+    op: &str,
+    operand: &str,
+    t: Option<usize>,
+    len: usize,
+    what: &str,
+) -> Result<()> {
+    match t {
+        Some(n) if n != len => Err(Error::shape(
+            op,
+            operand,
+            format!("{len} elements ({what})"),
+            format!("{n} elements"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The values of an optional parameter tensor in the compute type, or `default` repeated.
+pub(crate) fn param_values<C: Real>(t: Option<&Tensor>, len: usize, default: f64) -> Vec<C> {
+    match t {
+        Some(t) => t.to_f64_vec().into_iter().map(C::from_f64).collect(),
+        None => vec![C::from_f64(default); len],
+    }
+}
+
+/// Reads a writable per-channel tensor in the compute type.
+pub(crate) fn mut_values<C: Real>(t: &TensorMut) -> Vec<C> {
+    (0..t.numel())
+        .map(|i| C::from_f64(t.get_linear_f64(i)))
+        .collect()
+}
+
+/// Exponential moving average `(1 − f)·old + f·new`, in the parameters' precision
+/// (f64 for f64 parameters, f32 otherwise), as PyTorch's CPU kernel computes it.
+pub(crate) fn ema(param: DType, old: f64, new: f64, f: f64) -> f64 {
+    if param == DType::F64 {
+        f * new + (1.0 - f) * old
+    } else {
+        let (old, new, f) = (old as f32, new as f32, f as f32);
+        (f * new + (1.0 - f) * old) as f64
+    }
+}
+
+fn dense_layout(layout: Layout, channel_op: bool, s: usize) -> Option<ChannelLayout> {
+    match layout {
+        // (N, C, 1...) is both layouts at once; rows of C are the faster walk.
+        Layout::Contiguous if channel_op && s == 1 => Some(ChannelLayout::Last),
+        Layout::Contiguous => Some(ChannelLayout::First),
+        Layout::ChannelsLast if channel_op => Some(ChannelLayout::Last),
+        _ => None,
+    }
+}
+
+/// Runs a dense kernel `f(x, y, layout)` on `x` and `y`.
+///
+/// When both are dense in the same layout (contiguous, or channels-last for channel ops) the
+/// kernel runs on them directly. Otherwise `x` is gathered into a contiguous copy, the kernel
+/// writes a contiguous temporary, and that is scattered into `y`'s strides.
+pub(crate) fn run_dense<T: ElementData, R>(
+    op: &str,
+    x: &Tensor,
+    y: &mut TensorMut,
+    channel_op: bool,
+    f: impl FnOnce(&[T], &mut [T], ChannelLayout) -> R + Send,
+) -> Result<R>
+where
+    R: Send,
+{
+    let install = |xs: &[T], ys: &mut [T], lay| {
+        crate::backend::cpu::threads::install(None, || f(xs, ys, lay))
+    };
+    let numel = x.numel();
+    let s = if channel_op && x.rank() >= 2 {
+        x.shape()[2..].iter().product()
+    } else {
+        0
+    };
+    let internal = || {
+        Error::new(
+            ErrorKind::Backend,
+            op,
+            "input",
+            "typed data",
+            "a dtype mismatch (internal error)",
+        )
+    };
+    let xs = x.typed::<T>().ok_or_else(internal)?;
+    let lx = dense_layout(x.layout(), channel_op, s);
+    let ly = dense_layout(y.layout(), channel_op, s);
+    if let (Some(a), Some(b)) = (lx, ly) {
+        if a == b {
+            let ys = y.typed_mut::<T>().ok_or_else(internal)?;
+            return Ok(install(&xs[..numel], &mut ys[..numel], a));
+        }
+    }
+    let mut staged_x = Vec::with_capacity(numel);
+    for_each_offset(x.shape(), x.strides(), |o| staged_x.push(xs[o]));
+    let mut staged_y = vec![T::default(); numel];
+    let first = if channel_op && s == 1 {
+        ChannelLayout::Last
+    } else {
+        ChannelLayout::First
+    };
+    let r = install(&staged_x, &mut staged_y, first);
+    let shape = y.shape().to_vec();
+    let strides = y.strides().to_vec();
+    let ys = y.typed_mut::<T>().ok_or_else(internal)?;
+    let mut i = 0;
+    for_each_offset(&shape, &strides, |o| {
+        ys[o] = staged_y[i];
+        i += 1;
+    });
+    Ok(r)
+}
+
+/// Rejects inputs whose rank is below `min`.
+pub(crate) fn check_min_rank(op: &str, x: &Tensor, min: usize, what: &str) -> Result<()> {
+    if x.rank() < min {
+        return Err(Error::shape(
+            op,
+            "input",
+            format!("at least {min} dims ({what})"),
+            format!("{} dims (shape {})", x.rank(), fmt_shape(x.shape())),
+        ));
+    }
+    Ok(())
+}
