@@ -294,11 +294,7 @@ pub fn layer_norm(
     bias: Option<&[f64]>,
     eps: f64,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let rows = if norm_numel == 0 {
-        0
-    } else {
-        x.len() / norm_numel
-    };
+    let rows = x.len().checked_div(norm_numel).unwrap_or(0);
     let mut y = vec![0.0; x.len()];
     let mut means = vec![0.0; rows];
     let mut invs = vec![0.0; rows];
