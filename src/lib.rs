@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod dtype;
 pub mod error;
+pub mod layers;
 pub mod ops;
 pub mod tensor;
 

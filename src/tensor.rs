@@ -451,6 +451,18 @@ impl<'a> Tensor<'a> {
         });
         out
     }
+    /// The same elements with a leading dim of size 1 (an unbatched input made batched).
+    pub fn unsqueeze0(&self) -> Tensor<'a> {
+        let mut shape = vec![1];
+        shape.extend_from_slice(&self.shape);
+        let mut strides = vec![self.numel().max(1)];
+        strides.extend_from_slice(&self.strides);
+        Tensor {
+            data: self.data,
+            shape,
+            strides,
+        }
+    }
     /// The same data reinterpreted with a new shape; requires a contiguous view.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor<'a>> {
         if self.layout() != Layout::Contiguous {
@@ -536,6 +548,18 @@ impl<'a> TensorMut<'a> {
             data: self.data.reborrow(),
             shape: self.shape.clone(),
             strides: self.strides.clone(),
+        }
+    }
+    /// The same elements with a leading dim of size 1.
+    pub fn unsqueeze0(&mut self) -> TensorMut<'_> {
+        let mut shape = vec![1];
+        shape.extend_from_slice(&self.shape);
+        let mut strides = vec![self.numel().max(1)];
+        strides.extend_from_slice(&self.strides);
+        TensorMut {
+            data: self.data.reborrow_mut(),
+            shape,
+            strides,
         }
     }
     /// A shorter-lived writable view of the same elements.

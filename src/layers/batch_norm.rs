@@ -1,0 +1,230 @@
+//! BatchNorm1d/2d/3d, their Lazy variants and SyncBatchNorm (single process).
+
+use super::{Module, NormState, State, check_rank};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ops::{BatchNormArgs, batch_norm};
+use crate::tensor::{Tensor, TensorMut};
+
+/// Which torch.nn class a [`BatchNorm`] behaves as (it decides the accepted input ranks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchNormKind {
+    /// `(N, C)` or `(N, C, L)`.
+    BatchNorm1d,
+    /// `(N, C, H, W)`.
+    BatchNorm2d,
+    /// `(N, C, D, H, W)`.
+    BatchNorm3d,
+    /// Any rank ≥ 2 with C > 0. In one process it is exactly BatchNorm.
+    SyncBatchNorm,
+}
+
+/// Constructor arguments with PyTorch's defaults ([`BatchNormConfig::new`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNormConfig {
+    pub num_features: usize,
+    /// Default 1e-5.
+    pub eps: f64,
+    /// Default `Some(0.1)`; `None` is a cumulative moving average.
+    pub momentum: Option<f64>,
+    /// Default true: learnable weight (ones) and bias (zeros).
+    pub affine: bool,
+    /// Default true: running_mean, running_var and num_batches_tracked exist.
+    pub track_running_stats: bool,
+    /// Default true; with `affine`, whether the bias exists.
+    pub bias: bool,
+    /// dtype of weight, bias and running statistics (default f32; f16/bf16 input may use f32
+    /// parameters or parameters of its own dtype).
+    pub dtype: DType,
+}
+
+impl BatchNormConfig {
+    pub fn new(num_features: usize) -> Self {
+        BatchNormConfig {
+            num_features,
+            eps: 1e-5,
+            momentum: Some(0.1),
+            affine: true,
+            track_running_stats: true,
+            bias: true,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// A batch-normalisation module (see [`BatchNormKind`]).
+///
+/// ```
+/// use normkit::layers::{BatchNorm, BatchNormConfig, BatchNormKind, Module, State};
+/// use normkit::{Tensor, TensorMut};
+/// let mut bn = BatchNorm::new(BatchNormKind::BatchNorm1d, BatchNormConfig::new(2));
+/// let x = vec![1.0f32, 10.0, 2.0, 20.0, 4.0, 60.0];
+/// let mut y = vec![0.0f32; 6];
+/// bn.forward(&Tensor::new(&x, &[3, 2])?, &mut TensorMut::new(&mut y, &[3, 2])?)?;
+/// assert_eq!(bn.state("num_batches_tracked")?, State::Counter(1));
+/// bn.eval();
+/// bn.forward(&Tensor::new(&x, &[3, 2])?, &mut TensorMut::new(&mut y, &[3, 2])?)?;
+/// assert!((y[0] - 0.7201548).abs() < 1e-5);
+/// # Ok::<(), normkit::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct BatchNorm {
+    kind: BatchNormKind,
+    lazy: bool,
+    /// The constructor arguments. `track_running_stats` may be changed after construction,
+    /// with PyTorch's meaning: the buffers keep existing, but training stops updating them.
+    pub config: BatchNormConfig,
+    state: NormState,
+    training: bool,
+}
+
+impl BatchNorm {
+    /// A module with `config.num_features` channels, in training mode.
+    pub fn new(kind: BatchNormKind, config: BatchNormConfig) -> Self {
+        Self::build(kind, config, false)
+    }
+
+    /// A Lazy module: `num_features` comes from dim 1 of the first input.
+    pub fn lazy(kind: BatchNormKind, mut config: BatchNormConfig) -> Self {
+        config.num_features = 0;
+        Self::build(kind, config, true)
+    }
+
+    fn build(kind: BatchNormKind, config: BatchNormConfig, lazy: bool) -> Self {
+        let c = &config;
+        let state = NormState::new(
+            c.num_features,
+            c.affine,
+            c.bias,
+            c.track_running_stats,
+            c.dtype,
+            lazy,
+        );
+        BatchNorm {
+            kind,
+            lazy,
+            state,
+            training: true,
+            config,
+        }
+    }
+
+    pub fn kind(&self) -> BatchNormKind {
+        self.kind
+    }
+
+    /// The same module as a SyncBatchNorm (the `convert_sync_batchnorm` of one module): the
+    /// configuration, parameters, running statistics, counter and mode are kept.
+    pub fn into_sync(mut self) -> BatchNorm {
+        self.kind = BatchNormKind::SyncBatchNorm;
+        self
+    }
+}
+
+impl Module for BatchNorm {
+    fn name(&self) -> &'static str {
+        match (self.kind, self.lazy && !self.is_initialized()) {
+            (BatchNormKind::BatchNorm1d, false) => "BatchNorm1d",
+            (BatchNormKind::BatchNorm2d, false) => "BatchNorm2d",
+            (BatchNormKind::BatchNorm3d, false) => "BatchNorm3d",
+            (BatchNormKind::BatchNorm1d, true) => "LazyBatchNorm1d",
+            (BatchNormKind::BatchNorm2d, true) => "LazyBatchNorm2d",
+            (BatchNormKind::BatchNorm3d, true) => "LazyBatchNorm3d",
+            (BatchNormKind::SyncBatchNorm, _) => "SyncBatchNorm",
+        }
+    }
+
+    fn forward(&mut self, x: &Tensor, y: &mut TensorMut) -> Result<()> {
+        if let Some(c) = self.state.materialize(self.name(), x, self.config.dtype)? {
+            self.config.num_features = c;
+        }
+        let name = self.name();
+        match self.kind {
+            BatchNormKind::BatchNorm1d => check_rank(name, x, &[2, 3], "2D or 3D input")?,
+            BatchNormKind::BatchNorm2d => check_rank(name, x, &[4], "4D input")?,
+            BatchNormKind::BatchNorm3d => check_rank(name, x, &[5], "5D input")?,
+            BatchNormKind::SyncBatchNorm => {
+                if x.rank() < 2 {
+                    return Err(Error::shape(
+                        name,
+                        "input",
+                        "at least 2D input",
+                        format!("{}D input", x.rank()),
+                    ));
+                }
+                if x.shape()[1] == 0 {
+                    return Err(Error::shape(
+                        name,
+                        "input",
+                        "a non-zero number of channels",
+                        "0 channels",
+                    ));
+                }
+            }
+        }
+        let tracking = self.config.track_running_stats;
+        let mut factor = self.config.momentum.unwrap_or(0.0);
+        if self.training && tracking {
+            if let Some(n) = self.state.num_batches_tracked.as_mut() {
+                // PyTorch increments before validation: a call that then fails still counts.
+                *n += 1;
+                factor = self.config.momentum.unwrap_or(1.0 / *n as f64);
+            }
+        }
+        let use_batch_stats = self.training || !self.state.has_running_stats();
+        let pass_buffers = !self.training || tracking;
+        let st = &mut self.state;
+        let (running_mean, running_var) = if pass_buffers {
+            (st.running_mean.view_mut(), st.running_var.view_mut())
+        } else {
+            (None, None)
+        };
+        let args = BatchNormArgs {
+            weight: st.weight.view(),
+            bias: st.bias.view(),
+            running_mean,
+            running_var,
+            num_batches_tracked: None,
+            training: use_batch_stats,
+            momentum: Some(factor),
+            eps: self.config.eps,
+        };
+        batch_norm(x, y, args)
+            .map(|_| ())
+            .map_err(|e| e.in_op(name))
+    }
+
+    fn train(&mut self) {
+        self.training = true;
+    }
+    fn eval(&mut self) {
+        self.training = false;
+    }
+    fn is_training(&self) -> bool {
+        self.training
+    }
+    fn is_initialized(&self) -> bool {
+        self.state.is_initialized()
+    }
+    fn state_names(&self) -> Vec<&'static str> {
+        self.state.state_names()
+    }
+    fn state(&self, name: &str) -> Result<State> {
+        self.state.get(self.name(), name)
+    }
+    fn load_state(&mut self, name: &str, value: &State) -> Result<()> {
+        self.state.load(self.name(), name, self.config.dtype, value)
+    }
+    fn reset_running_stats(&mut self) {
+        self.state.reset_running_stats();
+    }
+    fn reset_parameters(&mut self) {
+        self.state.reset_parameters();
+    }
+}
+
+/// Converts every BatchNorm in `modules` into a SyncBatchNorm sharing its state (the
+/// `SyncBatchNorm.convert_sync_batchnorm` equivalent for a flat list of modules).
+pub fn convert_sync_batchnorm(modules: Vec<BatchNorm>) -> Vec<BatchNorm> {
+    modules.into_iter().map(BatchNorm::into_sync).collect()
+}

@@ -1,0 +1,102 @@
+//! GroupNorm.
+
+use super::{Module, NormState, State};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ops::{GroupNormArgs, group_norm};
+use crate::tensor::{Tensor, TensorMut};
+
+/// Constructor arguments ([`GroupNormConfig::new`] gives PyTorch's defaults).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupNormConfig {
+    pub num_groups: usize,
+    pub num_channels: usize,
+    /// Default 1e-5.
+    pub eps: f64,
+    /// Default true: per-channel weight (ones) and bias (zeros).
+    pub affine: bool,
+    /// Default true.
+    pub bias: bool,
+    /// Parameter dtype (default f32).
+    pub dtype: DType,
+}
+
+impl GroupNormConfig {
+    pub fn new(num_groups: usize, num_channels: usize) -> Self {
+        GroupNormConfig {
+            num_groups,
+            num_channels,
+            eps: 1e-5,
+            affine: true,
+            bias: true,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// A group-normalisation module (no running statistics, no train/eval difference).
+#[derive(Clone, Debug)]
+pub struct GroupNorm {
+    pub config: GroupNormConfig,
+    state: NormState,
+    training: bool,
+}
+
+impl GroupNorm {
+    /// Fails when `num_groups` is 0 or does not divide `num_channels` (as PyTorch's constructor).
+    pub fn new(config: GroupNormConfig) -> Result<Self> {
+        let (g, c) = (config.num_groups, config.num_channels);
+        if g == 0 || c % g != 0 {
+            return Err(Error::invalid(
+                "GroupNorm",
+                "num_groups",
+                format!("a positive divisor of num_channels ({c})"),
+                format!("{g}"),
+            ));
+        }
+        let state = NormState::new(c, config.affine, config.bias, false, config.dtype, false);
+        Ok(GroupNorm {
+            config,
+            state,
+            training: true,
+        })
+    }
+}
+
+impl Module for GroupNorm {
+    fn name(&self) -> &'static str {
+        "GroupNorm"
+    }
+    fn forward(&mut self, x: &Tensor, y: &mut TensorMut) -> Result<()> {
+        let args = GroupNormArgs {
+            num_groups: self.config.num_groups,
+            weight: self.state.weight.view(),
+            bias: self.state.bias.view(),
+            eps: self.config.eps,
+        };
+        group_norm(x, y, args)
+            .map(|_| ())
+            .map_err(|e| e.in_op("GroupNorm"))
+    }
+    fn train(&mut self) {
+        self.training = true;
+    }
+    fn eval(&mut self) {
+        self.training = false;
+    }
+    fn is_training(&self) -> bool {
+        self.training
+    }
+    fn state_names(&self) -> Vec<&'static str> {
+        self.state.state_names()
+    }
+    fn state(&self, name: &str) -> Result<State> {
+        self.state.get(self.name(), name)
+    }
+    fn load_state(&mut self, name: &str, value: &State) -> Result<()> {
+        self.state.load(self.name(), name, self.config.dtype, value)
+    }
+    fn reset_parameters(&mut self) {
+        self.state.reset_parameters();
+    }
+}

@@ -1,0 +1,362 @@
+//! Stateful modules mirroring `torch.nn`: configuration with PyTorch's defaults, parameters,
+//! running statistics, train/eval mode, lazy initialisation and state by `state_dict` names.
+//!
+//! | torch.nn | normkit |
+//! |---|---|
+//! | `BatchNorm1d/2d/3d(C)`, `SyncBatchNorm(C)` | [`BatchNorm::new`] with a [`BatchNormKind`] |
+//! | `LazyBatchNorm1d/2d/3d()` | [`BatchNorm::lazy`] |
+//! | `InstanceNorm1d/2d/3d(C)` | [`InstanceNorm::new`] with an [`InstanceNormKind`] |
+//! | `LazyInstanceNorm1d/2d/3d()` | [`InstanceNorm::lazy`] (affine and tracking on by default) |
+//! | `GroupNorm(G, C)` | [`GroupNorm::new`] |
+//! | `LayerNorm(shape)` | [`LayerNorm::new`] |
+//! | `LocalResponseNorm(size)` | [`LocalResponseNorm::new`] |
+//!
+//! Every module implements [`Module`].
+
+mod batch_norm;
+mod group_norm;
+mod instance_norm;
+mod layer_norm;
+mod local_response_norm;
+
+pub use batch_norm::{BatchNorm, BatchNormConfig, BatchNormKind, convert_sync_batchnorm};
+pub use group_norm::{GroupNorm, GroupNormConfig};
+pub use instance_norm::{InstanceNorm, InstanceNormConfig, InstanceNormKind};
+pub use layer_norm::{LayerNorm, LayerNormConfig};
+pub use local_response_norm::LocalResponseNorm;
+
+use crate::dtype::DType;
+use crate::error::{Error, ErrorKind, Result};
+use crate::tensor::{Buffer, Tensor, TensorMut};
+
+/// One entry of a module's state, under its PyTorch `state_dict` name.
+#[derive(Clone, Debug, PartialEq)]
+pub enum State {
+    /// weight, bias, running_mean, running_var.
+    Tensor(Buffer),
+    /// num_batches_tracked (an int64 scalar in PyTorch).
+    Counter(i64),
+}
+
+/// The interface every normalization module implements.
+pub trait Module {
+    /// The torch.nn class name this module behaves as (e.g. `BatchNorm2d`).
+    fn name(&self) -> &'static str;
+    /// Normalises `x` into `y` (same shape and dtype), updating running statistics in training.
+    fn forward(&mut self, x: &Tensor, y: &mut TensorMut) -> Result<()>;
+    /// Switches to training mode.
+    fn train(&mut self);
+    /// Switches to evaluation mode.
+    fn eval(&mut self);
+    fn is_training(&self) -> bool;
+    /// Whether every parameter and buffer exists (false for a lazy module before its first
+    /// input).
+    fn is_initialized(&self) -> bool {
+        true
+    }
+    /// The state names this module has, in PyTorch's `state_dict` order.
+    fn state_names(&self) -> Vec<&'static str>;
+    /// The value of one state entry. Errors for unknown names and for uninitialised lazy state.
+    fn state(&self, name: &str) -> Result<State>;
+    /// Overwrites one state entry (values cast to the entry's dtype; lengths must agree, except
+    /// for an uninitialised lazy entry, which takes the given length).
+    fn load_state(&mut self, name: &str, value: &State) -> Result<()>;
+    /// All state entries.
+    fn state_dict(&self) -> Result<Vec<(&'static str, State)>> {
+        self.state_names()
+            .into_iter()
+            .map(|n| Ok((n, self.state(n)?)))
+            .collect()
+    }
+    /// Running mean ← 0, running var ← 1, counter ← 0 (modules with running statistics).
+    fn reset_running_stats(&mut self) {}
+    /// Running statistics reset, then weight ← 1 and bias ← 0.
+    fn reset_parameters(&mut self);
+}
+
+/// A parameter or buffer slot of a module: absent (registered as None), lazy (not yet
+/// materialised), or present.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Slot {
+    Absent,
+    Lazy,
+    Present(Buffer),
+}
+
+impl Slot {
+    pub(crate) fn new(present: bool, lazy: bool, dtype: DType, len: usize, value: f64) -> Slot {
+        match (present, lazy) {
+            (false, _) => Slot::Absent,
+            (true, true) => Slot::Lazy,
+            (true, false) => Slot::Present(Buffer::filled(dtype, len, value)),
+        }
+    }
+    pub(crate) fn exists(&self) -> bool {
+        !matches!(self, Slot::Absent)
+    }
+    pub(crate) fn buffer(&self) -> Option<&Buffer> {
+        match self {
+            Slot::Present(b) => Some(b),
+            _ => None,
+        }
+    }
+    pub(crate) fn view(&self) -> Option<Tensor<'_>> {
+        self.buffer().map(|b| b.view())
+    }
+    pub(crate) fn view_mut(&mut self) -> Option<TensorMut<'_>> {
+        match self {
+            Slot::Present(b) => Some(b.view_mut()),
+            _ => None,
+        }
+    }
+    /// Materialises a lazy slot (or re-fills a present one) with `len` copies of `value`.
+    pub(crate) fn fill(&mut self, dtype: DType, len: usize, value: f64) {
+        if self.exists() {
+            *self = Slot::Present(Buffer::filled(dtype, len, value));
+        }
+    }
+    /// Sets every element of a present slot to `value`.
+    pub(crate) fn reset(&mut self, value: f64) {
+        if let Slot::Present(b) = self {
+            *b = Buffer::filled(b.dtype(), b.len(), value);
+        }
+    }
+    pub(crate) fn get(&self, module: &str, name: &str) -> Result<State> {
+        match self {
+            Slot::Present(b) => Ok(State::Tensor(b.clone())),
+            Slot::Lazy => Err(Error::new(
+                ErrorKind::Uninitialized,
+                module,
+                name,
+                "an initialised lazy module (run a forward pass or load the state first)",
+                "an uninitialised parameter",
+            )),
+            Slot::Absent => Err(no_such_state(module, name)),
+        }
+    }
+    pub(crate) fn load(
+        &mut self,
+        module: &str,
+        name: &str,
+        dtype: DType,
+        value: &State,
+    ) -> Result<()> {
+        let State::Tensor(b) = value else {
+            return Err(Error::invalid(module, name, "a tensor value", "a counter"));
+        };
+        match self {
+            Slot::Absent => Err(no_such_state(module, name)),
+            Slot::Lazy => {
+                *self = Slot::Present(b.cast(dtype));
+                Ok(())
+            }
+            Slot::Present(cur) => {
+                if cur.len() != b.len() {
+                    return Err(Error::shape(
+                        module,
+                        name,
+                        format!("{} elements", cur.len()),
+                        format!("{} elements", b.len()),
+                    ));
+                }
+                *cur = b.cast(cur.dtype());
+                Ok(())
+            }
+        }
+    }
+}
+
+pub(crate) fn no_such_state(module: &str, name: &str) -> Error {
+    Error::invalid(
+        module,
+        "state name",
+        "a state entry this module has",
+        format!("\"{name}\""),
+    )
+}
+
+/// Checks that the input's rank is one of `ranks` and reports `expected` otherwise.
+pub(crate) fn check_rank(module: &str, x: &Tensor, ranks: &[usize], expected: &str) -> Result<()> {
+    if ranks.contains(&x.rank()) {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            module,
+            "input",
+            expected,
+            format!("{}D input", x.rank()),
+        ))
+    }
+}
+
+/// The parameters and buffers shared by BatchNorm and InstanceNorm (`_NormBase`): weight,
+/// bias, running_mean, running_var and num_batches_tracked, each possibly absent or lazy.
+#[derive(Clone, Debug)]
+pub(crate) struct NormState {
+    pub(crate) weight: Slot,
+    pub(crate) bias: Slot,
+    pub(crate) running_mean: Slot,
+    pub(crate) running_var: Slot,
+    pub(crate) num_batches_tracked: Option<i64>,
+}
+
+const NORM_STATE_NAMES: [&str; 5] = [
+    "weight",
+    "bias",
+    "running_mean",
+    "running_var",
+    "num_batches_tracked",
+];
+
+impl NormState {
+    pub(crate) fn new(
+        c: usize,
+        affine: bool,
+        bias: bool,
+        track: bool,
+        dtype: DType,
+        lazy: bool,
+    ) -> Self {
+        NormState {
+            weight: Slot::new(affine, lazy, dtype, c, 1.0),
+            bias: Slot::new(affine && bias, lazy, dtype, c, 0.0),
+            running_mean: Slot::new(track, lazy, dtype, c, 0.0),
+            running_var: Slot::new(track, lazy, dtype, c, 1.0),
+            num_batches_tracked: track.then_some(0),
+        }
+    }
+
+    fn slots(&self) -> [&Slot; 4] {
+        [
+            &self.weight,
+            &self.bias,
+            &self.running_mean,
+            &self.running_var,
+        ]
+    }
+
+    pub(crate) fn is_initialized(&self) -> bool {
+        !self.slots().iter().any(|s| matches!(s, Slot::Lazy))
+    }
+
+    pub(crate) fn has_running_stats(&self) -> bool {
+        self.running_mean.buffer().is_some() && self.running_var.buffer().is_some()
+    }
+
+    /// Materialises every lazy slot with dim 1 of `x` (PyTorch's pre-forward hook, which runs
+    /// before any other check). Returns the inferred channel count, or `None` when nothing was
+    /// lazy.
+    pub(crate) fn materialize(
+        &mut self,
+        module: &str,
+        x: &Tensor,
+        dtype: DType,
+    ) -> Result<Option<usize>> {
+        if self.is_initialized() {
+            return Ok(None);
+        }
+        if self.slots().iter().any(|s| matches!(s, Slot::Present(_))) {
+            return Err(Error::new(
+                ErrorKind::Uninitialized,
+                module,
+                "state",
+                "every lazy parameter loaded, or none",
+                "a partially loaded lazy module",
+            ));
+        }
+        if x.rank() < 2 {
+            return Err(Error::shape(
+                module,
+                "input",
+                "at least 2 dims (num_features is inferred from dim 1)",
+                format!("{}D input", x.rank()),
+            ));
+        }
+        let c = x.shape()[1];
+        self.weight.fill(dtype, c, 1.0);
+        self.bias.fill(dtype, c, 0.0);
+        self.running_mean.fill(dtype, c, 0.0);
+        self.running_var.fill(dtype, c, 1.0);
+        Ok(Some(c))
+    }
+
+    pub(crate) fn state_names(&self) -> Vec<&'static str> {
+        let s = self.slots();
+        let exists = [
+            s[0].exists(),
+            s[1].exists(),
+            s[2].exists(),
+            s[3].exists(),
+            self.num_batches_tracked.is_some(),
+        ];
+        NORM_STATE_NAMES
+            .iter()
+            .zip(exists)
+            .filter(|(_, e)| *e)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    fn slot_mut(&mut self, name: &str) -> Option<&mut Slot> {
+        match name {
+            "weight" => Some(&mut self.weight),
+            "bias" => Some(&mut self.bias),
+            "running_mean" => Some(&mut self.running_mean),
+            "running_var" => Some(&mut self.running_var),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn get(&self, module: &str, name: &str) -> Result<State> {
+        match name {
+            "weight" => self.weight.get(module, name),
+            "bias" => self.bias.get(module, name),
+            "running_mean" => self.running_mean.get(module, name),
+            "running_var" => self.running_var.get(module, name),
+            "num_batches_tracked" => self
+                .num_batches_tracked
+                .map(State::Counter)
+                .ok_or_else(|| no_such_state(module, name)),
+            _ => Err(no_such_state(module, name)),
+        }
+    }
+
+    pub(crate) fn load(
+        &mut self,
+        module: &str,
+        name: &str,
+        dtype: DType,
+        value: &State,
+    ) -> Result<()> {
+        if name == "num_batches_tracked" {
+            return match (self.num_batches_tracked.as_mut(), value) {
+                (Some(n), State::Counter(v)) => {
+                    *n = *v;
+                    Ok(())
+                }
+                (Some(_), State::Tensor(_)) => {
+                    Err(Error::invalid(module, name, "a counter value", "a tensor"))
+                }
+                (None, _) => Err(no_such_state(module, name)),
+            };
+        }
+        match self.slot_mut(name) {
+            Some(slot) => slot.load(module, name, dtype, value),
+            None => Err(no_such_state(module, name)),
+        }
+    }
+
+    pub(crate) fn reset_running_stats(&mut self) {
+        self.running_mean.reset(0.0);
+        self.running_var.reset(1.0);
+        if let Some(n) = self.num_batches_tracked.as_mut() {
+            *n = 0;
+        }
+    }
+
+    pub(crate) fn reset_parameters(&mut self) {
+        self.reset_running_stats();
+        self.weight.reset(1.0);
+        self.bias.reset(0.0);
+    }
+}
