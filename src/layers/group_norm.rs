@@ -1,6 +1,6 @@
 //! GroupNorm.
 
-use super::{Module, NormState, State};
+use super::{Module, NormState, delegate_mode_and_state};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::{GroupNormArgs, group_norm};
@@ -78,25 +78,5 @@ impl Module for GroupNorm {
             .map(|_| ())
             .map_err(|e| e.in_op("GroupNorm"))
     }
-    fn train(&mut self) {
-        self.training = true;
-    }
-    fn eval(&mut self) {
-        self.training = false;
-    }
-    fn is_training(&self) -> bool {
-        self.training
-    }
-    fn state_names(&self) -> Vec<&'static str> {
-        self.state.state_names()
-    }
-    fn state(&self, name: &str) -> Result<State> {
-        self.state.get(self.name(), name)
-    }
-    fn load_state(&mut self, name: &str, value: &State) -> Result<()> {
-        self.state.load(self.name(), name, self.config.dtype, value)
-    }
-    fn reset_parameters(&mut self) {
-        self.state.reset_parameters();
-    }
+    delegate_mode_and_state!();
 }

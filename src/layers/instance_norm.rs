@@ -1,6 +1,6 @@
 //! InstanceNorm1d/2d/3d and their Lazy variants.
 
-use super::{Module, NormState, State, check_rank};
+use super::{Module, NormState, check_rank, delegate_mode_and_state};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::{InstanceNormArgs, instance_norm};
@@ -173,31 +173,5 @@ impl Module for InstanceNorm {
         r.map(|_| ()).map_err(|e| e.in_op(name))
     }
 
-    fn train(&mut self) {
-        self.training = true;
-    }
-    fn eval(&mut self) {
-        self.training = false;
-    }
-    fn is_training(&self) -> bool {
-        self.training
-    }
-    fn is_initialized(&self) -> bool {
-        self.state.is_initialized()
-    }
-    fn state_names(&self) -> Vec<&'static str> {
-        self.state.state_names()
-    }
-    fn state(&self, name: &str) -> Result<State> {
-        self.state.get(self.name(), name)
-    }
-    fn load_state(&mut self, name: &str, value: &State) -> Result<()> {
-        self.state.load(self.name(), name, self.config.dtype, value)
-    }
-    fn reset_running_stats(&mut self) {
-        self.state.reset_running_stats();
-    }
-    fn reset_parameters(&mut self) {
-        self.state.reset_parameters();
-    }
+    delegate_mode_and_state!();
 }

@@ -74,6 +74,45 @@ pub trait Module {
     fn reset_parameters(&mut self);
 }
 
+/// The `Module` methods every module with a `training` flag and a `state: NormState` field
+/// implements the same way.
+macro_rules! delegate_mode_and_state {
+    () => {
+        fn train(&mut self) {
+            self.training = true;
+        }
+        fn eval(&mut self) {
+            self.training = false;
+        }
+        fn is_training(&self) -> bool {
+            self.training
+        }
+        fn is_initialized(&self) -> bool {
+            self.state.is_initialized()
+        }
+        fn state_names(&self) -> Vec<&'static str> {
+            self.state.state_names()
+        }
+        fn state(&self, name: &str) -> $crate::error::Result<$crate::layers::State> {
+            self.state.get(self.name(), name)
+        }
+        fn load_state(
+            &mut self,
+            name: &str,
+            value: &$crate::layers::State,
+        ) -> $crate::error::Result<()> {
+            self.state.load(self.name(), name, self.config.dtype, value)
+        }
+        fn reset_running_stats(&mut self) {
+            self.state.reset_running_stats();
+        }
+        fn reset_parameters(&mut self) {
+            self.state.reset_parameters();
+        }
+    };
+}
+pub(crate) use delegate_mode_and_state;
+
 /// A parameter or buffer slot of a module: absent (registered as None), lazy (not yet
 /// materialised), or present.
 #[derive(Clone, Debug, PartialEq)]
