@@ -31,4 +31,4 @@ pub use backend::cpu::threads::{num_threads, set_num_threads};
 pub use dtype::{DType, Element};
 pub use error::{Error, ErrorKind, Result};
 pub use half::{bf16, f16};
-pub use tensor::{Buffer, HostData, HostDataMut, Layout, Tensor, TensorMut};
+pub use tensor::{Buffer, ElementData, HostData, HostDataMut, Layout, Tensor, TensorMut};

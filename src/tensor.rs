@@ -350,34 +350,26 @@ pub trait IntoHostDataMut<'a> {
     fn into_host_data_mut(self) -> HostDataMut<'a>;
 }
 
-macro_rules! impl_into_data {
-    ($t:ty, $v:ident) => {
-        impl<'a> IntoHostData<'a> for &'a [$t] {
-            fn into_host_data(self) -> HostData<'a> {
-                HostData::$v(self)
-            }
-        }
-        impl<'a> IntoHostData<'a> for &'a Vec<$t> {
-            fn into_host_data(self) -> HostData<'a> {
-                HostData::$v(self.as_slice())
-            }
-        }
-        impl<'a> IntoHostDataMut<'a> for &'a mut [$t] {
-            fn into_host_data_mut(self) -> HostDataMut<'a> {
-                HostDataMut::$v(self)
-            }
-        }
-        impl<'a> IntoHostDataMut<'a> for &'a mut Vec<$t> {
-            fn into_host_data_mut(self) -> HostDataMut<'a> {
-                HostDataMut::$v(self.as_mut_slice())
-            }
-        }
-    };
+impl<'a, T: ElementData> IntoHostData<'a> for &'a [T] {
+    fn into_host_data(self) -> HostData<'a> {
+        T::wrap(self)
+    }
 }
-impl_into_data!(f32, F32);
-impl_into_data!(f64, F64);
-impl_into_data!(f16, F16);
-impl_into_data!(bf16, BF16);
+impl<'a, T: ElementData> IntoHostData<'a> for &'a Vec<T> {
+    fn into_host_data(self) -> HostData<'a> {
+        T::wrap(self.as_slice())
+    }
+}
+impl<'a, T: ElementData> IntoHostDataMut<'a> for &'a mut [T] {
+    fn into_host_data_mut(self) -> HostDataMut<'a> {
+        T::wrap_mut(self)
+    }
+}
+impl<'a, T: ElementData> IntoHostDataMut<'a> for &'a mut Vec<T> {
+    fn into_host_data_mut(self) -> HostDataMut<'a> {
+        T::wrap_mut(self.as_mut_slice())
+    }
+}
 
 impl<'a> IntoHostData<'a> for HostData<'a> {
     fn into_host_data(self) -> HostData<'a> {
@@ -645,6 +637,8 @@ pub(crate) fn for_each_offset(shape: &[usize], strides: &[usize], mut f: impl Fn
 
 /// Typed access to [`HostData`] for the four element types.
 pub trait ElementData: Element {
+    fn wrap(s: &[Self]) -> HostData<'_>;
+    fn wrap_mut(s: &mut [Self]) -> HostDataMut<'_>;
     fn slice_of(d: HostData<'_>) -> Option<&[Self]>;
     fn slice_of_mut(d: HostDataMut<'_>) -> Option<&mut [Self]>;
 }
@@ -652,6 +646,12 @@ pub trait ElementData: Element {
 macro_rules! impl_element_data {
     ($t:ty, $v:ident) => {
         impl ElementData for $t {
+            fn wrap(s: &[Self]) -> HostData<'_> {
+                HostData::$v(s)
+            }
+            fn wrap_mut(s: &mut [Self]) -> HostDataMut<'_> {
+                HostDataMut::$v(s)
+            }
             fn slice_of(d: HostData<'_>) -> Option<&[Self]> {
                 match d {
                     HostData::$v(s) => Some(s),
