@@ -32,3 +32,8 @@ pub use dtype::{DType, Element};
 pub use error::{Error, ErrorKind, Result};
 pub use half::{bf16, f16};
 pub use tensor::{Buffer, ElementData, HostData, HostDataMut, Layout, Tensor, TensorMut};
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
