@@ -929,3 +929,20 @@ fn every_dtype_runs_every_layer() {
     go::<f16>();
     go::<bf16>();
 }
+
+#[test]
+fn group_norm_inf_in_a_group_makes_that_group_nan() {
+    // Observed with PyTorch 2.15: F.group_norm(x, 2) with x[0, 1, 2] = inf gives NaN for every
+    // element of group 0 of sample 0, finite values elsewhere.
+    let mut x: Vec<f32> = (0..40).map(|i| (i as f32 * 0.3).sin()).collect();
+    x[7] = f32::INFINITY;
+    let mut y = vec![0.0f32; 40];
+    group_norm(
+        &Tensor::new(&x, &[2, 4, 5]).unwrap(),
+        &mut TensorMut::new(&mut y, &[2, 4, 5]).unwrap(),
+        GroupNormArgs::new(2),
+    )
+    .unwrap();
+    assert!(y[..10].iter().all(|v| v.is_nan()), "{:?}", &y[..10]);
+    assert!(y[10..].iter().all(|v| v.is_finite()), "{:?}", &y[10..]);
+}

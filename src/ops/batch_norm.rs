@@ -1,9 +1,10 @@
 //! `batch_norm`: per-channel statistics over the batch and spatial dims (`F.batch_norm`).
 
 use super::{
-    SavedStats, channel_geom, check_min_rank, check_numel, check_output, check_param_dtypes, ema,
-    mut_values, param_values, run_dense, with_element,
+    SavedStats, centres, channel_geom, check_min_rank, check_numel, check_output,
+    check_param_dtypes, ema, mut_values, param_values, run_dense, with_element,
 };
+use crate::backend::cpu::moments::Centre;
 use crate::backend::cpu::{self, Coefficients, moments};
 use crate::dtype::{DType, Element, Real};
 use crate::error::{Error, Result, fmt_shape};
@@ -211,8 +212,9 @@ fn run_typed<T: crate::tensor::ElementData>(
                 .map(|&m| moments::finish::<T::Compute>(g.n * g.s, m, eps, false, true).1)
                 .collect();
             let scale: Vec<T::Compute> = rstd.iter().zip(&gamma).map(|(&r, &w)| r * w).collect();
+            let shift = centres(&mean);
             let k = Coefficients {
-                shift: &mean,
+                shift: &shift,
                 scale: &scale,
                 offset: &beta,
                 per_sample: false,
@@ -224,7 +226,7 @@ fn run_typed<T: crate::tensor::ElementData>(
         if let Some(rm) = args.running_mean.as_mut() {
             for (c, &mu) in mean.iter().enumerate() {
                 let old = rm.get_linear_f64(c);
-                rm.set_linear_f64(c, ema(pdt, old, mu.to_f64(), factor));
+                rm.set_linear_f64(c, ema(pdt, old, mu, factor));
             }
         }
         if let Some(rv) = args.running_var.as_mut() {
@@ -235,10 +237,7 @@ fn run_typed<T: crate::tensor::ElementData>(
                 rv.set_linear_f64(c, ema(pdt, old, unbiased, factor));
             }
         }
-        Ok(SavedStats {
-            mean: T::Compute::into_buffer(mean),
-            invstd: T::Compute::into_buffer(rstd),
-        })
+        Ok(SavedStats::from_parts(&mean, rstd))
     } else {
         let (Some(rm), Some(rv)) = (args.running_mean.as_ref(), args.running_var.as_ref()) else {
             return Err(Error::invalid(
@@ -268,7 +267,7 @@ fn run_typed<T: crate::tensor::ElementData>(
 /// `scale = γ / sqrt(var + eps)` (the reciprocal square root in the compute type, as PyTorch).
 /// Where the scale is not finite (var + eps = 0), PyTorch's folded form `x·α + (β − μ·α)` is
 /// reproduced exactly (shift 0, offset `β − μ·α`), so NaN and ∞ come out where PyTorch's do.
-pub(crate) type EvalCoefficients<C> = (Vec<C>, Vec<C>, Vec<C>);
+pub(crate) type EvalCoefficients<C> = (Vec<Centre<C>>, Vec<C>, Vec<C>);
 
 pub(crate) fn eval_coefficients<T: Element>(
     mean: &[T::Compute],
@@ -277,7 +276,13 @@ pub(crate) fn eval_coefficients<T: Element>(
     beta: &[T::Compute],
     eps: f64,
 ) -> EvalCoefficients<T::Compute> {
-    let mut shift = mean.to_vec();
+    let mut shift: Vec<Centre<T::Compute>> = mean
+        .iter()
+        .map(|&m| Centre {
+            hi: m,
+            lo: T::Compute::ZERO,
+        })
+        .collect();
     let mut offset = beta.to_vec();
     let scale: Vec<T::Compute> = var
         .iter()
@@ -287,7 +292,7 @@ pub(crate) fn eval_coefficients<T: Element>(
     for c in 0..scale.len() {
         if !scale[c].is_finite() {
             offset[c] = beta[c] - mean[c] * scale[c];
-            shift[c] = T::Compute::ZERO;
+            shift[c] = Centre::default();
         }
     }
     (shift, scale, offset)

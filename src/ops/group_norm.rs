@@ -4,8 +4,8 @@ use super::{
     SavedStats, channel_geom, check_min_rank, check_output, check_param_dtypes, param_values,
     run_dense, with_element,
 };
+use crate::backend::cpu::moments::Centre;
 use crate::backend::cpu::{self, Coefficients, moments};
-use crate::dtype::Real;
 use crate::error::{Error, Result, fmt_shape};
 use crate::tensor::{ElementData, Tensor, TensorMut};
 
@@ -134,7 +134,7 @@ fn run_typed<T: ElementData>(
             .collect();
         let nc = g.n * g.c;
         let stat = |i: usize| (i / g.c) * groups + (i % g.c) / cg;
-        let shift: Vec<T::Compute> = (0..nc).map(|i| mean[stat(i)]).collect();
+        let shift: Vec<Centre<T::Compute>> = (0..nc).map(|i| Centre::of(mean[stat(i)])).collect();
         let scale: Vec<T::Compute> = (0..nc).map(|i| rstd[stat(i)] * gamma[i % g.c]).collect();
         let offset: Vec<T::Compute> = (0..nc).map(|i| beta[i % g.c]).collect();
         let k = Coefficients {
@@ -146,8 +146,5 @@ fn run_typed<T: ElementData>(
         cpu::apply_channel(xs, ys, g, lay, &k);
         (mean, rstd)
     })?;
-    Ok(SavedStats {
-        mean: T::Compute::into_buffer(mean),
-        invstd: T::Compute::into_buffer(rstd),
-    })
+    Ok(SavedStats::from_parts(&mean, rstd))
 }

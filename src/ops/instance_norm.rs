@@ -2,8 +2,8 @@
 
 use super::batch_norm::eval_coefficients;
 use super::{
-    SavedStats, channel_geom, check_min_rank, check_numel, check_output, check_param_dtypes, ema,
-    mut_values, param_values, run_dense, with_element,
+    SavedStats, centres, channel_geom, check_min_rank, check_numel, check_output,
+    check_param_dtypes, ema, mut_values, param_values, run_dense, with_element,
 };
 use crate::backend::cpu::{self, Coefficients, moments};
 use crate::dtype::{DType, Real};
@@ -146,8 +146,9 @@ fn run_typed<T: ElementData>(
             .map(|(i, &r)| r * gamma[i % g.c])
             .collect();
         let offset: Vec<T::Compute> = (0..g.n * g.c).map(|i| beta[i % g.c]).collect();
+        let shift = centres(&mean);
         let k = Coefficients {
-            shift: &mean,
+            shift: &shift,
             scale: &scale,
             offset: &offset,
             per_sample: true,
@@ -161,7 +162,7 @@ fn run_typed<T: ElementData>(
         for c in 0..g.c {
             let old = rm.get_linear_f64(c);
             let avg = (0..g.n)
-                .map(|n| ema(pdt, old, mean[n * g.c + c].to_f64(), f))
+                .map(|n| ema(pdt, old, mean[n * g.c + c], f))
                 .sum::<f64>()
                 / g.n as f64;
             rm.set_linear_f64(c, avg);
@@ -181,8 +182,5 @@ fn run_typed<T: ElementData>(
             rv.set_linear_f64(c, avg);
         }
     }
-    Ok(SavedStats {
-        mean: T::Compute::into_buffer(mean),
-        invstd: T::Compute::into_buffer(rstd),
-    })
+    Ok(SavedStats::from_parts(&mean, rstd))
 }

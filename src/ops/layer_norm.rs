@@ -1,8 +1,9 @@
 //! `layer_norm`: statistics per row over the trailing `normalized_shape` dims (`F.layer_norm`).
 
-use super::{SavedStats, check_output, check_param_dtypes, param_values, run_dense, with_element};
+use super::{
+    SavedStats, centres, check_output, check_param_dtypes, param_values, run_dense, with_element,
+};
 use crate::backend::cpu::{self, moments};
-use crate::dtype::Real;
 use crate::error::{Error, Result, fmt_shape};
 use crate::tensor::{ElementData, Tensor, TensorMut};
 
@@ -122,15 +123,12 @@ fn run_typed<T: ElementData>(
             xs,
             ys,
             cols,
-            &mean,
+            &centres(&mean),
             &rstd,
             weight.as_deref(),
             bias.as_deref(),
         );
         (mean, rstd)
     })?;
-    Ok(SavedStats {
-        mean: T::Compute::into_buffer(mean),
-        invstd: T::Compute::into_buffer(rstd),
-    })
+    Ok(SavedStats::from_parts(&mean, rstd))
 }

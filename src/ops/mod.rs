@@ -25,6 +25,7 @@ pub use instance_norm::{InstanceNormArgs, instance_norm};
 pub use layer_norm::{LayerNormArgs, layer_norm};
 pub use local_response_norm::{LrnArgs, local_response_norm};
 
+use crate::backend::cpu::moments::Centre;
 use crate::backend::cpu::{ChannelLayout, Geom};
 use crate::dtype::{DType, Real};
 use crate::error::{Error, ErrorKind, Result, fmt_shape};
@@ -40,6 +41,15 @@ pub struct SavedStats {
 }
 
 impl SavedStats {
+    /// Saved statistics from f64 means (rounded to the compute type, as PyTorch's
+    /// `float(Σx / M)`) and inverse standard deviations.
+    pub(crate) fn from_parts<C: Real>(mean: &[f64], invstd: Vec<C>) -> SavedStats {
+        SavedStats {
+            mean: C::into_buffer(mean.iter().map(|&m| C::from_f64(m)).collect()),
+            invstd: C::into_buffer(invstd),
+        }
+    }
+
     pub(crate) fn empty(x: DType) -> SavedStats {
         SavedStats {
             mean: Buffer::filled(x.stat_dtype(), 0, 0.0),
@@ -80,6 +90,11 @@ pub(crate) fn channel_geom(shape: &[usize]) -> Geom {
         c: shape[1],
         s: shape[2..].iter().product(),
     }
+}
+
+/// f64 means as hi/lo centres in the compute type.
+pub(crate) fn centres<C: Real>(mean: &[f64]) -> Vec<Centre<C>> {
+    mean.iter().map(|&m| Centre::of(m)).collect()
 }
 
 /// Checks that `y` has `x`'s shape and dtype.

@@ -270,7 +270,9 @@ pub fn group_norm(
         for g in 0..groups {
             let base = (b * c + g * cpg) * s;
             let (mean, m2) = mean_m2(&x[base..base + len]);
-            let var = (m2 / len as f64).max(0.0);
+            // PyTorch's max(var, 0) keeps a NaN variance NaN (f64::max would turn it into 0).
+            let var = m2 / len as f64;
+            let var = if var < 0.0 { 0.0 } else { var };
             let inv = 1.0 / (var + eps).sqrt();
             means[b * groups + g] = mean;
             invs[b * groups + g] = inv;

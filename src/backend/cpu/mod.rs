@@ -12,7 +12,7 @@ pub mod moments;
 pub mod threads;
 
 use crate::dtype::{Element, Real};
-use moments::{acc_of, sum, sum_sq_dev};
+use moments::{Centre, acc_of, sum, sum_sq_dev};
 use rayon::prelude::*;
 
 /// Dense layouts the kernels handle.
@@ -39,7 +39,11 @@ fn rows_per_piece(row_len: usize) -> usize {
 
 /// Per-column sums over a row-major `(rows, cols)` slice: Σ x (or Σ (x − mean_col)² when
 /// `mean` is given), merged over fixed pieces of rows in order.
-fn column_sums<T: Element>(x: &[T], cols: usize, mean: Option<&[T::Compute]>) -> Vec<T::Acc> {
+fn column_sums<T: Element>(
+    x: &[T],
+    cols: usize,
+    mean: Option<&[Centre<T::Compute>]>,
+) -> Vec<T::Acc> {
     let piece = rows_per_piece(cols) * cols;
     let partials: Vec<Vec<T::Acc>> = x
         .par_chunks(piece.max(1))
@@ -54,7 +58,7 @@ fn column_sums<T: Element>(x: &[T], cols: usize, mean: Option<&[T::Compute]>) ->
                     }
                     Some(m) => {
                         for ((a, &v), &mu) in acc.iter_mut().zip(row).zip(m) {
-                            let d = v.to_compute() - mu;
+                            let d = mu.centre(v.to_compute());
                             *a += acc_of::<T>(d * d);
                         }
                     }
@@ -73,20 +77,20 @@ fn column_sums<T: Element>(x: &[T], cols: usize, mean: Option<&[T::Compute]>) ->
 }
 
 /// Per-channel moments over batch and spatial dims (BatchNorm): `(mean, m2)` per channel, with
-/// `mean = float(Σx / M)` and `m2 = Σ (x − mean)²` (as f64).
+/// `mean = Σx / M` and `m2 = Σ (x − mean)²`, both as f64.
 pub fn channel_moments<T: Element>(
     x: &[T],
     g: Geom,
     layout: ChannelLayout,
-) -> (Vec<T::Compute>, Vec<f64>) {
+) -> (Vec<f64>, Vec<f64>) {
     let count = g.n * g.s;
     if count == 0 || g.c == 0 {
-        return (vec![T::Compute::ZERO; g.c], vec![0.0; g.c]);
+        return (vec![0.0; g.c], vec![0.0; g.c]);
     }
     let m = count as f64;
     match layout {
         ChannelLayout::First => {
-            let stats: Vec<(T::Compute, f64)> = (0..g.c)
+            let stats: Vec<(f64, f64)> = (0..g.c)
                 .into_par_iter()
                 .map(|c| {
                     let plane = |n: usize| &x[(n * g.c + c) * g.s..(n * g.c + c + 1) * g.s];
@@ -94,23 +98,22 @@ pub fn channel_moments<T: Element>(
                     for n in 0..g.n {
                         s += sum(plane(n));
                     }
-                    let mean = T::Compute::from_f64(s.to_f64() / m);
+                    let mean64 = s.to_f64() / m;
+                    let mean = Centre::of(mean64);
                     let mut m2 = T::Acc::ZERO;
                     for n in 0..g.n {
                         m2 += sum_sq_dev(plane(n), mean);
                     }
-                    (mean, m2.to_f64())
+                    (mean64, m2.to_f64())
                 })
                 .collect();
             stats.into_iter().unzip()
         }
         ChannelLayout::Last => {
             let sums = column_sums(x, g.c, None);
-            let mean: Vec<T::Compute> = sums
-                .iter()
-                .map(|s| T::Compute::from_f64(s.to_f64() / m))
-                .collect();
-            let m2 = column_sums(x, g.c, Some(&mean));
+            let mean: Vec<f64> = sums.iter().map(|s| s.to_f64() / m).collect();
+            let centres: Vec<Centre<T::Compute>> = mean.iter().map(|&v| Centre::of(v)).collect();
+            let m2 = column_sums(x, g.c, Some(&centres));
             (mean, m2.iter().map(|v| v.to_f64()).collect())
         }
     }
@@ -123,21 +126,21 @@ pub fn group_moments<T: Element>(
     g: Geom,
     groups: usize,
     layout: ChannelLayout,
-) -> (Vec<T::Compute>, Vec<f64>) {
+) -> (Vec<f64>, Vec<f64>) {
     let cg = g.c / groups;
     let count = cg * g.s;
     let n_stats = g.n * groups;
     if count == 0 {
-        return (vec![T::Compute::ZERO; n_stats], vec![0.0; n_stats]);
+        return (vec![0.0; n_stats], vec![0.0; n_stats]);
     }
     let m = count as f64;
     match layout {
         ChannelLayout::First => {
-            let stats: Vec<(T::Compute, f64)> = x[..g.n * g.c * g.s]
+            let stats: Vec<(f64, f64)> = x[..g.n * g.c * g.s]
                 .par_chunks(count)
                 .map(|run| {
-                    let mean = T::Compute::from_f64(sum(run).to_f64() / m);
-                    (mean, sum_sq_dev(run, mean).to_f64())
+                    let mean = sum(run).to_f64() / m;
+                    (mean, sum_sq_dev(run, Centre::of(mean)).to_f64())
                 })
                 .collect();
             stats.into_iter().unzip()
@@ -149,17 +152,18 @@ pub fn group_moments<T: Element>(
             for n in 0..g.n {
                 let xs = &x[n * sample_len..(n + 1) * sample_len];
                 let csum = column_sums(xs, g.c, None);
-                let gmean: Vec<T::Compute> = csum
+                let gmean: Vec<f64> = csum
                     .chunks(cg)
                     .map(|ch| {
                         let mut s = T::Acc::ZERO;
                         for &v in ch {
                             s += v;
                         }
-                        T::Compute::from_f64(s.to_f64() / m)
+                        s.to_f64() / m
                     })
                     .collect();
-                let chan_mean: Vec<T::Compute> = (0..g.c).map(|c| gmean[c / cg]).collect();
+                let chan_mean: Vec<Centre<T::Compute>> =
+                    (0..g.c).map(|c| Centre::of(gmean[c / cg])).collect();
                 let cm2 = column_sums(xs, g.c, Some(&chan_mean));
                 for ch in cm2.chunks(cg) {
                     let mut s = T::Acc::ZERO;
@@ -176,16 +180,16 @@ pub fn group_moments<T: Element>(
 }
 
 /// Per-row moments over a row-major `(rows, cols)` slice (LayerNorm).
-pub fn row_moments<T: Element>(x: &[T], rows: usize, cols: usize) -> (Vec<T::Compute>, Vec<f64>) {
+pub fn row_moments<T: Element>(x: &[T], rows: usize, cols: usize) -> (Vec<f64>, Vec<f64>) {
     if cols == 0 {
-        return (vec![T::Compute::ZERO; rows], vec![0.0; rows]);
+        return (vec![0.0; rows], vec![0.0; rows]);
     }
     let m = cols as f64;
-    let stats: Vec<(T::Compute, f64)> = x[..rows * cols]
+    let stats: Vec<(f64, f64)> = x[..rows * cols]
         .par_chunks(cols)
         .map(|row| {
-            let mean = T::Compute::from_f64(sum(row).to_f64() / m);
-            (mean, sum_sq_dev(row, mean).to_f64())
+            let mean = sum(row).to_f64() / m;
+            (mean, sum_sq_dev(row, Centre::of(mean)).to_f64())
         })
         .collect();
     stats.into_iter().unzip()
@@ -194,7 +198,7 @@ pub fn row_moments<T: Element>(x: &[T], rows: usize, cols: usize) -> (Vec<T::Com
 /// Per-(n, c) affine coefficients of the centred form `y = (x − shift)·scale + offset`.
 /// Indexed by channel (`per_sample = false`) or by `n·C + c` (`per_sample = true`).
 pub struct Coefficients<'a, C> {
-    pub shift: &'a [C],
+    pub shift: &'a [Centre<C>],
     pub scale: &'a [C],
     pub offset: &'a [C],
     pub per_sample: bool,
@@ -230,7 +234,7 @@ pub fn apply_channel<T: Element>(
                         let i = idx(plane / g.c, plane % g.c);
                         let (sh, sc, of) = (k.shift[i], k.scale[i], k.offset[i]);
                         for (o, &v) in yp.iter_mut().zip(xp) {
-                            *o = T::from_compute((v.to_compute() - sh) * sc + of);
+                            *o = T::from_compute(sh.centre(v.to_compute()) * sc + of);
                         }
                     }
                 });
@@ -250,7 +254,8 @@ pub fn apply_channel<T: Element>(
                             &k.offset[base..base + g.c],
                         );
                         for c in 0..g.c {
-                            yr[c] = T::from_compute((xr[c].to_compute() - sh[c]) * sc[c] + of[c]);
+                            yr[c] =
+                                T::from_compute(sh[c].centre(xr[c].to_compute()) * sc[c] + of[c]);
                         }
                     }
                 });
@@ -263,7 +268,7 @@ pub fn apply_rows<T: Element>(
     x: &[T],
     y: &mut [T],
     cols: usize,
-    mean: &[T::Compute],
+    mean: &[Centre<T::Compute>],
     rstd: &[T::Compute],
     weight: Option<&[T::Compute]>,
     bias: Option<&[T::Compute]>,
@@ -281,22 +286,22 @@ pub fn apply_rows<T: Element>(
             match (weight, bias) {
                 (Some(w), Some(b)) => {
                     for j in 0..cols {
-                        yr[j] = T::from_compute((xr[j].to_compute() - mu) * rs * w[j] + b[j]);
+                        yr[j] = T::from_compute(mu.centre(xr[j].to_compute()) * rs * w[j] + b[j]);
                     }
                 }
                 (Some(w), None) => {
                     for j in 0..cols {
-                        yr[j] = T::from_compute((xr[j].to_compute() - mu) * rs * w[j]);
+                        yr[j] = T::from_compute(mu.centre(xr[j].to_compute()) * rs * w[j]);
                     }
                 }
                 (None, Some(b)) => {
                     for j in 0..cols {
-                        yr[j] = T::from_compute((xr[j].to_compute() - mu) * rs + b[j]);
+                        yr[j] = T::from_compute(mu.centre(xr[j].to_compute()) * rs + b[j]);
                     }
                 }
                 (None, None) => {
                     for j in 0..cols {
-                        yr[j] = T::from_compute((xr[j].to_compute() - mu) * rs);
+                        yr[j] = T::from_compute(mu.centre(xr[j].to_compute()) * rs);
                     }
                 }
             }
