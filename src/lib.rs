@@ -21,6 +21,7 @@
 //!   differ from PyTorch by rounding only.
 
 pub mod backend;
+pub mod bench;
 pub mod dtype;
 pub mod error;
 pub mod layers;

@@ -1,1 +1,336 @@
-fn main() {}
+//! The `normkit` command: `info`, `bench` and `bandwidth`.
+//!
+//! Arguments are parsed with `std::env::args` (a dozen flags do not justify a dependency).
+
+use normkit::DType;
+use normkit::backend::cpu::{simd_level, threads::effective_threads};
+use normkit::bench::{BWD_NOT_IMPLEMENTED, Bandwidth, Measurement, Prepared, Suite, bandwidth};
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+const USAGE: &str = "usage:
+  normkit info
+  normkit bench [--device cpu|cuda|auto] [--json] [--threads N] [--dtype f32|bf16|...]
+                [--filter SUBSTR] [--reps N | --quick] [--bandwidth]
+  normkit bandwidth [--threads N] [--size-mib N] [--reps N]
+
+bench runs every standard case (benches/cases.json, embedded) and checks a sample of outputs
+against a float64 reference. --filter matches Layer/AxBxC/LAYOUT/mode/dtype, e.g.
+'LayerNorm/4096x4096' or '/NHWC/'. --bandwidth also measures this machine's memory bandwidth
+and prints each case's share of it. bandwidth measures read, write and scale (b = s*a) streams
+over two buffers (default 1024 MiB each) at 1 and 2 threads (or --threads N).";
+
+#[derive(Debug)]
+struct Opts {
+    device: String,
+    json: bool,
+    threads: Option<usize>,
+    dtypes: Option<Vec<DType>>,
+    filter: Option<String>,
+    reps: usize,
+    bandwidth: bool,
+    size_mib: usize,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        device: "auto".into(),
+        json: false,
+        threads: None,
+        dtypes: None,
+        filter: None,
+        reps: 15,
+        bandwidth: false,
+        size_mib: 1024,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let count = |name: &str, v: String| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("{name}: expected a positive integer, got '{v}'"))
+        };
+        match a.as_str() {
+            "--device" => o.device = value("--device")?,
+            "--json" => o.json = true,
+            "--threads" => o.threads = Some(count("--threads", value("--threads")?)?),
+            "--dtype" => {
+                let v = value("--dtype")?;
+                let d = DType::parse(&v).ok_or_else(|| format!("--dtype: unknown dtype '{v}'"))?;
+                o.dtypes.get_or_insert_with(Vec::new).push(d);
+            }
+            "--filter" => o.filter = Some(value("--filter")?),
+            "--reps" => o.reps = count("--reps", value("--reps")?)?,
+            "--quick" => o.reps = 5,
+            "--bandwidth" => o.bandwidth = true,
+            "--size-mib" => o.size_mib = count("--size-mib", value("--size-mib")?)?,
+            other => return Err(format!("unknown argument '{other}'\n\n{USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+fn cuda_status() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "CUDA backend not available: the cuda feature is on but the backend is not implemented yet"
+    } else {
+        "CUDA backend not compiled in (build with --features cuda)"
+    }
+}
+
+fn simd_features() -> Vec<(&'static str, bool)> {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        vec![
+            ("sse2", std::arch::is_x86_feature_detected!("sse2")),
+            ("sse4.1", std::arch::is_x86_feature_detected!("sse4.1")),
+            ("avx", std::arch::is_x86_feature_detected!("avx")),
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+            ("avx512bw", std::arch::is_x86_feature_detected!("avx512bw")),
+            ("avx512vl", std::arch::is_x86_feature_detected!("avx512vl")),
+            (
+                "avx512bf16",
+                std::arch::is_x86_feature_detected!("avx512bf16"),
+            ),
+        ]
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    {
+        Vec::new()
+    }
+}
+
+fn info() {
+    println!("normkit {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "backends compiled in: cpu; cuda feature {}",
+        if cfg!(feature = "cuda") { "on" } else { "off" }
+    );
+    println!("devices:");
+    println!(
+        "  cpu: available, {} threads by default (normkit::set_num_threads, --threads)",
+        effective_threads(normkit::num_threads())
+    );
+    println!("  cuda: none ({})", cuda_status());
+    let feats = simd_features();
+    if feats.is_empty() {
+        println!("SIMD features: not an x86 target (portable kernels)");
+    } else {
+        let on: Vec<&str> = feats.iter().filter(|f| f.1).map(|f| f.0).collect();
+        let off: Vec<&str> = feats.iter().filter(|f| !f.1).map(|f| f.0).collect();
+        println!("SIMD features detected: {}", on.join(" "));
+        println!("SIMD features absent:   {}", off.join(" "));
+    }
+    println!("CPU kernel dispatch: {}", simd_level());
+}
+
+fn print_bandwidth(b: &Bandwidth) {
+    println!(
+        "threads {}: read {:6.1} GB/s   write {:6.1} GB/s   scale (read+write) {:6.1} GB/s",
+        b.threads, b.read, b.write, b.scale
+    );
+}
+
+fn run_bandwidth(o: &Opts) {
+    let threads = o.threads.map_or(vec![1, 2], |t| vec![t]);
+    let reps = if o.reps == 15 { 5 } else { o.reps };
+    println!(
+        "memory bandwidth: two buffers of {} MiB, best of {reps} (GB/s = 1e9 bytes/s)",
+        o.size_mib
+    );
+    for t in threads {
+        print_bandwidth(&bandwidth(t, o.size_mib << 20, reps));
+    }
+}
+
+struct Progress {
+    total: usize,
+    done: usize,
+    tty: bool,
+}
+
+impl Progress {
+    fn step(&mut self, what: &str) {
+        self.done += 1;
+        let width = 30;
+        let filled = width * self.done / self.total.max(1);
+        let bar = format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled));
+        let line = format!("{bar} {}/{} {what}", self.done, self.total);
+        let mut err = std::io::stderr();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K{line}");
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = err.flush();
+    }
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+fn run_bench(o: &Opts) -> Result<bool, String> {
+    match o.device.as_str() {
+        "cpu" | "auto" => {}
+        "cuda" => return Err(format!("--device cuda: {}", cuda_status())),
+        other => {
+            return Err(format!(
+                "--device: expected cpu, cuda or auto, got '{other}'"
+            ));
+        }
+    }
+    let suite = Suite::standard()?;
+    let dtypes = o.dtypes.clone().unwrap_or_else(|| suite.dtypes.clone());
+    let threads = o.threads.map_or(suite.threads.clone(), |t| vec![t]);
+    let cases: Vec<_> = suite
+        .cases(&dtypes)
+        .into_iter()
+        .filter(|c| o.filter.as_deref().is_none_or(|f| c.name().contains(f)))
+        .collect();
+    if cases.is_empty() {
+        return Err("no case matches the filter".into());
+    }
+    let bw: Vec<Bandwidth> = if o.bandwidth {
+        eprintln!("measuring memory bandwidth ({} MiB buffers)...", o.size_mib);
+        threads
+            .iter()
+            .map(|&t| bandwidth(t, o.size_mib << 20, 3))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let total = cases
+        .iter()
+        .map(|c| if c.is_backward() { 1 } else { threads.len() })
+        .sum();
+    let mut progress = Progress {
+        total,
+        done: 0,
+        tty: std::io::stderr().is_terminal(),
+    };
+    let mut results: Vec<Measurement> = Vec::new();
+    let mut skipped = Vec::new();
+    let mut failures = Vec::new();
+    for case in &cases {
+        if case.is_backward() {
+            progress.step(&case.name());
+            skipped.push(format!("{}: {BWD_NOT_IMPLEMENTED}", case.name()));
+            continue;
+        }
+        let mut prep = match Prepared::new(case, &suite) {
+            Ok(p) => p,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        for &t in &threads {
+            progress.step(&format!("{} threads={t}", case.name()));
+            match normkit::bench::measure(&mut prep, t, o.reps) {
+                Ok(m) => {
+                    if o.json {
+                        println!("{}", m.to_json());
+                    }
+                    results.push(m);
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+    }
+    progress.finish();
+    for s in &skipped {
+        if o.json {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    }
+    if !o.json {
+        print_table(&results, &bw);
+    }
+    for f in &failures {
+        eprintln!("FAILED: {f}");
+    }
+    Ok(failures.is_empty())
+}
+
+fn print_table(results: &[Measurement], bw: &[Bandwidth]) {
+    println!(
+        "\n{:<18} {:<18} {:<9} {:<5} {:<8} {:>3} {:>10} {:>9}{}",
+        "layer",
+        "shape",
+        "layout",
+        "mode",
+        "dtype",
+        "thr",
+        "median ms",
+        "GB/s",
+        if bw.is_empty() { "" } else { "  % of bw" }
+    );
+    for m in results {
+        let share = bw
+            .iter()
+            .find(|b| b.threads == m.threads)
+            .map_or(String::new(), |b| {
+                format!("  {:>6.0}%", 100.0 * m.gbps() / b.scale)
+            });
+        println!(
+            "{:<18} {:<18} {:<9} {:<5} {:<8} {:>3} {:>10.3} {:>9.1}{share}",
+            m.case.layer,
+            m.case.shape_str(),
+            m.case.layout,
+            m.case.mode,
+            normkit::bench::dtype_name(m.case.dtype),
+            m.threads,
+            m.median_ms,
+            m.gbps(),
+        );
+    }
+    for b in bw {
+        print_bandwidth(b);
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => ("help", &args[..]),
+    };
+    let opts = match parse(rest) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("normkit: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        "info" => info(),
+        "bandwidth" => run_bandwidth(&opts),
+        "bench" => match run_bench(&opts) {
+            Ok(true) => {}
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("normkit: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        "help" | "--help" | "-h" => println!("{USAGE}"),
+        other => {
+            eprintln!("normkit: unknown command '{other}'\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}

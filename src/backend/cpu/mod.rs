@@ -15,6 +15,22 @@ use crate::dtype::{Element, Real};
 use moments::{Centre, acc_of, sum, sum_sq_dev};
 use rayon::prelude::*;
 
+/// The instruction set the hot loops dispatch to on this machine (the `multiversion` clones:
+/// AVX-512, AVX2+FMA, or the baseline build).
+pub fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx2") && has!("fma") {
+            return "x86_64 avx512 (f, bw, vl)";
+        }
+        if has!("avx2") && has!("fma") {
+            return "x86_64 avx2+fma";
+        }
+    }
+    "baseline (no runtime SIMD clone for this CPU)"
+}
+
 /// Dense layouts the kernels handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChannelLayout {

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Side-by-side timing of `normkit bench --json` and PyTorch on the standard cases.
+
+For every (threads, dtype, case) the two are run alternately, `--rounds` times (the order is
+swapped every round), and the median of the per-round medians is kept. Prints the speed-up
+(PyTorch time / normkit time) per case and its geometric mean per thread count and dtype.
+
+    python3 benches/compare/compare.py [--normkit target/release/normkit] [--reps 11]
+        [--rounds 3] [--threads 1 2] [--dtypes float32 bfloat16] [--filter SUBSTR]
+        [--bandwidth] [--markdown]
+
+PyTorch is needed only here (pip install torch); it is not a CI dependency.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CASES = os.path.join(HERE, "..", "cases.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CHANNELS_LAST = {"NHWC": torch.channels_last, "NDHWC": torch.channels_last_3d}
+
+
+def expand(suite, dtypes):
+    for c in suite["cases"]:
+        for layout in c["layouts"]:
+            for mode in c["modes"]:
+                for d in dtypes:
+                    yield dict(c, layout=layout, mode=mode, dtype=d)
+
+
+def name(case):
+    shape = "x".join(str(s) for s in case["shape"])
+    return f"{case['layer']}/{shape}/{case['layout']}/{case['mode']}/{case['dtype']}"
+
+
+def torch_module(case, suite):
+    layer, shape = case["layer"], case["shape"]
+    eps = suite["eps"]
+    if layer.startswith("BatchNorm"):
+        m = getattr(torch.nn, layer)(shape[1], eps=eps)
+        m.train(case["mode"] == "train")
+    elif layer.startswith("InstanceNorm"):
+        m = getattr(torch.nn, layer)(shape[1], eps=eps)
+    elif layer == "GroupNorm":
+        m = torch.nn.GroupNorm(case["num_groups"], shape[1], eps=eps)
+    elif layer == "LayerNorm":
+        m = torch.nn.LayerNorm(case["normalized_shape"], eps=eps)
+    elif layer == "LocalResponseNorm":
+        p = suite["lrn"]
+        m = torch.nn.LocalResponseNorm(p["size"], p["alpha"], p["beta"], p["k"])
+    else:
+        raise ValueError(layer)
+    return m.to(DTYPES[case["dtype"]])
+
+
+def time_torch(case, suite, threads, reps):
+    torch.set_num_threads(threads)
+    m = torch_module(case, suite)
+    x = torch.rand(case["shape"]) * 4 - 1.5
+    x = x.to(DTYPES[case["dtype"]])
+    if case["layout"] in CHANNELS_LAST:
+        x = x.contiguous(memory_format=CHANNELS_LAST[case["layout"]])
+    times = []
+    with torch.no_grad():
+        try:
+            m(x)
+        except RuntimeError as e:  # e.g. LRN bf16 at rank 4 on PyTorch's CPU
+            return None, str(e).splitlines()[0]
+        for _ in range(reps):
+            t = time.perf_counter()
+            m(x)
+            times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times), None
+
+
+def time_normkit(exe, case, threads, reps):
+    out = subprocess.run(
+        [exe, "bench", "--json", "--threads", str(threads), "--dtype", case["dtype"],
+         "--filter", name(case), "--reps", str(reps)],
+        check=True, capture_output=True, text=True).stdout
+    rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    if len(rows) != 1:
+        raise RuntimeError(f"{name(case)}: expected one result, got {len(rows)}")
+    return rows[0]
+
+
+def bandwidth(exe, threads):
+    out = subprocess.run([exe, "bandwidth", "--threads", str(threads), "--size-mib", "1024"],
+                         check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "scale" in line:
+            return float(line.split("scale (read+write)")[1].split()[0])
+    return float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--normkit", default=os.path.join(HERE, "..", "..", "target", "release", "normkit"))
+    ap.add_argument("--reps", type=int, default=11)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--filter", default="")
+    ap.add_argument("--bandwidth", action="store_true", help="also measure memory bandwidth")
+    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = ap.parse_args()
+    with open(CASES) as f:
+        suite = json.load(f)
+    print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
+          f"normkit {args.normkit}", file=sys.stderr)
+    bw = {t: bandwidth(args.normkit, t) for t in args.threads} if args.bandwidth else {}
+    rows = []
+    for t in args.threads:
+        for case in expand(suite, args.dtypes):
+            if case["mode"] == "bwd" or args.filter not in name(case):
+                continue
+            nk, th, err = [], [], None
+            for r in range(args.rounds):
+                order = ("n", "t") if r % 2 == 0 else ("t", "n")
+                for who in order:
+                    if who == "n":
+                        nk.append(time_normkit(args.normkit, case, t, args.reps))
+                    else:
+                        ms, err = time_torch(case, suite, t, args.reps)
+                        if ms is not None:
+                            th.append(ms)
+            n_ms = statistics.median(r["median_ms"] for r in nk)
+            t_ms = statistics.median(th) if th else None
+            gbps = nk[0]["bytes"] / (n_ms * 1e-3) / 1e9
+            rows.append((t, case, n_ms, t_ms, gbps, err))
+            ratio = f"{t_ms / n_ms:5.2f}x" if t_ms else "  n/a"
+            print(f"[{t}t] {name(case):<52} normkit {n_ms:8.3f} ms  torch "
+                  f"{(t_ms or float('nan')):8.3f} ms  {ratio}", file=sys.stderr)
+    sep = "|" if args.markdown else " "
+    head = ["case", "thr", "normkit ms", "torch ms", "speed-up", "GB/s"] + (["% of bw"] if bw else [])
+    print(("| " + " | ".join(head) + " |\n|" + "---|" * len(head)) if args.markdown
+          else "  ".join(head))
+    for t, case, n_ms, t_ms, gbps, err in rows:
+        cells = [name(case), str(t), f"{n_ms:.3f}", f"{t_ms:.3f}" if t_ms else "n/a",
+                 f"{t_ms / n_ms:.2f}x" if t_ms else "n/a (torch: " + (err or "") + ")",
+                 f"{gbps:.1f}"]
+        if bw:
+            cells.append(f"{100 * gbps / bw[t]:.0f}%")
+        print(("| " + " | ".join(cells) + " |") if args.markdown else sep.join(cells))
+    print()
+    for t in args.threads:
+        for d in args.dtypes + ["all"]:
+            r = [tt / n for tt_, c, n, tt, g, e in rows
+                 if tt_ == t and tt and (d == "all" or c["dtype"] == d)]
+            if r:
+                gm = math.exp(sum(math.log(v) for v in r) / len(r))
+                print(f"geometric-mean speed-up, {t} thread(s), {d}: {gm:.2f}x over {len(r)} cases"
+                      f" (slowest {min(r):.2f}x)")
+    for t, v in bw.items():
+        print(f"memory bandwidth (scale, read+write), {t} thread(s): {v:.1f} GB/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,709 @@
+//! The standard benchmark suite (`benches/cases.json`, embedded at build time), shared by
+//! `normkit bench` and the criterion benches.
+//!
+//! A [`Case`] is one measured configuration (layer, shape, layout, mode, dtype). [`Prepared`]
+//! owns its input, output and parameters, runs the op, and checks a sample of outputs against a
+//! float64 reference computed here independently of the kernels. [`measure`] times it on a
+//! normkit thread pool of a given size. The byte model (read `x` once, write `y` once, plus the
+//! parameters) gives the effective bandwidth.
+
+use crate::backend::cpu::threads;
+use crate::ops::{
+    BatchNormArgs, GroupNormArgs, InstanceNormArgs, LayerNormArgs, LrnArgs, batch_norm, group_norm,
+    instance_norm, layer_norm, local_response_norm,
+};
+use crate::{Buffer, DType, Tensor, TensorMut};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// The standard cases file, embedded at build time.
+pub const CASES_JSON: &str = include_str!("../benches/cases.json");
+
+/// The message printed (per case) for backward modes.
+pub const BWD_NOT_IMPLEMENTED: &str = "not implemented yet (backward pass is issue 7)";
+
+/// One standard case of the file, before expansion over layouts, modes and dtypes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    pub layer: String,
+    pub shape: Vec<usize>,
+    pub layouts: Vec<String>,
+    pub modes: Vec<String>,
+    pub num_groups: Option<usize>,
+    pub normalized_shape: Option<Vec<usize>>,
+}
+
+/// The parsed suite: global parameters and the case list.
+#[derive(Clone, Debug)]
+pub struct Suite {
+    pub eps: f64,
+    pub lrn: LrnArgs,
+    pub dtypes: Vec<DType>,
+    pub threads: Vec<usize>,
+    pub specs: Vec<Spec>,
+}
+
+/// One measured configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Case {
+    pub layer: String,
+    pub shape: Vec<usize>,
+    pub layout: String,
+    pub mode: String,
+    pub dtype: DType,
+    pub num_groups: Option<usize>,
+    pub normalized_shape: Option<Vec<usize>>,
+}
+
+fn list<T>(
+    v: &serde_json::Value,
+    what: &str,
+    item: impl Fn(&serde_json::Value) -> Option<T>,
+) -> Result<Vec<T>, String> {
+    v.as_array()
+        .ok_or_else(|| format!("{what}: expected a list"))?
+        .iter()
+        .map(|e| item(e).ok_or_else(|| format!("{what}: unexpected element {e}")))
+        .collect()
+}
+
+fn usizes(v: &serde_json::Value, what: &str) -> Result<Vec<usize>, String> {
+    list(v, what, |e| e.as_u64().map(|n| n as usize))
+}
+
+fn strings(v: &serde_json::Value, what: &str) -> Result<Vec<String>, String> {
+    list(v, what, |e| e.as_str().map(str::to_string))
+}
+
+/// Long dtype spelling of the cases file (`float32`, `bfloat16`, ...).
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "float32",
+        DType::F64 => "float64",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+    }
+}
+
+impl Suite {
+    /// Parses a cases file.
+    pub fn parse(text: &str) -> Result<Suite, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("cases file: {e}"))?;
+        let f = |key: &str| v.get(key).ok_or_else(|| format!("cases file: no `{key}`"));
+        let lrn = f("lrn")?;
+        let num = |key: &str| {
+            lrn.get(key)
+                .and_then(|x| x.as_f64())
+                .ok_or_else(|| format!("lrn.{key}: expected a number"))
+        };
+        let lrn = LrnArgs {
+            size: num("size")? as usize,
+            alpha: num("alpha")?,
+            beta: num("beta")?,
+            k: num("k")?,
+        };
+        let dtypes = strings(f("dtypes")?, "dtypes")?
+            .iter()
+            .map(|s| DType::parse(s).ok_or_else(|| format!("dtypes: unknown dtype {s}")))
+            .collect::<Result<_, _>>()?;
+        let mut specs = Vec::new();
+        for c in f("cases")?
+            .as_array()
+            .ok_or("cases: expected a list")?
+            .iter()
+        {
+            let get = |key: &str| c.get(key).ok_or_else(|| format!("case without `{key}`"));
+            specs.push(Spec {
+                layer: get("layer")?
+                    .as_str()
+                    .ok_or("layer: expected a string")?
+                    .to_string(),
+                shape: usizes(get("shape")?, "shape")?,
+                layouts: strings(get("layouts")?, "layouts")?,
+                modes: strings(get("modes")?, "modes")?,
+                num_groups: c
+                    .get("num_groups")
+                    .and_then(|g| g.as_u64())
+                    .map(|g| g as usize),
+                normalized_shape: match c.get("normalized_shape") {
+                    Some(ns) => Some(usizes(ns, "normalized_shape")?),
+                    None => None,
+                },
+            });
+        }
+        Ok(Suite {
+            eps: f("eps")?.as_f64().ok_or("eps: expected a number")?,
+            lrn,
+            dtypes,
+            threads: usizes(f("threads")?, "threads")?,
+            specs,
+        })
+    }
+
+    /// The embedded standard suite.
+    pub fn standard() -> Result<Suite, String> {
+        Suite::parse(CASES_JSON)
+    }
+
+    /// Every case, expanded over layouts, modes and the given dtypes (in file order).
+    pub fn cases(&self, dtypes: &[DType]) -> Vec<Case> {
+        let mut out = Vec::new();
+        for s in &self.specs {
+            for layout in &s.layouts {
+                for mode in &s.modes {
+                    for &dtype in dtypes {
+                        out.push(Case {
+                            layer: s.layer.clone(),
+                            shape: s.shape.clone(),
+                            layout: layout.clone(),
+                            mode: mode.clone(),
+                            dtype,
+                            num_groups: s.num_groups,
+                            normalized_shape: s.normalized_shape.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Case {
+    /// `Layer/AxBxC/LAYOUT/mode/dtype`, the string `--filter` matches.
+    pub fn name(&self) -> String {
+        format!(
+            "{}/{}/{}/{}/{}",
+            self.layer,
+            self.shape_str(),
+            self.layout,
+            self.mode,
+            dtype_name(self.dtype)
+        )
+    }
+
+    pub fn shape_str(&self) -> String {
+        self.shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x")
+    }
+
+    pub fn is_backward(&self) -> bool {
+        self.mode == "bwd"
+    }
+
+    fn channels_last(&self) -> bool {
+        matches!(self.layout.as_str(), "NHWC" | "NDHWC" | "NLC")
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Length of the per-channel (or LayerNorm elementwise) parameter vectors, 0 if none.
+    fn param_len(&self) -> usize {
+        match self.layer.as_str() {
+            "LayerNorm" => self
+                .normalized_shape
+                .as_ref()
+                .map_or(0, |ns| ns.iter().product()),
+            "LocalResponseNorm" | "InstanceNorm1d" | "InstanceNorm2d" | "InstanceNorm3d" => 0,
+            _ => self.shape.get(1).copied().unwrap_or(0),
+        }
+    }
+
+    /// Compulsory traffic of the byte model: `x` read once and `y` written once (backward: `x`
+    /// and `dy` read, `dx` written), plus weight and bias, plus the running statistics for
+    /// BatchNorm (read in eval, read and written in train).
+    pub fn bytes(&self) -> u64 {
+        let es = self.dtype.size_in_bytes() as u64;
+        let tensors = if self.is_backward() { 3 } else { 2 };
+        let p = self.param_len() as u64;
+        let param_passes = 2 + if self.layer.starts_with("BatchNorm") {
+            if self.mode == "train" { 4 } else { 2 }
+        } else {
+            0
+        };
+        tensors * self.numel() as u64 * es + param_passes * p * es
+    }
+}
+
+/// Deterministic pseudo-random values (splitmix64), uniform in `[-1, 1)`.
+fn noise(i: u64) -> f64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+}
+
+/// A case with its buffers, ready to run.
+pub struct Prepared {
+    pub case: Case,
+    eps: f64,
+    lrn: LrnArgs,
+    x: Buffer,
+    y: Buffer,
+    weight: Option<Buffer>,
+    bias: Option<Buffer>,
+    running_mean: Option<Buffer>,
+    running_var: Option<Buffer>,
+}
+
+impl Prepared {
+    /// Allocates and fills the buffers of a forward case (values in `[-1.5, 2.5)`, parameters
+    /// near 1 and 0), in the case's dtype.
+    pub fn new(case: &Case, suite: &Suite) -> Result<Prepared, String> {
+        if case.is_backward() {
+            return Err(format!("{}: {BWD_NOT_IMPLEMENTED}", case.name()));
+        }
+        let n = case.numel();
+        let d = case.dtype;
+        let xs: Vec<f64> = (0..n as u64).map(|i| 0.5 + 2.0 * noise(i)).collect();
+        let p = case.param_len();
+        let param = |f: &dyn Fn(f64) -> f64| {
+            (p > 0).then(|| Buffer::from_f64(d, &(0..p).map(|i| f(i as f64)).collect::<Vec<_>>()))
+        };
+        let bn = case.layer.starts_with("BatchNorm");
+        Ok(Prepared {
+            case: case.clone(),
+            eps: suite.eps,
+            lrn: suite.lrn,
+            x: Buffer::from_f64(d, &xs),
+            y: Buffer::filled(d, n, 0.0),
+            weight: param(&|c| 1.0 + 0.25 * (0.7 * c).sin()),
+            bias: param(&|c| 0.1 * (0.3 * c).cos()),
+            running_mean: if bn {
+                param(&|c| 0.2 * (0.11 * c).sin())
+            } else {
+                None
+            },
+            running_var: if bn {
+                param(&|c| 1.0 + 0.5 * (0.13 * c).cos().abs())
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Runs the op once on the current thread pool.
+    pub fn run(&mut self) -> crate::Result<()> {
+        let c = &self.case;
+        let shape = c.shape.as_slice();
+        let cl = c.channels_last();
+        let x = if cl {
+            Tensor::channels_last(self.x.as_data(), shape)?
+        } else {
+            Tensor::new(self.x.as_data(), shape)?
+        };
+        let mut y = if cl {
+            TensorMut::channels_last(self.y.as_data_mut(), shape)?
+        } else {
+            TensorMut::new(self.y.as_data_mut(), shape)?
+        };
+        let pshape = c
+            .normalized_shape
+            .clone()
+            .unwrap_or_else(|| vec![self.weight.as_ref().map_or(0, |w| w.len())]);
+        fn view<'b>(b: &'b Option<Buffer>, shape: &[usize]) -> crate::Result<Option<Tensor<'b>>> {
+            b.as_ref()
+                .map(|b| Tensor::new(b.as_data(), shape))
+                .transpose()
+        }
+        let weight = view(&self.weight, &pshape)?;
+        let bias = view(&self.bias, &pshape)?;
+        match c.layer.as_str() {
+            l if l.starts_with("BatchNorm") => {
+                let rm = self.running_mean.as_mut().map(|b| b.view_mut());
+                let rv = self.running_var.as_mut().map(|b| b.view_mut());
+                let args = BatchNormArgs {
+                    weight,
+                    bias,
+                    running_mean: rm,
+                    running_var: rv,
+                    training: c.mode == "train",
+                    eps: self.eps,
+                    ..Default::default()
+                };
+                batch_norm(&x, &mut y, args)?;
+            }
+            l if l.starts_with("InstanceNorm") => {
+                let args = InstanceNormArgs {
+                    eps: self.eps,
+                    ..Default::default()
+                };
+                instance_norm(&x, &mut y, args)?;
+            }
+            "GroupNorm" => {
+                let mut args = GroupNormArgs::new(c.num_groups.unwrap_or(1));
+                (args.weight, args.bias, args.eps) = (weight, bias, self.eps);
+                group_norm(&x, &mut y, args)?;
+            }
+            "LayerNorm" => {
+                let mut args = LayerNormArgs::new(&pshape);
+                (args.weight, args.bias, args.eps) = (weight, bias, self.eps);
+                layer_norm(&x, &mut y, args)?;
+            }
+            "LocalResponseNorm" => local_response_norm(&x, &mut y, self.lrn)?,
+            other => {
+                return Err(crate::Error::invalid(
+                    "bench",
+                    "layer",
+                    "a layer of the standard suite",
+                    other.to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Geometry of the logical `(N, C, S)` view and the memory offset of `(n, c, s)`.
+    fn geom(&self) -> (usize, usize, usize) {
+        let sh = &self.case.shape;
+        if self.case.layer == "LayerNorm" {
+            let cols = self.case.param_len().max(1);
+            return (self.case.numel() / cols, 1, cols);
+        }
+        (
+            sh[0],
+            sh.get(1).copied().unwrap_or(1),
+            sh[2..].iter().product(),
+        )
+    }
+
+    fn offset(&self, n: usize, c: usize, s: usize) -> usize {
+        let (_, cc, ss) = self.geom();
+        if self.case.channels_last() {
+            (n * ss + s) * cc + c
+        } else {
+            (n * cc + c) * ss + s
+        }
+    }
+
+    /// Float64 mean and biased variance over the `(n, c, s)` triples of `items`.
+    fn moments(&self, items: impl Iterator<Item = (usize, usize, usize)> + Clone) -> (f64, f64) {
+        let x = self.x.as_data();
+        let (mut sum, mut count) = (0.0, 0usize);
+        for (n, c, s) in items.clone() {
+            sum += x.get_f64(self.offset(n, c, s));
+            count += 1;
+        }
+        let mean = sum / count as f64;
+        let m2: f64 = items
+            .map(|(n, c, s)| (x.get_f64(self.offset(n, c, s)) - mean).powi(2))
+            .sum();
+        (mean, m2 / count as f64)
+    }
+
+    /// The float64 reference of output `(n, c, s)` (`cache` keeps group statistics).
+    fn reference(
+        &self,
+        n: usize,
+        c: usize,
+        s: usize,
+        cache: &mut HashMap<usize, (f64, f64)>,
+    ) -> f64 {
+        let (nn, cc, ss) = self.geom();
+        let x = self.x.as_data();
+        let v = x.get_f64(self.offset(n, c, s));
+        let p = |b: &Option<Buffer>, i: usize, default: f64| {
+            b.as_ref().map_or(default, |b| b.as_data().get_f64(i))
+        };
+        let layer = self.case.layer.as_str();
+        if layer == "LocalResponseNorm" {
+            let a = self.lrn;
+            let lo = c.saturating_sub(a.size / 2);
+            let hi = (c + (a.size - 1) / 2).min(cc - 1);
+            let sq: f64 = (lo..=hi)
+                .map(|j| x.get_f64(self.offset(n, j, s)).powi(2))
+                .sum();
+            return v / (a.k + a.alpha / a.size as f64 * sq).powf(a.beta);
+        }
+        let (key, pi) = match layer {
+            "LayerNorm" => (n, s),
+            "GroupNorm" => (n * cc + c / (cc / self.case.num_groups.unwrap_or(1)), c),
+            l if l.starts_with("InstanceNorm") => (n * cc + c, c),
+            _ => (c, c),
+        };
+        let (mean, var) = if layer.starts_with("BatchNorm") && self.case.mode == "eval" {
+            (p(&self.running_mean, c, 0.0), p(&self.running_var, c, 1.0))
+        } else {
+            *cache.entry(key).or_insert_with(|| match layer {
+                "LayerNorm" => self.moments((0..ss).map(|j| (n, 0, j))),
+                "GroupNorm" => {
+                    let cg = cc / self.case.num_groups.unwrap_or(1);
+                    let c0 = c / cg * cg;
+                    self.moments((c0..c0 + cg).flat_map(move |ch| (0..ss).map(move |j| (n, ch, j))))
+                }
+                l if l.starts_with("InstanceNorm") => self.moments((0..ss).map(|j| (n, c, j))),
+                _ => self.moments((0..nn).flat_map(move |b| (0..ss).map(move |j| (b, c, j)))),
+            })
+        };
+        (v - mean) / (var + self.eps).sqrt() * p(&self.weight, pi, 1.0) + p(&self.bias, pi, 0.0)
+    }
+
+    /// Compares `samples` outputs (spread over the tensor, first and last included) with the
+    /// float64 reference; returns a description of the worst mismatch if any exceeds the
+    /// dtype's tolerance.
+    pub fn check(&self, samples: usize) -> Result<(), String> {
+        let (nn, cc, ss) = self.geom();
+        let total = nn * cc * ss;
+        if total == 0 {
+            return Ok(());
+        }
+        let tol = match self.case.dtype {
+            DType::F64 => 1e-9,
+            DType::F32 => 1e-4,
+            DType::F16 => 4e-3,
+            DType::BF16 => 2e-2,
+        };
+        let y = self.y.as_data();
+        let mut cache = HashMap::new();
+        let count = samples.max(2).min(total);
+        for k in 0..count {
+            let i = if k + 1 == count {
+                total - 1
+            } else {
+                (((noise(k as u64 ^ 0xABCD) + 1.0) / 2.0) * total as f64) as usize % total
+            };
+            let (n, c, s) = (i / (cc * ss), i / ss % cc, i % ss);
+            let want = self.reference(n, c, s, &mut cache);
+            let got = y.get_f64(self.offset(n, c, s));
+            let err = (got - want).abs();
+            let within = err <= tol * (1.0 + want.abs());
+            if !within {
+                return Err(format!(
+                    "{}: output ({n}, {c}, {s}) = {got}, float64 reference {want} (error {err:.3e} > tolerance {tol:.0e}·(1+|ref|))",
+                    self.case.name()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Timing of one case.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measurement {
+    pub case: Case,
+    pub device: String,
+    pub threads: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub reps: usize,
+}
+
+impl Measurement {
+    pub fn bytes(&self) -> u64 {
+        self.case.bytes()
+    }
+
+    /// Effective bandwidth in GB/s (1e9 bytes/s) at the median time.
+    pub fn gbps(&self) -> f64 {
+        self.bytes() as f64 / (self.median_ms * 1e-3) / 1e9
+    }
+
+    /// One JSON object in the format of `cases.json` (`json_output`).
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "layer": self.case.layer,
+            "shape": self.case.shape,
+            "layout": self.case.layout,
+            "mode": self.case.mode,
+            "dtype": dtype_name(self.case.dtype),
+            "device": self.device,
+            "threads": self.threads,
+            "median_ms": self.median_ms,
+            "min_ms": self.min_ms,
+            "reps": self.reps,
+            "bytes": self.bytes(),
+            "gbps": self.gbps(),
+        })
+        .to_string()
+    }
+}
+
+/// Median of a non-empty list (mean of the two middle values for even lengths).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs `prep` once (warm-up) and checks it, then times `reps` runs on a pool of `threads`.
+pub fn measure(prep: &mut Prepared, threads: usize, reps: usize) -> Result<Measurement, String> {
+    let name = prep.case.name();
+    let run = |p: &mut Prepared| -> Result<f64, String> {
+        let t = Instant::now();
+        threads::install(Some(threads), || p.run()).map_err(|e| format!("{name}: {e}"))?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    };
+    run(prep)?;
+    prep.check(256)?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        times.push(run(prep)?);
+    }
+    let min_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
+    Ok(Measurement {
+        case: prep.case.clone(),
+        device: "cpu".into(),
+        threads,
+        median_ms: median(&mut times),
+        min_ms,
+        reps: times.len(),
+    })
+}
+
+/// Memory bandwidth of this machine for a given thread count (GB/s = 1e9 bytes/s).
+#[derive(Clone, Copy, Debug)]
+pub struct Bandwidth {
+    pub threads: usize,
+    /// Σ over a buffer (read stream).
+    pub read: f64,
+    /// Filling a buffer with a value (write stream, ordinary stores).
+    pub write: f64,
+    /// `b = s·a` (STREAM "scale"): one read and one write stream, bytes of both counted. A
+    /// forward normalisation has this access pattern, so it is the reference limit.
+    pub scale: f64,
+}
+
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn read_sum(a: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 16];
+    let chunks = a.chunks_exact(16);
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum()
+}
+
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn write_fill(b: &mut [f64], v: f64) {
+    for (i, o) in b.iter_mut().enumerate() {
+        // depends on the index so the compiler cannot turn it into memset (which may use
+        // non-temporal stores that a kernel's output would not use)
+        *o = v + (i & 1) as f64;
+    }
+}
+
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn scale(a: &[f64], b: &mut [f64], s: f64) {
+    for (o, &v) in b.iter_mut().zip(a) {
+        *o = v * s;
+    }
+}
+
+/// Measures read, write and scale bandwidth over two buffers of `bytes` each (best of `reps`).
+pub fn bandwidth(threads: usize, bytes: usize, reps: usize) -> Bandwidth {
+    use rayon::prelude::*;
+    let n = (bytes / 8).max(1 << 16);
+    let piece = 1 << 16;
+    let mut a = vec![1.0f64; n];
+    let mut b = vec![0.0f64; n];
+    let best = |f: &mut dyn FnMut()| {
+        (0..reps.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    threads::install(Some(threads), || {
+        let mut sink = 0.0;
+        let t_read = best(&mut || sink += a.par_chunks(piece).map(read_sum).sum::<f64>());
+        std::hint::black_box(sink);
+        let t_write = best(&mut || b.par_chunks_mut(piece).for_each(|c| write_fill(c, 2.0)));
+        let t_scale = best(&mut || {
+            b.par_chunks_mut(piece)
+                .zip(a.par_chunks(piece))
+                .for_each(|(o, i)| scale(i, o, 3.0))
+        });
+        a[0] = std::hint::black_box(b[n - 1]);
+        let gb = (n * 8) as f64 / 1e9;
+        Bandwidth {
+            threads,
+            read: gb / t_read,
+            write: gb / t_write,
+            scale: 2.0 * gb / t_scale,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_suite_parses_and_expands() {
+        let s = Suite::standard().unwrap();
+        assert_eq!(s.eps, 1e-5);
+        assert_eq!(s.lrn.size, 5);
+        assert_eq!(s.threads, vec![1, 2]);
+        assert_eq!(s.dtypes, vec![DType::F32, DType::BF16]);
+        let cases = s.cases(&[DType::F32]);
+        // 6 + 2 + 2 + 1 + 4 + 2 + 2 + 2 + 1 layout×mode combinations
+        assert_eq!(cases.len(), 22);
+        assert_eq!(
+            cases[0].name(),
+            "BatchNorm2d/32x64x56x56/NCHW/train/float32"
+        );
+        assert_eq!(cases.iter().filter(|c| c.is_backward()).count(), 7);
+    }
+
+    #[test]
+    fn byte_model_counts_input_output_and_parameters() {
+        let s = Suite::standard().unwrap();
+        let c = &s.cases(&[DType::BF16])[0];
+        let numel = 32 * 64 * 56 * 56;
+        assert_eq!(c.bytes(), (2 * numel * 2 + 6 * 64 * 2) as u64);
+    }
+
+    /// Small versions of every forward case pass the reference check, and a corrupted
+    /// output fails it.
+    #[test]
+    fn reference_check_accepts_kernels_and_rejects_corruption() {
+        let s = Suite::standard().unwrap();
+        for mut case in s.cases(&[DType::F32, DType::BF16]) {
+            if case.is_backward() {
+                assert!(Prepared::new(&case, &s).is_err());
+                continue;
+            }
+            case.shape[0] = 2;
+            let mut p = Prepared::new(&case, &s).unwrap();
+            p.run().unwrap();
+            p.check(64).unwrap();
+            let last = p.y.len() - 1;
+            p.y.as_data_mut().set_f64(last, 1e3);
+            assert!(p.check(64).is_err(), "{}", case.name());
+        }
+    }
+
+    #[test]
+    fn median_of_even_and_odd_lists() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
