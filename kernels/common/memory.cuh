@@ -1,0 +1,49 @@
+// memory.cuh: 16-byte vector loads and stores with predicated tails.
+//
+// A pack is N = 16 / sizeof(S) consecutive elements. The vector path is taken only when the
+// caller has checked (once per launch) that base pointers are 16-byte aligned and row lengths
+// are multiples of N; otherwise, and for the ragged last pack, elements are moved one by one
+// with a bounds check. Never a second kernel for odd sizes (design/gpu-kernels.md §4 rule 1).
+#pragma once
+#include "types.cuh"
+
+namespace normkit {
+
+template <class S> struct PackWidth { enum { N = 16 / sizeof(S) }; };
+
+template <class S, int N> struct alignas(16) Pack { S v[N]; };
+
+NK_DEVICE bool is_aligned16(const void* p) { return (((u64)p) & 15u) == 0; }
+
+// Loads elements [i, i + N) of `p` as compute values; lanes at or beyond `end` read as 0.
+template <class S, int N>
+NK_DEVICE void load_pack(const S* p, i64 i, i64 end, bool vec_ok,
+                         typename Traits<S>::C (&out)[N]) {
+    if (vec_ok && i + N <= end) {
+        Pack<S, N> pk = *reinterpret_cast<const Pack<S, N>*>(p + i);
+#pragma unroll
+        for (int k = 0; k < N; ++k) out[k] = Traits<S>::load(pk.v[k]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < N; ++k)
+            out[k] = (i + k < end) ? Traits<S>::load(p[i + k]) : (typename Traits<S>::C)0;
+    }
+}
+
+// Stores elements [i, min(i + N, end)).
+template <class S, int N>
+NK_DEVICE void store_pack(S* p, i64 i, i64 end, bool vec_ok,
+                          const typename Traits<S>::C (&in)[N]) {
+    if (vec_ok && i + N <= end) {
+        Pack<S, N> pk;
+#pragma unroll
+        for (int k = 0; k < N; ++k) pk.v[k] = Traits<S>::store(in[k]);
+        *reinterpret_cast<Pack<S, N>*>(p + i) = pk;
+    } else {
+#pragma unroll
+        for (int k = 0; k < N; ++k)
+            if (i + k < end) p[i + k] = Traits<S>::store(in[k]);
+    }
+}
+
+}  // namespace normkit

@@ -1,0 +1,96 @@
+// params.cuh: kernel parameter structs, passed by value. Mirrored field for field by
+// src/backend/cuda/params.rs (#[repr(C)]); both sides assert the size. Pointers are device
+// addresses (u64 on the Rust side); a null optional pointer means "absent". Sizes are 64-bit;
+// eps, momentum and the LRN constants are f64 and converted to the compute type in-kernel.
+#pragma once
+#include "compat.cuh"
+
+namespace normkit {
+
+// LayerNorm over `rows` rows of `cols` contiguous elements. weight/bias: `cols` compute
+// values or null; mean/rstd: `rows` compute values or null.
+struct LayerNormParams {
+    const void* x;
+    void* y;
+    const void* weight;
+    const void* bias;
+    void* mean;
+    void* rstd;
+    i64 rows;
+    i64 cols;
+    double eps;
+};
+static_assert(sizeof(LayerNormParams) == 72, "LayerNormParams layout");
+
+// GroupNorm / InstanceNorm over x of logical shape (n, c, s) in NCHW or NHWC order.
+// Statistics per (n, g) over (c/groups)·s elements; weight/bias per channel.
+struct GroupNormParams {
+    const void* x;
+    void* y;
+    const void* weight;
+    const void* bias;
+    void* mean;   // n·groups, or null
+    void* rstd;   // n·groups, or null
+    i64 n;
+    i64 c;
+    i64 s;
+    i64 groups;
+    double eps;
+    int clamp_var;      // GroupNorm: 1 (var = max(var, 0))
+    int zero_var_rule;  // InstanceNorm: 1 (var == 0 && eps == 0 -> rstd 0)
+};
+static_assert(sizeof(GroupNormParams) == 96, "GroupNormParams layout");
+
+// BatchNorm training statistics: per-channel (count, mean, M2) partials of `splits` blocks per
+// channel (tile), merged in split order by the last block to arrive, which also writes
+// mean/rstd and updates the running statistics. `workspace` holds splits·c compute values of
+// mean, then of m2, then splits·c i64 counts; `counters` holds one u32 ticket per channel
+// (NCHW) or per 32-channel tile (NHWC), zero before the first launch and reset by the kernel.
+struct BatchNormStatsParams {
+    const void* x;
+    void* mean;
+    void* rstd;
+    void* running_mean;  // or null
+    void* running_var;   // or null
+    void* workspace;
+    void* counters;
+    i64 n;
+    i64 c;
+    i64 s;
+    i64 splits;
+    double eps;
+    double momentum;  // running-statistic factor f: new = f·batch + (1 − f)·old
+};
+static_assert(sizeof(BatchNormStatsParams) == 104, "BatchNormStatsParams layout");
+
+// BatchNorm elementwise apply: training (mean/rstd from the stats kernel) or inference
+// (mean/var = running statistics, scale computed in-kernel).
+struct BatchNormApplyParams {
+    const void* x;
+    void* y;
+    const void* mean;
+    const void* rstd_or_var;
+    const void* weight;
+    const void* bias;
+    i64 n;
+    i64 c;
+    i64 s;
+    double eps;  // inference only
+};
+static_assert(sizeof(BatchNormApplyParams) == 80, "BatchNormApplyParams layout");
+
+// LocalResponseNorm across channels.
+struct LrnParams {
+    const void* x;
+    void* y;
+    i64 n;
+    i64 c;
+    i64 s;
+    i64 size;
+    double alpha;
+    double beta;
+    double k;
+};
+static_assert(sizeof(LrnParams) == 72, "LrnParams layout");
+
+}  // namespace normkit

@@ -1,0 +1,88 @@
+// welford.cuh: Welford accumulation per element and Chan's merge, thread -> warp -> block.
+//
+// Counts are 64-bit integers (exact beyond 2^24). Merges always put the lower-index partner
+// first, so every lane of a warp (and every thread of a block) ends with bit-identical values
+// and the result does not depend on scheduling.
+#pragma once
+#include "compat.cuh"
+
+namespace normkit {
+
+template <class C> struct Welford {
+    i64 n;
+    C mean;
+    C m2;
+};
+
+template <class C> NK_DEVICE Welford<C> welford_empty() {
+    Welford<C> w;
+    w.n = 0;
+    w.mean = (C)0;
+    w.m2 = (C)0;
+    return w;
+}
+
+template <class C> NK_DEVICE void welford_push(Welford<C>& w, C x) {
+    w.n += 1;
+    C d = x - w.mean;
+    w.mean += d / (C)w.n;
+    w.m2 += d * (x - w.mean);
+}
+
+// Chan et al.: (a then b). Empty sides are exact no-ops.
+template <class C> NK_DEVICE Welford<C> welford_merge(Welford<C> a, Welford<C> b) {
+    if (b.n == 0) return a;
+    if (a.n == 0) return b;
+    Welford<C> r;
+    r.n = a.n + b.n;
+    C nb_over_n = (C)b.n / (C)r.n;
+    C d = b.mean - a.mean;
+    r.mean = a.mean + d * nb_over_n;
+    r.m2 = a.m2 + b.m2 + d * d * (C)a.n * nb_over_n;
+    return r;
+}
+
+template <class C> NK_DEVICE Welford<C> warp_all_reduce_welford(Welford<C> w) {
+    const int lane = (threadIdx.y * blockDim.x + threadIdx.x) & 31;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        Welford<C> o;
+        o.n = __shfl_xor_sync(0xffffffffu, w.n, off);
+        o.mean = __shfl_xor_sync(0xffffffffu, w.mean, off);
+        o.m2 = __shfl_xor_sync(0xffffffffu, w.m2, off);
+        w = (lane & off) ? welford_merge(o, w) : welford_merge(w, o);
+    }
+    return w;
+}
+
+// All threads of the block must call it; block size a multiple of 32, <= 1024.
+template <class C> struct WelfordSmem {
+    i64 n[32];
+    C mean[32];
+    C m2[32];
+};
+
+template <class C>
+NK_DEVICE Welford<C> block_all_reduce_welford(Welford<C> w, WelfordSmem<C>& smem) {
+    const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const int nwarps = (blockDim.x * blockDim.y) >> 5;
+    w = warp_all_reduce_welford(w);
+    if ((tid & 31) == 0) {
+        smem.n[tid >> 5] = w.n;
+        smem.mean[tid >> 5] = w.mean;
+        smem.m2[tid >> 5] = w.m2;
+    }
+    __syncthreads();
+    Welford<C> total = welford_empty<C>();
+    for (int i = 0; i < nwarps; ++i) {
+        Welford<C> o;
+        o.n = smem.n[i];
+        o.mean = smem.mean[i];
+        o.m2 = smem.m2[i];
+        total = welford_merge(total, o);
+    }
+    __syncthreads();
+    return total;
+}
+
+}  // namespace normkit

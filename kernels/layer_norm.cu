@@ -1,0 +1,182 @@
+// layer_norm.cu: LayerNorm forward, y = (x − μ)·r·γ + β per row, with
+// μ = Σx/N, r = 1/sqrt(Σ(x − μ)²/N + eps) (biased variance, no clamp; spec §6.3, §9.2).
+//
+// Two-pass statistics from registers (mean, then Σ(x − μ)²), never E[x²] − E[x]². Saved mean
+// and rstd are in the compute type (f32 for f16/bf16/f32, f64 for f64).
+//
+// Variants (chosen on the host by src/backend/cuda/launch.rs):
+//   warp   one warp per row, rows in registers: cols <= 32 * LN_WARP_VALUES (1024).
+//          blockDim.x = 128 (4 rows per block), grid-stride over rows.
+//   block  one block per row (blockDim.x = 256), row in registers up to 256 * LN_BLOCK_VALUES
+//          (4096); longer rows stream: three reads of the row (sum, squared deviations, apply),
+//          the second and third mostly from L2. Grid-stride over rows.
+// Host preconditions: rows >= 1, cols >= 1, x/y distinct or identical (in place is fine: each
+// element is read before it is written by the same thread).
+#include "common/compat.cuh"
+#include "common/types.cuh"
+#include "common/memory.cuh"
+#include "common/reduce.cuh"
+#include "common/params.cuh"
+
+namespace normkit {
+
+#define LN_WARP_VALUES 32
+#define LN_BLOCK_VALUES 16
+
+template <class C>
+NK_DEVICE C ln_affine(C v, C mean, C rstd, const C* w, const C* b, i64 j) {
+    C t = (v - mean) * rstd;
+    if (w) t = t * w[j];
+    if (b) t = t + b[j];
+    return t;
+}
+
+template <class S, int VALUES>
+NK_DEVICE void layer_norm_fwd_warp(const LayerNormParams p) {
+    typedef typename Traits<S>::C C;
+    enum { N = PackWidth<S>::N, ITERS = VALUES / PackWidth<S>::N };
+    const S* x = static_cast<const S*>(p.x);
+    S* y = static_cast<S*>(p.y);
+    const C* w = static_cast<const C*>(p.weight);
+    const C* b = static_cast<const C*>(p.bias);
+    const int lane = threadIdx.x & 31;
+    const int warps = blockDim.x >> 5;
+    const i64 cols = p.cols;
+    const bool vec_ok = is_aligned16(x) && is_aligned16(y) && cols % N == 0;
+    for (i64 row = (i64)blockIdx.x * warps + (threadIdx.x >> 5); row < p.rows;
+         row += (i64)gridDim.x * warps) {
+        const S* xr = x + row * cols;
+        C v[ITERS][N];
+        C sum = (C)0;
+#pragma unroll
+        for (int it = 0; it < ITERS; ++it) {
+            load_pack<S, N>(xr, ((i64)it * 32 + lane) * N, cols, vec_ok, v[it]);
+#pragma unroll
+            for (int k = 0; k < N; ++k) sum += v[it][k];
+        }
+        const C mean = warp_all_reduce_sum(sum) / (C)cols;
+        C sq = (C)0;
+#pragma unroll
+        for (int it = 0; it < ITERS; ++it)
+#pragma unroll
+            for (int k = 0; k < N; ++k)
+                if (((i64)it * 32 + lane) * N + k < cols) {
+                    C d = v[it][k] - mean;
+                    sq += d * d;
+                }
+        const C m2 = warp_all_reduce_sum(sq);
+        const C rstd = rstd_from_m2<C>(m2, cols, p.eps, false, false);
+        S* yr = y + row * cols;
+#pragma unroll
+        for (int it = 0; it < ITERS; ++it) {
+            const i64 base = ((i64)it * 32 + lane) * N;
+#pragma unroll
+            for (int k = 0; k < N; ++k) v[it][k] = ln_affine<C>(v[it][k], mean, rstd, w, b, base + k);
+            store_pack<S, N>(yr, base, cols, vec_ok, v[it]);
+        }
+        if (lane == 0) {
+            if (p.mean) static_cast<C*>(p.mean)[row] = mean;
+            if (p.rstd) static_cast<C*>(p.rstd)[row] = rstd;
+        }
+    }
+}
+
+template <class S, int VALUES>
+NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
+    typedef typename Traits<S>::C C;
+    enum { N = PackWidth<S>::N, ITERS = VALUES / PackWidth<S>::N };
+    __shared__ C smem[32];
+    const S* x = static_cast<const S*>(p.x);
+    S* y = static_cast<S*>(p.y);
+    const C* w = static_cast<const C*>(p.weight);
+    const C* b = static_cast<const C*>(p.bias);
+    const int tid = threadIdx.x;
+    const i64 nthreads = blockDim.x;
+    const i64 cols = p.cols;
+    const bool vec_ok = is_aligned16(x) && is_aligned16(y) && cols % N == 0;
+    const bool resident = cols <= nthreads * VALUES;
+    for (i64 row = blockIdx.x; row < p.rows; row += gridDim.x) {
+        const S* xr = x + row * cols;
+        S* yr = y + row * cols;
+        C mean, m2;
+        if (resident) {
+            C v[ITERS][N];
+            C sum = (C)0;
+#pragma unroll
+            for (int it = 0; it < ITERS; ++it) {
+                load_pack<S, N>(xr, ((i64)it * nthreads + tid) * N, cols, vec_ok, v[it]);
+#pragma unroll
+                for (int k = 0; k < N; ++k) sum += v[it][k];
+            }
+            mean = block_all_reduce_sum(sum, smem) / (C)cols;
+            C sq = (C)0;
+#pragma unroll
+            for (int it = 0; it < ITERS; ++it)
+#pragma unroll
+                for (int k = 0; k < N; ++k)
+                    if (((i64)it * nthreads + tid) * N + k < cols) {
+                        C d = v[it][k] - mean;
+                        sq += d * d;
+                    }
+            m2 = block_all_reduce_sum(sq, smem);
+            const C rstd = rstd_from_m2<C>(m2, cols, p.eps, false, false);
+#pragma unroll
+            for (int it = 0; it < ITERS; ++it) {
+                const i64 base = ((i64)it * nthreads + tid) * N;
+#pragma unroll
+                for (int k = 0; k < N; ++k)
+                    v[it][k] = ln_affine<C>(v[it][k], mean, rstd, w, b, base + k);
+                store_pack<S, N>(yr, base, cols, vec_ok, v[it]);
+            }
+            if (tid == 0) {
+                if (p.mean) static_cast<C*>(p.mean)[row] = mean;
+                if (p.rstd) static_cast<C*>(p.rstd)[row] = rstd;
+            }
+        } else {
+            C v[N];
+            C sum = (C)0;
+            for (i64 i = (i64)tid * N; i < cols; i += nthreads * N) {
+                load_pack<S, N>(xr, i, cols, vec_ok, v);
+#pragma unroll
+                for (int k = 0; k < N; ++k) sum += v[k];
+            }
+            mean = block_all_reduce_sum(sum, smem) / (C)cols;
+            C sq = (C)0;
+            for (i64 i = (i64)tid * N; i < cols; i += nthreads * N) {
+                load_pack<S, N>(xr, i, cols, vec_ok, v);
+#pragma unroll
+                for (int k = 0; k < N; ++k)
+                    if (i + k < cols) {
+                        C d = v[k] - mean;
+                        sq += d * d;
+                    }
+            }
+            m2 = block_all_reduce_sum(sq, smem);
+            const C rstd = rstd_from_m2<C>(m2, cols, p.eps, false, false);
+            for (i64 i = (i64)tid * N; i < cols; i += nthreads * N) {
+                load_pack<S, N>(xr, i, cols, vec_ok, v);
+#pragma unroll
+                for (int k = 0; k < N; ++k) v[k] = ln_affine<C>(v[k], mean, rstd, w, b, i + k);
+                store_pack<S, N>(yr, i, cols, vec_ok, v);
+            }
+            if (tid == 0) {
+                if (p.mean) static_cast<C*>(p.mean)[row] = mean;
+                if (p.rstd) static_cast<C*>(p.rstd)[row] = rstd;
+            }
+        }
+    }
+}
+
+}  // namespace normkit
+
+using namespace normkit;
+
+// Instantiation table: one line per entry point.
+NK_ENTRY(layer_norm_fwd_warp_f32, LayerNormParams, layer_norm_fwd_warp<float, LN_WARP_VALUES>)
+NK_ENTRY(layer_norm_fwd_warp_f64, LayerNormParams, layer_norm_fwd_warp<double, LN_WARP_VALUES>)
+NK_ENTRY(layer_norm_fwd_warp_f16, LayerNormParams, layer_norm_fwd_warp<f16, LN_WARP_VALUES>)
+NK_ENTRY(layer_norm_fwd_warp_bf16, LayerNormParams, layer_norm_fwd_warp<bf16, LN_WARP_VALUES>)
+NK_ENTRY(layer_norm_fwd_block_f32, LayerNormParams, layer_norm_fwd_block<float, LN_BLOCK_VALUES>)
+NK_ENTRY(layer_norm_fwd_block_f64, LayerNormParams, layer_norm_fwd_block<double, LN_BLOCK_VALUES>)
+NK_ENTRY(layer_norm_fwd_block_f16, LayerNormParams, layer_norm_fwd_block<f16, LN_BLOCK_VALUES>)
+NK_ENTRY(layer_norm_fwd_block_bf16, LayerNormParams, layer_norm_fwd_block<bf16, LN_BLOCK_VALUES>)
