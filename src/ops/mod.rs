@@ -13,12 +13,18 @@
 //! | [`layer_norm`] | per row over the trailing `normalized_shape` |
 //! | [`local_response_norm`] | none (window over channels) |
 
+mod backward;
 mod batch_norm;
 mod group_norm;
 mod instance_norm;
 mod layer_norm;
 mod local_response_norm;
 
+pub use backward::{
+    ForwardStats, Gradients, GroupNormBackwardArgs, LayerNormBackwardArgs, NormBackwardArgs,
+    batch_norm_backward, group_norm_backward, instance_norm_backward, layer_norm_backward,
+    local_response_norm_backward,
+};
 pub use batch_norm::{BatchNormArgs, batch_norm};
 pub use group_norm::{GroupNormArgs, group_norm};
 pub use instance_norm::{InstanceNormArgs, instance_norm};
@@ -197,7 +203,7 @@ pub(crate) fn ema(param: DType, old: f64, new: f64, f: f64) -> f64 {
     }
 }
 
-fn dense_layout(layout: Layout, channel_op: bool, s: usize) -> Option<ChannelLayout> {
+pub(crate) fn dense_layout(layout: Layout, channel_op: bool, s: usize) -> Option<ChannelLayout> {
     match layout {
         // (N, C, 1...) is both layouts at once; rows of C are the faster walk.
         Layout::Contiguous if channel_op && s == 1 => Some(ChannelLayout::Last),
@@ -207,24 +213,35 @@ fn dense_layout(layout: Layout, channel_op: bool, s: usize) -> Option<ChannelLay
     }
 }
 
-/// Runs a dense kernel `f(x, y, layout)` on `x` and `y`.
-///
-/// When both are dense in the same layout (contiguous, or channels-last for channel ops) the
-/// kernel runs on them directly. Otherwise `x` is gathered into a contiguous copy, the kernel
-/// writes a contiguous temporary, and that is scattered into `y`'s strides.
-pub(crate) fn run_dense<T: ElementData, R>(
+/// Runs a dense kernel `f(x, y, layout)` on `x` and `y` (see [`run_staged`]).
+pub(crate) fn run_dense<T: ElementData, R: Send>(
     op: &str,
     x: &Tensor,
     y: &mut TensorMut,
     channel_op: bool,
     f: impl FnOnce(&[T], &mut [T], ChannelLayout) -> R + Send,
-) -> Result<R>
-where
-    R: Send,
-{
-    let install = |xs: &[T], ys: &mut [T], lay| {
-        crate::backend::cpu::threads::install(None, || f(xs, ys, lay))
-    };
+) -> Result<R> {
+    run_staged::<T, R, 1>(op, [x], Some(y), channel_op, |[xs], ys, lay| match ys {
+        Some(ys) => f(xs, ys, lay),
+        // run_staged passes the output it was given
+        None => f(xs, &mut [], lay),
+    })
+}
+
+/// Runs a dense kernel `f(inputs, output, layout)` on `K` inputs of one shape and an optional
+/// output, on the CPU thread pool.
+///
+/// When every tensor is dense in the same layout (contiguous, or channels-last for channel ops)
+/// the kernel runs on them directly. Otherwise the inputs are gathered into contiguous copies,
+/// the kernel writes a contiguous temporary, and that is scattered into the output's strides.
+pub(crate) fn run_staged<T: ElementData, R: Send, const K: usize>(
+    op: &str,
+    inputs: [&Tensor; K],
+    out: Option<&mut TensorMut>,
+    channel_op: bool,
+    f: impl FnOnce([&[T]; K], Option<&mut [T]>, ChannelLayout) -> R + Send,
+) -> Result<R> {
+    let x = inputs[0];
     let numel = x.numel();
     let s = if channel_op && x.rank() >= 2 {
         x.shape()[2..].iter().product()
@@ -240,30 +257,58 @@ where
             "a dtype mismatch (internal error)",
         )
     };
-    let xs = x.typed::<T>().ok_or_else(internal)?;
-    let lx = dense_layout(x.layout(), channel_op, s);
-    let ly = dense_layout(y.layout(), channel_op, s);
-    if let (Some(a), Some(b)) = (lx, ly) {
-        if a == b {
-            let ys = y.typed_mut::<T>().ok_or_else(internal)?;
-            return Ok(install(&xs[..numel], &mut ys[..numel], a));
-        }
+    let mut data: [&[T]; K] = [&[]; K];
+    for (d, t) in data.iter_mut().zip(inputs) {
+        *d = t.typed::<T>().ok_or_else(internal)?;
     }
-    let mut staged_x = Vec::with_capacity(numel);
-    for_each_offset(x.shape(), x.strides(), |o| staged_x.push(xs[o]));
-    let mut staged_y = vec![T::default(); numel];
+    let install = |ins: [&[T]; K], o: Option<&mut [T]>, lay| {
+        crate::backend::cpu::threads::install(None, || f(ins, o, lay))
+    };
+    let lay = dense_layout(x.layout(), channel_op, s);
+    let same = inputs
+        .iter()
+        .all(|t| dense_layout(t.layout(), channel_op, s) == lay)
+        && out
+            .as_ref()
+            .is_none_or(|o| dense_layout(o.layout(), channel_op, s) == lay);
+    if let (Some(lay), true) = (lay, same) {
+        let ins = data.map(|d| &d[..numel]);
+        return match out {
+            Some(o) => {
+                let os = o.typed_mut::<T>().ok_or_else(internal)?;
+                Ok(install(ins, Some(&mut os[..numel]), lay))
+            }
+            None => Ok(install(ins, None, lay)),
+        };
+    }
+    let staged: Vec<Vec<T>> = inputs
+        .iter()
+        .zip(data)
+        .map(|(t, d)| {
+            let mut v = Vec::with_capacity(numel);
+            for_each_offset(t.shape(), t.strides(), |o| v.push(d[o]));
+            v
+        })
+        .collect();
+    let mut ins: [&[T]; K] = [&[]; K];
+    for (i, v) in ins.iter_mut().zip(&staged) {
+        *i = v;
+    }
     let first = if channel_op && s == 1 {
         ChannelLayout::Last
     } else {
         ChannelLayout::First
     };
-    let r = install(&staged_x, &mut staged_y, first);
-    let shape = y.shape().to_vec();
-    let strides = y.strides().to_vec();
-    let ys = y.typed_mut::<T>().ok_or_else(internal)?;
+    let Some(o) = out else {
+        return Ok(install(ins, None, first));
+    };
+    let mut tmp = vec![T::default(); numel];
+    let r = install(ins, Some(&mut tmp), first);
+    let (shape, strides) = (o.shape().to_vec(), o.strides().to_vec());
+    let os = o.typed_mut::<T>().ok_or_else(internal)?;
     let mut i = 0;
-    for_each_offset(&shape, &strides, |o| {
-        ys[o] = staged_y[i];
+    for_each_offset(&shape, &strides, |off| {
+        os[off] = tmp[i];
         i += 1;
     });
     Ok(r)

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backward;
 pub mod moments;
 pub mod threads;
 
@@ -49,7 +50,7 @@ pub struct Geom {
 }
 
 /// Rows per work piece for row-wise passes: about 16 KiB of f32 per piece.
-fn rows_per_piece(row_len: usize) -> usize {
+pub(crate) fn rows_per_piece(row_len: usize) -> usize {
     (4096 / row_len.max(1)).max(1)
 }
 

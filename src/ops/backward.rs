@@ -1,0 +1,543 @@
+//! Backward passes of the functional ops (spec §2.9, §4.5, §6.5, §7.5, §8.5, §11).
+//!
+//! Each takes the forward input `x`, the upstream gradient `grad_output` (same shape) and the
+//! statistics the forward pass used (saved mean/invstd after a training forward, running
+//! statistics after an inference forward), and writes any of `grad_input`, `grad_weight` and
+//! `grad_bias` that are requested. Parameter gradients have the parameters' dtype (f32 for
+//! f16/bf16 input with f32 parameters) and are overwritten, or accumulated into with
+//! `accumulate`.
+
+use super::{
+    channel_geom, check_min_rank, check_numel, check_param_dtypes, fmt_shape, param_values,
+    with_element,
+};
+use crate::backend::cpu::backward::{self as kernels, GradCoefficients};
+use crate::backend::cpu::moments::Centre;
+use crate::backend::cpu::{ChannelLayout, Geom, LrnParams};
+use crate::dtype::{DType, Real};
+use crate::error::{Error, Result};
+use crate::ops::LrnArgs;
+use crate::tensor::{ElementData, Tensor, TensorMut};
+
+/// Gradient outputs of a backward op; each is computed only when given.
+#[derive(Debug, Default)]
+pub struct Gradients<'a> {
+    /// dL/dx, the input's shape and dtype (any strides).
+    pub grad_input: Option<TensorMut<'a>>,
+    /// dL/dγ, the weight's shape, in the parameters' dtype.
+    pub grad_weight: Option<TensorMut<'a>>,
+    /// dL/dβ, the bias's shape, in the parameters' dtype.
+    pub grad_bias: Option<TensorMut<'a>>,
+    /// Add into `grad_weight`/`grad_bias` instead of overwriting them.
+    pub accumulate: bool,
+}
+
+/// The statistics a channel op's forward pass normalised with.
+#[derive(Debug)]
+pub enum ForwardStats<'a> {
+    /// After a training forward (or input statistics): the saved mean and inverse std.
+    Saved {
+        mean: Tensor<'a>,
+        invstd: Tensor<'a>,
+    },
+    /// After an inference forward: the running statistics and the forward's eps.
+    Running {
+        mean: Tensor<'a>,
+        var: Tensor<'a>,
+        eps: f64,
+    },
+}
+
+/// Arguments of [`batch_norm_backward`] and [`instance_norm_backward`].
+#[derive(Debug)]
+pub struct NormBackwardArgs<'a> {
+    /// The forward's weight (γ = 1 when none).
+    pub weight: Option<Tensor<'a>>,
+    pub stats: ForwardStats<'a>,
+    pub grads: Gradients<'a>,
+}
+
+/// Arguments of [`group_norm_backward`].
+#[derive(Debug)]
+pub struct GroupNormBackwardArgs<'a> {
+    pub num_groups: usize,
+    pub weight: Option<Tensor<'a>>,
+    /// Saved mean and inverse std per `(n, g)`.
+    pub mean: Tensor<'a>,
+    pub invstd: Tensor<'a>,
+    pub grads: Gradients<'a>,
+}
+
+/// Arguments of [`layer_norm_backward`].
+#[derive(Debug)]
+pub struct LayerNormBackwardArgs<'a> {
+    pub normalized_shape: Vec<usize>,
+    pub weight: Option<Tensor<'a>>,
+    /// Saved mean and inverse std per row.
+    pub mean: Tensor<'a>,
+    pub invstd: Tensor<'a>,
+    pub grads: Gradients<'a>,
+}
+
+fn check_same(op: &str, operand: &str, x: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
+    if shape != x.shape() {
+        return Err(Error::shape(
+            op,
+            operand,
+            format!("shape {} (the input's)", fmt_shape(x.shape())),
+            format!("shape {}", fmt_shape(shape)),
+        ));
+    }
+    if dtype != x.dtype() {
+        return Err(Error::dtype(
+            op,
+            operand,
+            format!("dtype {} (the input's)", x.dtype()),
+            dtype.to_string(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_stat(op: &str, operand: &str, t: &Tensor, len: usize, dtype: DType) -> Result<()> {
+    check_numel(
+        op,
+        operand,
+        Some(t.numel()),
+        len,
+        "one per normalised group",
+    )?;
+    if t.dtype() != dtype {
+        return Err(Error::dtype(
+            op,
+            operand,
+            format!("dtype {dtype}"),
+            t.dtype().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the gradient outputs against the input, the expected parameter length and dtype.
+fn check_grads(
+    op: &str,
+    x: &Tensor,
+    g: &Tensor,
+    grads: &Gradients,
+    param_len: usize,
+    weight: Option<DType>,
+) -> Result<DType> {
+    check_same(op, "grad_output", x, g.shape(), g.dtype())?;
+    if let Some(gi) = &grads.grad_input {
+        check_same(op, "grad_input", x, gi.shape(), gi.dtype())?;
+    }
+    for (name, t) in [
+        ("grad_weight", &grads.grad_weight),
+        ("grad_bias", &grads.grad_bias),
+    ] {
+        check_numel(
+            op,
+            name,
+            t.as_ref().map(|t| t.numel()),
+            param_len,
+            "one per parameter",
+        )?;
+    }
+    check_param_dtypes(
+        op,
+        x.dtype(),
+        &[
+            ("weight", weight),
+            ("grad_weight", grads.grad_weight.as_ref().map(|t| t.dtype())),
+            ("grad_bias", grads.grad_bias.as_ref().map(|t| t.dtype())),
+        ],
+    )
+}
+
+/// Writes (or adds) `values` into a parameter gradient.
+fn store(t: Option<&mut TensorMut>, values: &[f64], accumulate: bool) {
+    if let Some(t) = t {
+        for (i, &v) in values.iter().enumerate() {
+            let v = if accumulate {
+                t.get_linear_f64(i) + v
+            } else {
+                v
+            };
+            t.set_linear_f64(i, v);
+        }
+    }
+}
+
+/// Runs `f(x, g, dx, layout)` on dense data (see [`run_staged`](super::run_staged)).
+fn run_dense_grad<T: ElementData, R: Send>(
+    op: &str,
+    x: &Tensor,
+    g: &Tensor,
+    dx: Option<&mut TensorMut>,
+    channel_op: bool,
+    f: impl FnOnce(&[T], &[T], Option<&mut [T]>, ChannelLayout) -> R + Send,
+) -> Result<R> {
+    super::run_staged::<T, R, 2>(op, [x, g], dx, channel_op, |[xs, gs], dx, lay| {
+        f(xs, gs, dx, lay)
+    })
+}
+
+/// Per-group statistics as `(centre, r)` in the compute type, from saved or running stats.
+fn group_stats<C: Real>(stats: &ForwardStats) -> (Vec<Centre<C>>, Vec<C>) {
+    match stats {
+        ForwardStats::Saved { mean, invstd } => (
+            mean.to_f64_vec().into_iter().map(Centre::of).collect(),
+            invstd.to_f64_vec().into_iter().map(C::from_f64).collect(),
+        ),
+        ForwardStats::Running { mean, var, eps } => (
+            mean.to_f64_vec()
+                .into_iter()
+                .map(|m| Centre {
+                    hi: C::from_f64(m),
+                    lo: C::ZERO,
+                })
+                .collect(),
+            var.to_f64_vec()
+                .into_iter()
+                .map(|v| C::ONE / (C::from_f64(v) + C::from_f64(*eps)).sqrt())
+                .collect(),
+        ),
+    }
+}
+
+/// How the `N·C` (sample, channel) pairs map onto the normalised groups of a channel op.
+#[derive(Clone, Copy)]
+struct Grouping {
+    geom: Geom,
+    /// Statistics are per channel (BatchNorm, and running statistics)...
+    per_channel: bool,
+    /// ...or per (sample, group) with this many groups (InstanceNorm: groups = C).
+    groups: usize,
+}
+
+impl Grouping {
+    fn stat(self, i: usize) -> usize {
+        let c = self.geom.c;
+        if self.per_channel {
+            i % c
+        } else {
+            (i / c) * self.groups + (i % c) / (c / self.groups)
+        }
+    }
+    /// Elements per statistic.
+    fn count(self) -> f64 {
+        if self.per_channel {
+            (self.geom.n * self.geom.s) as f64
+        } else {
+            (self.geom.c / self.groups * self.geom.s) as f64
+        }
+    }
+}
+
+/// The shared backward of BatchNorm, InstanceNorm and GroupNorm. With batch statistics
+/// (`training`): `dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))`, `ĝ = g·γ_c`, means over each statistic's
+/// elements; with running statistics: `dx = g·γ·r`. `dγ_c = Σ g·x̂`, `dβ_c = Σ g`.
+fn channel_backward(
+    op: &str,
+    grad_output: &Tensor,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    stats: &ForwardStats,
+    grads: &mut Gradients,
+    grouping: Grouping,
+) -> Result<()> {
+    let geom = grouping.geom;
+    let training = matches!(stats, ForwardStats::Saved { .. });
+    let (dw, db) = with_element!(x.dtype(), T => {
+        type C = <T as crate::Element>::Compute;
+        let (mu_s, r_s) = group_stats::<C>(stats);
+        let gamma: Vec<C> = param_values(weight, geom.c, 1.0);
+        let nc = geom.n * geom.c;
+        let stat = |i: usize| grouping.stat(i);
+        let mu: Vec<Centre<C>> = (0..nc).map(|i| mu_s[stat(i)]).collect();
+        let count = grouping.count();
+        run_dense_grad::<T, _>(op, x, grad_output, grads.grad_input.as_mut(), true, |xs, gs, dx, lay| {
+            let (a, b) = kernels::channel_grad_sums(xs, gs, geom, lay, &mu);
+            if let Some(dx) = dx {
+                // per-statistic sums of the γ-weighted A = Σg and B = Σg·(x − μ)
+                let mut sa = vec![0.0; r_s.len()];
+                let mut sb = vec![0.0; r_s.len()];
+                for i in 0..nc {
+                    let gm = gamma[i % geom.c].to_f64();
+                    sa[stat(i)] += gm * a[i];
+                    sb[stat(i)] += gm * b[i];
+                }
+                let mut p = Vec::with_capacity(nc);
+                let mut q = Vec::with_capacity(nc);
+                let mut o = Vec::with_capacity(nc);
+                for i in 0..nc {
+                    let r = r_s[stat(i)].to_f64();
+                    p.push(C::from_f64(r * gamma[i % geom.c].to_f64()));
+                    let (qi, oi) = if training { (-r * r * r * sb[stat(i)] / count, -r * sa[stat(i)] / count) } else { (0.0, 0.0) };
+                    q.push(C::from_f64(qi));
+                    o.push(C::from_f64(oi));
+                }
+                let k = GradCoefficients { mu: &mu, p: &p, q: &q, o: &o, per_sample: true };
+                kernels::apply_channel_grad(xs, gs, dx, geom, lay, &k);
+            }
+            let per_channel = |f: &dyn Fn(usize) -> f64| -> Vec<f64> {
+                (0..geom.c).map(|c| (0..geom.n).map(|n| f(n * geom.c + c)).sum()).collect()
+            };
+            (per_channel(&|i| b[i] * r_s[stat(i)].to_f64()), per_channel(&|i| a[i]))
+        })?
+    });
+    store(grads.grad_weight.as_mut(), &dw, grads.accumulate);
+    store(grads.grad_bias.as_mut(), &db, grads.accumulate);
+    Ok(())
+}
+
+/// Backward of [`batch_norm`](super::batch_norm). With [`ForwardStats::Saved`] this is the
+/// training formula `dx = γ·r·(g − mean(g) − x̂·mean(g·x̂))`; with
+/// [`ForwardStats::Running`] (frozen BatchNorm) `dx = g·γ/sqrt(rv + eps)`.
+pub fn batch_norm_backward(
+    grad_output: &Tensor,
+    x: &Tensor,
+    mut args: NormBackwardArgs,
+) -> Result<()> {
+    const OP: &str = "batch_norm_backward";
+    check_min_rank(OP, x, 2, "(N, C, *)")?;
+    let geom = channel_geom(x.shape());
+    check_channel_args(OP, x, grad_output, &args, geom.c, geom.c)?;
+    let grouping = Grouping {
+        geom,
+        per_channel: true,
+        groups: geom.c,
+    };
+    channel_backward(
+        OP,
+        grad_output,
+        x,
+        args.weight.as_ref(),
+        &args.stats,
+        &mut args.grads,
+        grouping,
+    )
+}
+
+fn check_channel_args(
+    op: &str,
+    x: &Tensor,
+    g: &Tensor,
+    args: &NormBackwardArgs,
+    c: usize,
+    stat_len: usize,
+) -> Result<()> {
+    check_numel(
+        op,
+        "weight",
+        args.weight.as_ref().map(|t| t.numel()),
+        c,
+        "one per channel",
+    )?;
+    let sd = x.dtype().stat_dtype();
+    match &args.stats {
+        ForwardStats::Saved { mean, invstd } => {
+            check_stat(op, "mean", mean, stat_len, sd)?;
+            check_stat(op, "invstd", invstd, stat_len, sd)?;
+        }
+        ForwardStats::Running { mean, var, .. } => {
+            check_numel(op, "running_mean", Some(mean.numel()), c, "one per channel")?;
+            check_numel(op, "running_var", Some(var.numel()), c, "one per channel")?;
+            check_param_dtypes(
+                op,
+                x.dtype(),
+                &[
+                    ("weight", args.weight.as_ref().map(|t| t.dtype())),
+                    ("running_mean", Some(mean.dtype())),
+                    ("running_var", Some(var.dtype())),
+                ],
+            )?;
+        }
+    }
+    check_grads(
+        op,
+        x,
+        g,
+        &args.grads,
+        c,
+        args.weight.as_ref().map(|t| t.dtype()),
+    )?;
+    Ok(())
+}
+
+/// Backward of [`instance_norm`](super::instance_norm): per instance as the BatchNorm
+/// training formula over the spatial dims (saved stats per `(n, c)`), or
+/// `dx = g·γ/sqrt(rv + eps)` with running statistics. Parameter gradients sum over the batch.
+pub fn instance_norm_backward(
+    grad_output: &Tensor,
+    x: &Tensor,
+    mut args: NormBackwardArgs,
+) -> Result<()> {
+    const OP: &str = "instance_norm_backward";
+    check_min_rank(OP, x, 2, "(N, C, *)")?;
+    let geom = channel_geom(x.shape());
+    let training = matches!(args.stats, ForwardStats::Saved { .. });
+    let stat_len = if training { geom.n * geom.c } else { geom.c };
+    check_channel_args(OP, x, grad_output, &args, geom.c, stat_len)?;
+    let grouping = Grouping {
+        geom,
+        per_channel: !training,
+        groups: geom.c,
+    };
+    channel_backward(
+        OP,
+        grad_output,
+        x,
+        args.weight.as_ref(),
+        &args.stats,
+        &mut args.grads,
+        grouping,
+    )
+}
+
+/// Backward of [`group_norm`](super::group_norm):
+/// `dx = r·(ĝ − mean_grp(ĝ) − x̂·mean_grp(ĝ·x̂))` with `ĝ = g·γ_c`.
+pub fn group_norm_backward(
+    grad_output: &Tensor,
+    x: &Tensor,
+    mut args: GroupNormBackwardArgs,
+) -> Result<()> {
+    const OP: &str = "group_norm_backward";
+    check_min_rank(OP, x, 2, "(N, C, *)")?;
+    let geom: Geom = channel_geom(x.shape());
+    let groups = args.num_groups;
+    if groups == 0 || geom.c % groups != 0 {
+        return Err(Error::invalid(
+            OP,
+            "num_groups",
+            format!("a positive divisor of the channel count {}", geom.c),
+            groups.to_string(),
+        ));
+    }
+    check_numel(
+        OP,
+        "weight",
+        args.weight.as_ref().map(|t| t.numel()),
+        geom.c,
+        "one per channel",
+    )?;
+    let sd = x.dtype().stat_dtype();
+    check_stat(OP, "mean", &args.mean, geom.n * groups, sd)?;
+    check_stat(OP, "invstd", &args.invstd, geom.n * groups, sd)?;
+    check_grads(
+        OP,
+        x,
+        grad_output,
+        &args.grads,
+        geom.c,
+        args.weight.as_ref().map(|t| t.dtype()),
+    )?;
+    let stats = ForwardStats::Saved {
+        mean: args.mean.clone(),
+        invstd: args.invstd.clone(),
+    };
+    let grouping = Grouping {
+        geom,
+        per_channel: false,
+        groups,
+    };
+    channel_backward(
+        OP,
+        grad_output,
+        x,
+        args.weight.as_ref(),
+        &stats,
+        &mut args.grads,
+        grouping,
+    )
+}
+
+/// Backward of [`layer_norm`](super::layer_norm):
+/// `dx = r·(ĝ − mean_row(ĝ) − x̂·mean_row(ĝ·x̂))`, `ĝ = g ⊙ γ`; `dγ = Σ_rows g·x̂`, `dβ = Σ_rows g`.
+pub fn layer_norm_backward(
+    grad_output: &Tensor,
+    x: &Tensor,
+    mut args: LayerNormBackwardArgs,
+) -> Result<()> {
+    const OP: &str = "layer_norm_backward";
+    let ns = args.normalized_shape.clone();
+    let shape = x.shape();
+    if ns.is_empty() || shape.len() < ns.len() || shape[shape.len() - ns.len()..] != ns[..] {
+        return Err(Error::shape(
+            OP,
+            "input",
+            format!("a shape ending in normalized_shape {}", fmt_shape(&ns)),
+            format!("shape {}", fmt_shape(shape)),
+        ));
+    }
+    let cols: usize = ns.iter().product();
+    let rows: usize = shape[..shape.len() - ns.len()].iter().product();
+    check_numel(
+        OP,
+        "weight",
+        args.weight.as_ref().map(|t| t.numel()),
+        cols,
+        "normalized_shape",
+    )?;
+    let sd = x.dtype().stat_dtype();
+    check_stat(OP, "mean", &args.mean, rows, sd)?;
+    check_stat(OP, "invstd", &args.invstd, rows, sd)?;
+    check_grads(
+        OP,
+        x,
+        grad_output,
+        &args.grads,
+        cols,
+        args.weight.as_ref().map(|t| t.dtype()),
+    )?;
+    let accumulate = args.grads.accumulate;
+    let (dw, db) = with_element!(x.dtype(), T => {
+        type C = <T as crate::Element>::Compute;
+        let mu: Vec<Centre<C>> = args.mean.to_f64_vec().into_iter().map(Centre::of).collect();
+        let r: Vec<C> = param_values(Some(&args.invstd), rows, 0.0);
+        let w: Option<Vec<C>> = args.weight.as_ref().map(|w| param_values(Some(w), cols, 1.0));
+        run_dense_grad::<T, _>(OP, x, grad_output, args.grads.grad_input.as_mut(), false, |xs, gs, dx, _| {
+            kernels::layer_norm_backward(xs, gs, dx, cols, &mu, &r, w.as_deref())
+        })?
+    });
+    store(args.grads.grad_weight.as_mut(), &dw, accumulate);
+    store(args.grads.grad_bias.as_mut(), &db, accumulate);
+    Ok(())
+}
+
+/// Backward of [`local_response_norm`](super::local_response_norm) (spec §8.5).
+pub fn local_response_norm_backward(
+    grad_output: &Tensor,
+    x: &Tensor,
+    grad_input: &mut TensorMut,
+    args: LrnArgs,
+) -> Result<()> {
+    const OP: &str = "local_response_norm_backward";
+    check_min_rank(OP, x, 3, "(N, C, *) with at least one spatial dim")?;
+    if args.size == 0 {
+        return Err(Error::invalid(OP, "size", "size > 0", "0"));
+    }
+    check_same(
+        OP,
+        "grad_output",
+        x,
+        grad_output.shape(),
+        grad_output.dtype(),
+    )?;
+    check_same(OP, "grad_input", x, grad_input.shape(), grad_input.dtype())?;
+    if x.numel() == 0 {
+        return Ok(());
+    }
+    let geom = channel_geom(x.shape());
+    let p = LrnParams {
+        size: args.size,
+        alpha: args.alpha,
+        beta: args.beta,
+        k: args.k,
+    };
+    with_element!(x.dtype(), T => run_dense_grad::<T, _>(OP, x, grad_output, Some(grad_input), true, |xs, gs, dx, lay| {
+        if let Some(dx) = dx {
+            kernels::lrn_backward(xs, gs, dx, geom, lay, p);
+        }
+    }))
+}
