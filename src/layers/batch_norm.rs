@@ -1,9 +1,9 @@
 //! BatchNorm1d/2d/3d, their Lazy variants and SyncBatchNorm (single process).
 
-use super::{Module, NormState, check_rank, delegate_mode_and_state};
+use super::{Module, NormState, check_rank, delegate_mode_and_state, forward_stats};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{BatchNormArgs, batch_norm};
+use crate::ops::{BatchNormArgs, NormBackwardArgs, batch_norm, batch_norm_backward};
 use crate::tensor::{Tensor, TensorMut};
 
 /// Which torch.nn class a [`BatchNorm`] behaves as (it decides the accepted input ranks).
@@ -135,6 +135,7 @@ impl Module for BatchNorm {
     }
 
     fn forward(&mut self, x: &Tensor, y: &mut TensorMut) -> Result<()> {
+        self.state.saved = None;
         if let Some(c) = self.state.materialize(self.name(), x, self.config.dtype)? {
             self.config.num_features = c;
         }
@@ -189,12 +190,39 @@ impl Module for BatchNorm {
             momentum: Some(factor),
             eps: self.config.eps,
         };
-        batch_norm(x, y, args)
-            .map(|_| ())
-            .map_err(|e| e.in_op(name))
+        let stats = batch_norm(x, y, args).map_err(|e| e.in_op(name))?;
+        self.state.remember(x, use_batch_stats.then_some(stats));
+        Ok(())
     }
 
     delegate_mode_and_state!();
+
+    fn backward(
+        &mut self,
+        x: &Tensor,
+        grad_output: &Tensor,
+        grad_input: Option<&mut TensorMut>,
+    ) -> Result<()> {
+        let name = self.name();
+        let saved = self.state.saved_for(name, x)?;
+        let eps = self.config.eps;
+        let running = (
+            self.state.running_mean.buffer().cloned(),
+            self.state.running_var.buffer().cloned(),
+        );
+        let pg = self.state.param_grads(grad_input);
+        let stats = forward_stats(name, &saved, &running, eps)?;
+        batch_norm_backward(
+            grad_output,
+            x,
+            NormBackwardArgs {
+                weight: pg.weight,
+                stats,
+                grads: pg.grads,
+            },
+        )
+        .map_err(|e| e.in_op(name))
+    }
 }
 
 /// Converts every BatchNorm in `modules` into a SyncBatchNorm sharing its state (the

@@ -3,7 +3,7 @@
 use super::{Module, NormState, delegate_mode_and_state};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{GroupNormArgs, group_norm};
+use crate::ops::{GroupNormArgs, GroupNormBackwardArgs, group_norm, group_norm_backward};
 use crate::tensor::{Tensor, TensorMut};
 
 /// Constructor arguments ([`GroupNormConfig::new`] gives PyTorch's defaults).
@@ -68,15 +68,43 @@ impl Module for GroupNorm {
         "GroupNorm"
     }
     fn forward(&mut self, x: &Tensor, y: &mut TensorMut) -> Result<()> {
+        self.state.saved = None;
         let args = GroupNormArgs {
             num_groups: self.config.num_groups,
             weight: self.state.weight.view(),
             bias: self.state.bias.view(),
             eps: self.config.eps,
         };
-        group_norm(x, y, args)
-            .map(|_| ())
-            .map_err(|e| e.in_op("GroupNorm"))
+        let stats = group_norm(x, y, args).map_err(|e| e.in_op("GroupNorm"))?;
+        self.state.remember(x, Some(stats));
+        Ok(())
     }
     delegate_mode_and_state!();
+
+    fn backward(
+        &mut self,
+        x: &Tensor,
+        grad_output: &Tensor,
+        grad_input: Option<&mut TensorMut>,
+    ) -> Result<()> {
+        let saved = self.state.saved_for("GroupNorm", x)?;
+        let Some(stats) = saved.stats else {
+            return Err(Error::invalid(
+                "GroupNorm",
+                "backward",
+                "saved statistics",
+                "none",
+            ));
+        };
+        let num_groups = self.config.num_groups;
+        let pg = self.state.param_grads(grad_input);
+        let args = GroupNormBackwardArgs {
+            num_groups,
+            weight: pg.weight,
+            mean: stats.mean.view(),
+            invstd: stats.invstd.view(),
+            grads: pg.grads,
+        };
+        group_norm_backward(grad_output, x, args).map_err(|e| e.in_op("GroupNorm"))
+    }
 }

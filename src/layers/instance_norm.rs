@@ -1,9 +1,9 @@
 //! InstanceNorm1d/2d/3d and their Lazy variants.
 
-use super::{Module, NormState, check_rank, delegate_mode_and_state};
+use super::{Module, NormState, check_rank, delegate_mode_and_state, forward_stats};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{InstanceNormArgs, instance_norm};
+use crate::ops::{InstanceNormArgs, NormBackwardArgs, instance_norm, instance_norm_backward};
 use crate::tensor::{Tensor, TensorMut};
 
 /// Which torch.nn class an [`InstanceNorm`] behaves as (batched and unbatched ranks).
@@ -129,6 +129,7 @@ impl Module for InstanceNorm {
     }
 
     fn forward(&mut self, x: &Tensor, y: &mut TensorMut) -> Result<()> {
+        self.state.saved = None;
         // PyTorch infers num_features from dim 1 even for unbatched input (spec §5.2).
         if let Some(c) = self.state.materialize(self.name(), x, self.config.dtype)? {
             self.config.num_features = c;
@@ -165,13 +166,52 @@ impl Module for InstanceNorm {
             momentum: self.config.momentum.unwrap_or(0.0),
             eps: self.config.eps,
         };
-        let r = if unbatched {
+        let use_input_stats = args.use_input_stats;
+        let stats = if unbatched {
             instance_norm(&x.unsqueeze0(), &mut y.unsqueeze0(), args)
         } else {
             instance_norm(x, y, args)
-        };
-        r.map(|_| ()).map_err(|e| e.in_op(name))
+        }
+        .map_err(|e| e.in_op(name))?;
+        self.state.remember(x, use_input_stats.then_some(stats));
+        Ok(())
     }
 
     delegate_mode_and_state!();
+
+    fn backward(
+        &mut self,
+        x: &Tensor,
+        grad_output: &Tensor,
+        grad_input: Option<&mut TensorMut>,
+    ) -> Result<()> {
+        let name = self.name();
+        let saved = self.state.saved_for(name, x)?;
+        let eps = self.config.eps;
+        let running = (
+            self.state.running_mean.buffer().cloned(),
+            self.state.running_var.buffer().cloned(),
+        );
+        let unbatched = x.rank() == self.kind.unbatched_rank();
+        let mut gi = grad_input.map(|g| {
+            if unbatched {
+                g.unsqueeze0()
+            } else {
+                g.reborrow()
+            }
+        });
+        let pg = self.state.param_grads(gi.as_mut());
+        let stats = forward_stats(name, &saved, &running, eps)?;
+        let args = NormBackwardArgs {
+            weight: pg.weight,
+            stats,
+            grads: pg.grads,
+        };
+        if unbatched {
+            instance_norm_backward(&grad_output.unsqueeze0(), &x.unsqueeze0(), args)
+        } else {
+            instance_norm_backward(grad_output, x, args)
+        }
+        .map_err(|e| e.in_op(name))
+    }
 }

@@ -2,8 +2,8 @@
 
 use super::{Module, NormState, delegate_mode_and_state};
 use crate::dtype::DType;
-use crate::error::Result;
-use crate::ops::{LayerNormArgs, layer_norm};
+use crate::error::{Error, Result};
+use crate::ops::{LayerNormArgs, LayerNormBackwardArgs, layer_norm, layer_norm_backward};
 use crate::tensor::{Tensor, TensorMut};
 
 /// Constructor arguments ([`LayerNormConfig::new`] gives PyTorch's defaults).
@@ -76,6 +76,7 @@ impl Module for LayerNorm {
         "LayerNorm"
     }
     fn forward(&mut self, x: &Tensor, y: &mut TensorMut) -> Result<()> {
+        self.state.saved = None;
         let ns = &self.config.normalized_shape;
         let args = LayerNormArgs {
             normalized_shape: ns.clone(),
@@ -88,9 +89,36 @@ impl Module for LayerNorm {
             bias: self.state.bias.view().map(|t| t.reshape(ns)).transpose()?,
             eps: self.config.eps,
         };
-        layer_norm(x, y, args)
-            .map(|_| ())
-            .map_err(|e| e.in_op("LayerNorm"))
+        let stats = layer_norm(x, y, args).map_err(|e| e.in_op("LayerNorm"))?;
+        self.state.remember(x, Some(stats));
+        Ok(())
     }
     delegate_mode_and_state!();
+
+    fn backward(
+        &mut self,
+        x: &Tensor,
+        grad_output: &Tensor,
+        grad_input: Option<&mut TensorMut>,
+    ) -> Result<()> {
+        let saved = self.state.saved_for("LayerNorm", x)?;
+        let Some(stats) = saved.stats else {
+            return Err(Error::invalid(
+                "LayerNorm",
+                "backward",
+                "saved statistics",
+                "none",
+            ));
+        };
+        let ns = self.config.normalized_shape.clone();
+        let pg = self.state.param_grads(grad_input);
+        let args = LayerNormBackwardArgs {
+            normalized_shape: ns.clone(),
+            weight: pg.weight.map(|t| t.reshape(&ns)).transpose()?,
+            mean: stats.mean.view(),
+            invstd: stats.invstd.view(),
+            grads: pg.grads,
+        };
+        layer_norm_backward(grad_output, x, args).map_err(|e| e.in_op("LayerNorm"))
+    }
 }

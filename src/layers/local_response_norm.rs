@@ -1,8 +1,8 @@
 //! LocalResponseNorm.
 
-use super::{Module, State, no_such_state};
+use super::{Module, SavedForward, State, check_saved, no_such_state};
 use crate::error::Result;
-use crate::ops::{LrnArgs, local_response_norm};
+use crate::ops::{LrnArgs, local_response_norm, local_response_norm_backward};
 use crate::tensor::{Tensor, TensorMut};
 
 /// A local-response-normalisation module (no parameters, no buffers, no validation at
@@ -11,6 +11,7 @@ use crate::tensor::{Tensor, TensorMut};
 pub struct LocalResponseNorm {
     pub args: LrnArgs,
     training: bool,
+    saved: Option<SavedForward>,
 }
 
 impl LocalResponseNorm {
@@ -19,12 +20,14 @@ impl LocalResponseNorm {
         LocalResponseNorm {
             args: LrnArgs::new(size),
             training: true,
+            saved: None,
         }
     }
     pub fn with_args(args: LrnArgs) -> Self {
         LocalResponseNorm {
             args,
             training: true,
+            saved: None,
         }
     }
 }
@@ -34,7 +37,28 @@ impl Module for LocalResponseNorm {
         "LocalResponseNorm"
     }
     fn forward(&mut self, x: &Tensor, y: &mut TensorMut) -> Result<()> {
-        local_response_norm(x, y, self.args).map_err(|e| e.in_op("LocalResponseNorm"))
+        self.saved = None;
+        local_response_norm(x, y, self.args).map_err(|e| e.in_op("LocalResponseNorm"))?;
+        self.saved = Some(SavedForward {
+            shape: x.shape().to_vec(),
+            dtype: x.dtype(),
+            stats: None,
+        });
+        Ok(())
+    }
+
+    fn backward(
+        &mut self,
+        x: &Tensor,
+        grad_output: &Tensor,
+        grad_input: Option<&mut TensorMut>,
+    ) -> Result<()> {
+        check_saved("LocalResponseNorm", self.saved.as_ref(), x)?;
+        match grad_input {
+            Some(gi) => local_response_norm_backward(grad_output, x, gi, self.args)
+                .map_err(|e| e.in_op("LocalResponseNorm")),
+            None => Ok(()),
+        }
     }
     fn train(&mut self) {
         self.training = true;

@@ -27,6 +27,7 @@ pub use local_response_norm::LocalResponseNorm;
 
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ops::{ForwardStats, Gradients, SavedStats};
 use crate::tensor::{Buffer, Tensor, TensorMut};
 
 /// One entry of a module's state, under its PyTorch `state_dict` name.
@@ -72,6 +73,22 @@ pub trait Module {
     fn reset_running_stats(&mut self) {}
     /// Running statistics reset, then weight ← 1 and bias ← 0.
     fn reset_parameters(&mut self);
+    /// Backward of the last successful forward: `x` is that forward's input and `grad_output`
+    /// dL/dy. Writes dL/dx into `grad_input` when given, and accumulates dL/dweight and
+    /// dL/dbias into the module's gradients ([`Module::grad`]), as PyTorch's `.grad` does.
+    /// Errors when there was no forward, or `x` differs in shape or dtype from its input.
+    fn backward(
+        &mut self,
+        x: &Tensor,
+        grad_output: &Tensor,
+        grad_input: Option<&mut TensorMut>,
+    ) -> Result<()>;
+    /// The accumulated gradient of `weight` or `bias` (`None` before the first backward).
+    fn grad(&self, name: &str) -> Result<Option<Buffer>> {
+        Err(no_such_state(self.name(), name))
+    }
+    /// Clears the accumulated parameter gradients.
+    fn zero_grad(&mut self) {}
 }
 
 /// The `Module` methods every module with a `training` flag and a `state: NormState` field
@@ -108,6 +125,13 @@ macro_rules! delegate_mode_and_state {
         }
         fn reset_parameters(&mut self) {
             self.state.reset_parameters();
+        }
+        fn grad(&self, name: &str) -> $crate::error::Result<Option<$crate::tensor::Buffer>> {
+            self.state.grad(self.name(), name)
+        }
+        fn zero_grad(&mut self) {
+            self.state.grad_weight = None;
+            self.state.grad_bias = None;
         }
     };
 }
@@ -214,6 +238,62 @@ pub(crate) fn no_such_state(module: &str, name: &str) -> Error {
     )
 }
 
+/// The statistics a BatchNorm/InstanceNorm forward used: its saved batch statistics, or the
+/// running statistics (frozen normalisation).
+pub(crate) fn forward_stats<'a>(
+    module: &str,
+    saved: &'a SavedForward,
+    running: &'a (Option<Buffer>, Option<Buffer>),
+    eps: f64,
+) -> Result<ForwardStats<'a>> {
+    match (&saved.stats, running) {
+        (Some(s), _) => Ok(ForwardStats::Saved {
+            mean: s.mean.view(),
+            invstd: s.invstd.view(),
+        }),
+        (None, (Some(m), Some(v))) => Ok(ForwardStats::Running {
+            mean: m.view(),
+            var: v.view(),
+            eps,
+        }),
+        (None, _) => Err(Error::invalid(
+            module,
+            "backward",
+            "the running statistics the forward used",
+            "none",
+        )),
+    }
+}
+
+/// Checks a backward call against the record of the last forward.
+pub(crate) fn check_saved<'a>(
+    module: &str,
+    saved: Option<&'a SavedForward>,
+    x: &Tensor,
+) -> Result<&'a SavedForward> {
+    let Some(s) = saved else {
+        return Err(Error::invalid(
+            module,
+            "backward",
+            "a successful forward pass before backward",
+            "none",
+        ));
+    };
+    if s.shape != x.shape() || s.dtype != x.dtype() {
+        return Err(Error::shape(
+            module,
+            "input",
+            format!(
+                "the last forward's input ({} {})",
+                s.dtype,
+                crate::error::fmt_shape(&s.shape)
+            ),
+            format!("{} {}", x.dtype(), crate::error::fmt_shape(x.shape())),
+        ));
+    }
+    Ok(s)
+}
+
 /// Checks that the input's rank is one of `ranks` and reports `expected` otherwise.
 pub(crate) fn check_rank(module: &str, x: &Tensor, ranks: &[usize], expected: &str) -> Result<()> {
     if ranks.contains(&x.rank()) {
@@ -237,6 +317,26 @@ pub(crate) struct NormState {
     pub(crate) running_mean: Slot,
     pub(crate) running_var: Slot,
     pub(crate) num_batches_tracked: Option<i64>,
+    /// What the last successful forward saved for the backward pass.
+    pub(crate) saved: Option<SavedForward>,
+    pub(crate) grad_weight: Option<Buffer>,
+    pub(crate) grad_bias: Option<Buffer>,
+}
+
+/// What a module's forward pass saves for its backward pass.
+#[derive(Clone, Debug)]
+pub(crate) struct SavedForward {
+    pub(crate) shape: Vec<usize>,
+    pub(crate) dtype: DType,
+    /// Batch statistics (mean, inverse std), or `None` when the running statistics were used.
+    pub(crate) stats: Option<SavedStats>,
+}
+
+/// The parameter-gradient outputs of a module's backward: views of the module's accumulated
+/// gradients (created as zeros on first use).
+pub(crate) struct ParamGrads<'a> {
+    pub(crate) weight: Option<Tensor<'a>>,
+    pub(crate) grads: Gradients<'a>,
 }
 
 const NORM_STATE_NAMES: [&str; 5] = [
@@ -262,6 +362,57 @@ impl NormState {
             running_mean: Slot::new(track, lazy, dtype, c, 0.0),
             running_var: Slot::new(track, lazy, dtype, c, 1.0),
             num_batches_tracked: track.then_some(0),
+            saved: None,
+            grad_weight: None,
+            grad_bias: None,
+        }
+    }
+
+    /// Records what a successful forward saved (called with the forward's result).
+    pub(crate) fn remember(&mut self, x: &Tensor, stats: Option<SavedStats>) {
+        self.saved = Some(SavedForward {
+            shape: x.shape().to_vec(),
+            dtype: x.dtype(),
+            stats,
+        });
+    }
+
+    /// The last forward's record, checked against the backward's input.
+    pub(crate) fn saved_for(&self, module: &str, x: &Tensor) -> Result<SavedForward> {
+        check_saved(module, self.saved.as_ref(), x).cloned()
+    }
+
+    /// The module's weight and its accumulated parameter gradients, ready for a backward op.
+    pub(crate) fn param_grads<'a>(
+        &'a mut self,
+        grad_input: Option<&'a mut TensorMut>,
+    ) -> ParamGrads<'a> {
+        let (wlen, blen) = (
+            self.weight.buffer().map(|b| (b.dtype(), b.len())),
+            self.bias.buffer().map(|b| (b.dtype(), b.len())),
+        );
+        if let (None, Some((dt, n))) = (&self.grad_weight, wlen) {
+            self.grad_weight = Some(Buffer::filled(dt, n, 0.0));
+        }
+        if let (None, Some((dt, n))) = (&self.grad_bias, blen) {
+            self.grad_bias = Some(Buffer::filled(dt, n, 0.0));
+        }
+        ParamGrads {
+            weight: self.weight.view(),
+            grads: Gradients {
+                grad_input: grad_input.map(|g| g.reborrow()),
+                grad_weight: self.grad_weight.as_mut().map(|b| b.view_mut()),
+                grad_bias: self.grad_bias.as_mut().map(|b| b.view_mut()),
+                accumulate: true,
+            },
+        }
+    }
+
+    pub(crate) fn grad(&self, module: &str, name: &str) -> Result<Option<Buffer>> {
+        match name {
+            "weight" if self.weight.exists() => Ok(self.grad_weight.clone()),
+            "bias" if self.bias.exists() => Ok(self.grad_bias.clone()),
+            _ => Err(no_such_state(module, name)),
         }
     }
 
