@@ -1,0 +1,434 @@
+//! The host emulation of the CUDA kernels: `kernels/*.cu` compiled by the system C++ compiler
+//! against `kernels/emu/cuda_emu.hpp` (build.rs), run on the CPU with fibers for threads.
+//!
+//! [`EmuDevice`] implements [`Launcher`], so the same planning and launch code as the GPU
+//! path runs the real kernel sources; its safe methods take host slices, check their lengths
+//! and pass host addresses as "device" pointers. Used by tests/cuda_emulated.rs. Not a fast
+//! CPU backend.
+
+use super::kernels::{self, Launcher};
+use super::launch::{self, ChannelOrder, LaunchConfig};
+use super::params::{
+    BatchNormApplyParams, BatchNormStatsParams, GroupNormParams, LayerNormParams, LrnParams,
+};
+use crate::dtype::{Element, Real};
+use crate::error::{Error, ErrorKind, Result};
+
+const OP: &str = "cuda_emu";
+
+#[cfg(normkit_cuda_emu)]
+mod ffi {
+    use std::os::raw::{c_char, c_int, c_uint, c_ulong, c_void};
+    unsafe extern "C" {
+        pub fn normkit_emu_launch(
+            name: *const c_char,
+            grid: *const c_uint,
+            block: *const c_uint,
+            params: *const c_void,
+            params_size: c_ulong,
+            flags: c_uint,
+            err: *mut c_char,
+            err_len: c_ulong,
+        ) -> c_int;
+        pub fn normkit_emu_kernel_count() -> c_int;
+        pub fn normkit_emu_kernel_name(i: c_int) -> *const c_char;
+    }
+}
+
+/// Whether the emulation was built (build.rs found a working C++ compiler on Linux).
+pub fn available() -> bool {
+    cfg!(normkit_cuda_emu)
+}
+
+fn unavailable() -> Error {
+    Error::new(
+        ErrorKind::DeviceUnavailable,
+        OP,
+        "emulation",
+        "the CUDA host emulation (built by build.rs with a C++ compiler, Linux only)",
+        "not built",
+    )
+}
+
+/// Names of every kernel entry point compiled into the emulation.
+pub fn kernel_names() -> Vec<String> {
+    #[cfg(normkit_cuda_emu)]
+    {
+        // SAFETY: plain calls into the emulation registry; each name is a static NUL-terminated
+        // string (or null for an index out of range, which is skipped).
+        unsafe {
+            (0..ffi::normkit_emu_kernel_count())
+                .filter_map(|i| {
+                    let p = ffi::normkit_emu_kernel_name(i);
+                    (!p.is_null())
+                        .then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+                })
+                .collect()
+        }
+    }
+    #[cfg(not(normkit_cuda_emu))]
+    Vec::new()
+}
+
+/// The emulated device: `sms` sets grid sizing (small values exercise grid-stride loops),
+/// the flags reverse the order blocks and threads run in.
+#[derive(Clone, Copy, Debug)]
+pub struct EmuDevice {
+    pub sms: u32,
+    pub reverse_blocks: bool,
+    pub reverse_threads: bool,
+}
+
+impl Launcher for EmuDevice {
+    fn sm_count(&self) -> u32 {
+        self.sms
+    }
+
+    unsafe fn launch_raw(&self, name: &str, config: LaunchConfig, params: &[u8]) -> Result<()> {
+        #[cfg(normkit_cuda_emu)]
+        {
+            let cname = std::ffi::CString::new(name)
+                .map_err(|_| Error::invalid(OP, "kernel", "a name without NUL", name))?;
+            let flags = self.reverse_blocks as u32 | (self.reverse_threads as u32) << 1;
+            let mut err = vec![0u8; 512];
+            // SAFETY: the strings, arrays and the params buffer live across the call and have
+            // the lengths passed; the addresses inside `params` are valid per this function's
+            // contract (the caller's). The emulator runs the launch to completion before it
+            // returns and writes at most `err.len()` bytes (NUL-terminated) into `err`.
+            let rc = unsafe {
+                ffi::normkit_emu_launch(
+                    cname.as_ptr(),
+                    config.grid.as_ptr(),
+                    config.block.as_ptr(),
+                    params.as_ptr().cast(),
+                    params.len() as _,
+                    flags,
+                    err.as_mut_ptr().cast(),
+                    err.len() as _,
+                )
+            };
+            if rc != 0 {
+                let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    OP,
+                    name,
+                    "a successful emulated launch",
+                    String::from_utf8_lossy(&err[..end]).into_owned(),
+                ));
+            }
+            Ok(())
+        }
+        #[cfg(not(normkit_cuda_emu))]
+        {
+            let _ = (name, config, params);
+            Err(unavailable())
+        }
+    }
+}
+
+fn need(operand: &str, len: usize, want: usize) -> Result<()> {
+    if len < want {
+        return Err(Error::new(
+            ErrorKind::BufferTooSmall,
+            OP,
+            operand,
+            format!("at least {want} elements"),
+            format!("{len}"),
+        ));
+    }
+    Ok(())
+}
+
+fn opt_ptr<C>(s: Option<&[C]>, operand: &str, want: usize) -> Result<u64> {
+    match s {
+        Some(s) => {
+            need(operand, s.len(), want)?;
+            Ok(s.as_ptr() as u64)
+        }
+        None => Ok(0),
+    }
+}
+
+fn opt_ptr_mut<C>(s: &mut Option<&mut [C]>, operand: &str, want: usize) -> Result<u64> {
+    match s {
+        Some(s) => {
+            need(operand, s.len(), want)?;
+            Ok(s.as_mut_ptr() as u64)
+        }
+        None => Ok(0),
+    }
+}
+
+fn product(dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&t| t <= i64::MAX as usize)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Overflow,
+                OP,
+                "shape",
+                "a representable size",
+                "overflow",
+            )
+        })
+}
+
+fn positive(operand: &str, v: usize) -> Result<()> {
+    if v == 0 {
+        return Err(Error::invalid(OP, operand, "> 0", "0"));
+    }
+    Ok(())
+}
+
+/// Per-(row / group / channel) statistics returned by the emulated ops.
+pub type Stats<C> = (Vec<C>, Vec<C>);
+
+impl EmuDevice {
+    fn check(&self) -> Result<()> {
+        if !available() {
+            return Err(unavailable());
+        }
+        Ok(())
+    }
+
+    /// LayerNorm forward; returns (mean, rstd) per row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm<T: Element>(
+        &self,
+        x: &[T],
+        y: &mut [T],
+        weight: Option<&[T::Compute]>,
+        bias: Option<&[T::Compute]>,
+        rows: usize,
+        cols: usize,
+        eps: f64,
+    ) -> Result<Stats<T::Compute>> {
+        self.check()?;
+        positive("rows", rows)?;
+        positive("cols", cols)?;
+        let total = product(&[rows, cols])?;
+        need("x", x.len(), total)?;
+        need("y", y.len(), total)?;
+        let mut mean = vec![T::Compute::ZERO; rows];
+        let mut rstd = vec![T::Compute::ZERO; rows];
+        let p = LayerNormParams {
+            x: x.as_ptr() as u64,
+            y: y.as_mut_ptr() as u64,
+            weight: opt_ptr(weight, "weight", cols)?,
+            bias: opt_ptr(bias, "bias", cols)?,
+            mean: mean.as_mut_ptr() as u64,
+            rstd: rstd.as_mut_ptr() as u64,
+            rows: rows as i64,
+            cols: cols as i64,
+            eps,
+        };
+        // SAFETY: every address points into a live slice checked above to hold what the
+        // kernel touches (x, y: rows·cols; weight, bias: cols; mean, rstd: rows), and the
+        // emulated launch completes before this function returns.
+        unsafe { kernels::layer_norm_fwd(self, T::DTYPE, &p)? };
+        Ok((mean, rstd))
+    }
+
+    /// GroupNorm forward (InstanceNorm: groups = c, clamp_var false, zero_var_rule true);
+    /// returns (mean, rstd) per (n, group).
+    #[allow(clippy::too_many_arguments)]
+    pub fn group_norm<T: Element>(
+        &self,
+        order: ChannelOrder,
+        x: &[T],
+        y: &mut [T],
+        weight: Option<&[T::Compute]>,
+        bias: Option<&[T::Compute]>,
+        (n, c, s): (usize, usize, usize),
+        groups: usize,
+        eps: f64,
+        clamp_var: bool,
+        zero_var_rule: bool,
+    ) -> Result<Stats<T::Compute>> {
+        self.check()?;
+        for (name, v) in [("n", n), ("c", c), ("s", s), ("groups", groups)] {
+            positive(name, v)?;
+        }
+        if c % groups != 0 {
+            return Err(Error::invalid(
+                OP,
+                "groups",
+                "a divisor of c",
+                format!("{groups}"),
+            ));
+        }
+        let total = product(&[n, c, s])?;
+        need("x", x.len(), total)?;
+        need("y", y.len(), total)?;
+        let mut mean = vec![T::Compute::ZERO; n * groups];
+        let mut rstd = vec![T::Compute::ZERO; n * groups];
+        let p = GroupNormParams {
+            x: x.as_ptr() as u64,
+            y: y.as_mut_ptr() as u64,
+            weight: opt_ptr(weight, "weight", c)?,
+            bias: opt_ptr(bias, "bias", c)?,
+            mean: mean.as_mut_ptr() as u64,
+            rstd: rstd.as_mut_ptr() as u64,
+            n: n as i64,
+            c: c as i64,
+            s: s as i64,
+            groups: groups as i64,
+            eps,
+            clamp_var: clamp_var as i32,
+            zero_var_rule: zero_var_rule as i32,
+        };
+        // SAFETY: addresses point into live slices checked above (x, y: n·c·s; weight, bias:
+        // c; mean, rstd: n·groups); the emulated launch completes before returning.
+        unsafe { kernels::group_norm_fwd(self, T::DTYPE, order, &p)? };
+        Ok((mean, rstd))
+    }
+
+    /// BatchNorm training forward; updates the running statistics when given and returns the
+    /// saved (mean, rstd) per channel. Fails if the kernel leaves a ticket counter non-zero.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_train<T: Element>(
+        &self,
+        order: ChannelOrder,
+        x: &[T],
+        y: &mut [T],
+        weight: Option<&[T::Compute]>,
+        bias: Option<&[T::Compute]>,
+        mut running_mean: Option<&mut [T::Compute]>,
+        mut running_var: Option<&mut [T::Compute]>,
+        (n, c, s): (usize, usize, usize),
+        eps: f64,
+        momentum: f64,
+    ) -> Result<Stats<T::Compute>> {
+        self.check()?;
+        for (name, v) in [("n", n), ("c", c), ("s", s)] {
+            positive(name, v)?;
+        }
+        let total = product(&[n, c, s])?;
+        need("x", x.len(), total)?;
+        need("y", y.len(), total)?;
+        let plan = launch::batch_norm_stats(T::DTYPE, order, n, c, s, self.sms);
+        let mut workspace = vec![0u64; plan.workspace_bytes.div_ceil(8)];
+        let mut counters = vec![0u32; plan.counters];
+        let mut mean = vec![T::Compute::ZERO; c];
+        let mut rstd = vec![T::Compute::ZERO; c];
+        let stats = BatchNormStatsParams {
+            x: x.as_ptr() as u64,
+            mean: mean.as_mut_ptr() as u64,
+            rstd: rstd.as_mut_ptr() as u64,
+            running_mean: opt_ptr_mut(&mut running_mean, "running_mean", c)?,
+            running_var: opt_ptr_mut(&mut running_var, "running_var", c)?,
+            workspace: workspace.as_mut_ptr() as u64,
+            counters: counters.as_mut_ptr() as u64,
+            n: n as i64,
+            c: c as i64,
+            s: s as i64,
+            splits: plan.splits as i64,
+            eps,
+            momentum,
+        };
+        let apply = BatchNormApplyParams {
+            x: x.as_ptr() as u64,
+            y: y.as_mut_ptr() as u64,
+            mean: mean.as_ptr() as u64,
+            rstd_or_var: rstd.as_ptr() as u64,
+            weight: opt_ptr(weight, "weight", c)?,
+            bias: opt_ptr(bias, "bias", c)?,
+            n: n as i64,
+            c: c as i64,
+            s: s as i64,
+            eps,
+        };
+        // SAFETY: addresses point into live slices and vectors checked or sized above (x, y:
+        // n·c·s; per-channel buffers: c; workspace and counters sized by the same plan the
+        // launch uses, counters zeroed); the emulated launches complete before returning.
+        unsafe { kernels::batch_norm_train(self, T::DTYPE, order, &stats, &apply)? };
+        if counters.iter().any(|&t| t != 0) {
+            return Err(Error::new(
+                ErrorKind::Backend,
+                OP,
+                "counters",
+                "ticket counters reset to 0 by the last block",
+                format!("{counters:?}"),
+            ));
+        }
+        Ok((mean, rstd))
+    }
+
+    /// BatchNorm inference from running statistics.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_infer<T: Element>(
+        &self,
+        order: ChannelOrder,
+        x: &[T],
+        y: &mut [T],
+        weight: Option<&[T::Compute]>,
+        bias: Option<&[T::Compute]>,
+        running_mean: &[T::Compute],
+        running_var: &[T::Compute],
+        (n, c, s): (usize, usize, usize),
+        eps: f64,
+    ) -> Result<()> {
+        self.check()?;
+        for (name, v) in [("n", n), ("c", c), ("s", s)] {
+            positive(name, v)?;
+        }
+        let total = product(&[n, c, s])?;
+        need("x", x.len(), total)?;
+        need("y", y.len(), total)?;
+        need("running_mean", running_mean.len(), c)?;
+        need("running_var", running_var.len(), c)?;
+        let p = BatchNormApplyParams {
+            x: x.as_ptr() as u64,
+            y: y.as_mut_ptr() as u64,
+            mean: running_mean.as_ptr() as u64,
+            rstd_or_var: running_var.as_ptr() as u64,
+            weight: opt_ptr(weight, "weight", c)?,
+            bias: opt_ptr(bias, "bias", c)?,
+            n: n as i64,
+            c: c as i64,
+            s: s as i64,
+            eps,
+        };
+        // SAFETY: addresses point into live slices checked above (x, y: n·c·s; per-channel
+        // buffers: c); the emulated launch completes before returning.
+        unsafe { kernels::batch_norm_infer(self, T::DTYPE, order, &p) }
+    }
+
+    /// LocalResponseNorm forward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lrn<T: Element>(
+        &self,
+        order: ChannelOrder,
+        x: &[T],
+        y: &mut [T],
+        (n, c, s): (usize, usize, usize),
+        size: usize,
+        alpha: f64,
+        beta: f64,
+        k: f64,
+    ) -> Result<()> {
+        self.check()?;
+        for (name, v) in [("n", n), ("c", c), ("s", s), ("size", size)] {
+            positive(name, v)?;
+        }
+        let total = product(&[n, c, s])?;
+        need("x", x.len(), total)?;
+        need("y", y.len(), total)?;
+        let p = LrnParams {
+            x: x.as_ptr() as u64,
+            y: y.as_mut_ptr() as u64,
+            n: n as i64,
+            c: c as i64,
+            s: s as i64,
+            size: size as i64,
+            alpha,
+            beta,
+            k,
+        };
+        // SAFETY: x and y are distinct live slices of at least n·c·s elements (checked above);
+        // the emulated launch completes before returning.
+        unsafe { kernels::lrn_fwd(self, T::DTYPE, order, &p) }
+    }
+}

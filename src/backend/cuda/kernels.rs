@@ -1,0 +1,137 @@
+//! Launch sites: the [`Launcher`] trait (implemented by the GPU device and by the host
+//! emulation) and one function per op phase that plans with [`super::launch`] and launches.
+//!
+//! Every function here is `unsafe`: the parameter structs carry raw device addresses that the
+//! kernels dereference, which the type system cannot check. Callers guarantee the contract
+//! written on each function.
+
+use super::launch::{self, ChannelOrder, LaunchConfig};
+use super::params::{
+    BatchNormApplyParams, BatchNormStatsParams, GroupNormParams, KernelParams, LayerNormParams,
+    LrnParams,
+};
+use crate::dtype::DType;
+use crate::error::Result;
+
+/// Something that runs a named kernel entry point: a CUDA stream, or the host emulation.
+pub trait Launcher {
+    /// Streaming multiprocessors of the device (grid sizing).
+    fn sm_count(&self) -> u32;
+
+    /// Enqueues kernel `name` with one by-value parameter struct (`params`, its C bytes).
+    ///
+    /// # Safety
+    /// Every address inside `params` must be valid, for as long as the launch runs, for the
+    /// reads and writes that kernel makes (documented in kernels/common/params.cuh and at the
+    /// top of its .cu file), and buffers the kernel writes must not be accessed concurrently.
+    unsafe fn launch_raw(&self, name: &str, config: LaunchConfig, params: &[u8]) -> Result<()>;
+}
+
+/// # Safety
+/// As [`Launcher::launch_raw`].
+unsafe fn launch<P: KernelParams>(
+    l: &dyn Launcher,
+    name: &str,
+    config: LaunchConfig,
+    p: &P,
+) -> Result<()> {
+    let bytes = p.to_bytes();
+    debug_assert_eq!(bytes.len(), P::SIZE);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { l.launch_raw(name, config, &bytes) }
+}
+
+/// LayerNorm forward over `p.rows` × `p.cols` (both ≥ 1).
+///
+/// # Safety
+/// `x`, `y`: rows·cols elements of `dtype`; `weight`, `bias`: cols compute values or 0;
+/// `mean`, `rstd`: rows compute values or 0 (compute type: f64 for f64, else f32).
+pub unsafe fn layer_norm_fwd(l: &dyn Launcher, dtype: DType, p: &LayerNormParams) -> Result<()> {
+    let plan = launch::layer_norm_fwd(dtype, p.rows as usize, p.cols as usize, l.sm_count());
+    // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
+    unsafe { launch(l, &plan.kernel, plan.config, p) }
+}
+
+/// GroupNorm / InstanceNorm forward (n, c, s ≥ 1; groups ≥ 1 divides c).
+///
+/// # Safety
+/// `x`, `y`: n·c·s elements of `dtype` in `order`; `weight`, `bias`: c compute values or 0;
+/// `mean`, `rstd`: n·groups compute values or 0.
+pub unsafe fn group_norm_fwd(
+    l: &dyn Launcher,
+    dtype: DType,
+    order: ChannelOrder,
+    p: &GroupNormParams,
+) -> Result<()> {
+    let plan = launch::group_norm_fwd(dtype, order, p.n as usize, p.groups as usize, l.sm_count());
+    // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
+    unsafe { launch(l, &plan.kernel, plan.config, p) }
+}
+
+/// BatchNorm training forward: statistics (+ running-stat update), then apply. Two launches.
+/// `stats.splits` and the workspace must come from [`launch::batch_norm_stats`] for the same
+/// shape and `l.sm_count()`.
+///
+/// # Safety
+/// `x`, `y`: n·c·s elements; `mean`, `rstd`: c compute values; running stats, weight, bias:
+/// c compute values or 0; `workspace`: `workspace_bytes` bytes, 8-byte aligned; `counters`:
+/// `counters` u32 values, zero before the first launch (the kernel leaves them zero).
+pub unsafe fn batch_norm_train(
+    l: &dyn Launcher,
+    dtype: DType,
+    order: ChannelOrder,
+    stats: &BatchNormStatsParams,
+    apply: &BatchNormApplyParams,
+) -> Result<()> {
+    let plan = launch::batch_norm_stats(
+        dtype,
+        order,
+        stats.n as usize,
+        stats.c as usize,
+        stats.s as usize,
+        l.sm_count(),
+    );
+    let stats = BatchNormStatsParams {
+        splits: plan.splits as i64,
+        ..*stats
+    };
+    // SAFETY: the caller upholds the buffer contract above, which is the kernels'.
+    unsafe { launch(l, &plan.launch.kernel, plan.launch.config, &stats)? };
+    let total = (apply.n * apply.c * apply.s) as usize;
+    let a = launch::batch_norm_apply(dtype, order, total, false, l.sm_count());
+    // SAFETY: as above; mean/rstd were written by the stats launch on the same stream.
+    unsafe { launch(l, &a.kernel, a.config, apply) }
+}
+
+/// BatchNorm inference from running statistics (`p.mean` = running mean,
+/// `p.rstd_or_var` = running var).
+///
+/// # Safety
+/// `x`, `y`: n·c·s elements; mean, var: c compute values; weight, bias: c compute values or 0.
+pub unsafe fn batch_norm_infer(
+    l: &dyn Launcher,
+    dtype: DType,
+    order: ChannelOrder,
+    p: &BatchNormApplyParams,
+) -> Result<()> {
+    let total = (p.n * p.c * p.s) as usize;
+    let plan = launch::batch_norm_apply(dtype, order, total, true, l.sm_count());
+    // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
+    unsafe { launch(l, &plan.kernel, plan.config, p) }
+}
+
+/// LocalResponseNorm forward.
+///
+/// # Safety
+/// `x`, `y`: n·c·s elements of `dtype`, not overlapping.
+pub unsafe fn lrn_fwd(
+    l: &dyn Launcher,
+    dtype: DType,
+    order: ChannelOrder,
+    p: &LrnParams,
+) -> Result<()> {
+    let total = (p.n * p.c * p.s) as usize;
+    let plan = launch::lrn_fwd(dtype, order, total, l.sm_count());
+    // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
+    unsafe { launch(l, &plan.kernel, plan.config, p) }
+}

@@ -1,0 +1,277 @@
+//! Pure launch planning: which entry point, grid, block and workspace for a shape. No unsafe,
+//! no device access; the GPU path and the host emulation call the same functions.
+
+use crate::dtype::DType;
+
+/// Element order of an (N, C, spatial) tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelOrder {
+    /// (N, C, S): each (n, c) plane contiguous.
+    Nchw,
+    /// (N, S, C): each pixel's channels contiguous.
+    Nhwc,
+}
+
+impl ChannelOrder {
+    fn suffix(self) -> &'static str {
+        match self {
+            ChannelOrder::Nchw => "nchw",
+            ChannelOrder::Nhwc => "nhwc",
+        }
+    }
+}
+
+/// Grid and block dimensions of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+}
+
+/// One planned kernel launch (entry point + dimensions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub kernel: String,
+    pub config: LaunchConfig,
+}
+
+/// Longest LayerNorm row the warp-per-row variant handles (32 lanes × 32 register values).
+pub const LN_WARP_MAX_COLS: usize = 1024;
+/// Rows the block variant keeps in registers (256 threads × 16 values); longer rows stream.
+pub const LN_BLOCK_RESIDENT_COLS: usize = 4096;
+const LN_WARP_BLOCK: u32 = 128;
+const LN_BLOCK_THREADS: u32 = 256;
+const ELEMENTWISE_THREADS: u32 = 256;
+/// Resident blocks per SM assumed for persistent grid sizing.
+const BLOCKS_PER_SM: u64 = 8;
+/// Largest grid.x used by grid-stride kernels.
+const MAX_GRID_X: u64 = 1 << 20;
+
+/// Kernel name suffix of a storage dtype (`f32`, `f64`, `f16`, `bf16`).
+pub fn dtype_suffix(dtype: DType) -> &'static str {
+    dtype.name()
+}
+
+fn persistent_grid(work_items: u64, per_block: u64, sms: u32) -> u32 {
+    let needed = work_items.div_ceil(per_block.max(1)).max(1);
+    let cap = (sms.max(1) as u64 * BLOCKS_PER_SM).min(MAX_GRID_X);
+    needed.min(cap) as u32
+}
+
+/// LayerNorm variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerNormVariant {
+    /// One warp per row, row in registers (cols ≤ [`LN_WARP_MAX_COLS`]).
+    Warp,
+    /// One block per row; registers up to [`LN_BLOCK_RESIDENT_COLS`], streaming beyond.
+    Block,
+}
+
+pub fn layer_norm_variant(cols: usize) -> LayerNormVariant {
+    if cols <= LN_WARP_MAX_COLS {
+        LayerNormVariant::Warp
+    } else {
+        LayerNormVariant::Block
+    }
+}
+
+/// LayerNorm forward over `rows` rows of `cols` elements (both ≥ 1) on a device with `sms` SMs.
+pub fn layer_norm_fwd(dtype: DType, rows: usize, cols: usize, sms: u32) -> Launch {
+    let t = dtype_suffix(dtype);
+    match layer_norm_variant(cols) {
+        LayerNormVariant::Warp => Launch {
+            kernel: format!("layer_norm_fwd_warp_{t}"),
+            config: LaunchConfig {
+                grid: [
+                    persistent_grid(rows as u64, (LN_WARP_BLOCK / 32) as u64, sms),
+                    1,
+                    1,
+                ],
+                block: [LN_WARP_BLOCK, 1, 1],
+            },
+        },
+        LayerNormVariant::Block => Launch {
+            kernel: format!("layer_norm_fwd_block_{t}"),
+            config: LaunchConfig {
+                grid: [persistent_grid(rows as u64, 1, sms), 1, 1],
+                block: [LN_BLOCK_THREADS, 1, 1],
+            },
+        },
+    }
+}
+
+/// GroupNorm / InstanceNorm forward: one block per (n, group), grid-stride.
+pub fn group_norm_fwd(
+    dtype: DType,
+    order: ChannelOrder,
+    n: usize,
+    groups: usize,
+    sms: u32,
+) -> Launch {
+    Launch {
+        kernel: format!("group_norm_fwd_{}_{}", order.suffix(), dtype_suffix(dtype)),
+        config: LaunchConfig {
+            grid: [persistent_grid((n * groups) as u64, 1, sms), 1, 1],
+            block: [256, 1, 1],
+        },
+    }
+}
+
+/// Plan of the BatchNorm training statistics launch and the scratch memory it needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchNormStatsPlan {
+    pub launch: Launch,
+    /// Blocks per channel (NCHW) or per 32-channel tile (NHWC).
+    pub splits: usize,
+    /// Bytes of workspace: splits·c compute values of mean and of M2, then splits·c i64 counts.
+    pub workspace_bytes: usize,
+    /// Number of u32 ticket counters; zero them once when allocating, the kernel resets them.
+    pub counters: usize,
+}
+
+/// Minimum elements (NCHW) or rows (NHWC) per split block.
+const BN_MIN_PER_SPLIT_NCHW: usize = 256;
+const BN_MIN_PER_SPLIT_NHWC: usize = 32;
+const BN_MAX_SPLITS: usize = 1024;
+
+/// BatchNorm training statistics for (n, c, s), n·s ≥ 1, c ≥ 1.
+pub fn batch_norm_stats(
+    dtype: DType,
+    order: ChannelOrder,
+    n: usize,
+    c: usize,
+    s: usize,
+    sms: u32,
+) -> BatchNormStatsPlan {
+    let per_channel = n * s;
+    let (tiles, min_per_split, block) = match order {
+        ChannelOrder::Nchw => (c, BN_MIN_PER_SPLIT_NCHW, [256, 1, 1]),
+        ChannelOrder::Nhwc => (c.div_ceil(32), BN_MIN_PER_SPLIT_NHWC, [32, 8, 1]),
+    };
+    let target_blocks = 2 * sms.max(1) as usize;
+    let by_occupancy = target_blocks.div_ceil(tiles.max(1));
+    let by_work = per_channel.div_ceil(min_per_split).max(1);
+    let splits = by_occupancy.min(by_work).clamp(1, BN_MAX_SPLITS);
+    let compute_bytes = dtype.stat_dtype().size_in_bytes();
+    BatchNormStatsPlan {
+        launch: Launch {
+            kernel: format!(
+                "batch_norm_stats_{}_{}",
+                order.suffix(),
+                dtype_suffix(dtype)
+            ),
+            config: LaunchConfig {
+                grid: [tiles as u32, splits as u32, 1],
+                block,
+            },
+        },
+        splits,
+        workspace_bytes: splits * c * (2 * compute_bytes + 8),
+        counters: tiles,
+    }
+}
+
+/// BatchNorm elementwise apply (training: `inference = false`) or inference from running stats.
+pub fn batch_norm_apply(
+    dtype: DType,
+    order: ChannelOrder,
+    total: usize,
+    inference: bool,
+    sms: u32,
+) -> Launch {
+    let phase = if inference { "infer" } else { "apply" };
+    Launch {
+        kernel: format!(
+            "batch_norm_{phase}_{}_{}",
+            order.suffix(),
+            dtype_suffix(dtype)
+        ),
+        config: elementwise(total, sms),
+    }
+}
+
+/// LocalResponseNorm forward, one thread per element.
+pub fn lrn_fwd(dtype: DType, order: ChannelOrder, total: usize, sms: u32) -> Launch {
+    Launch {
+        kernel: format!("lrn_fwd_{}_{}", order.suffix(), dtype_suffix(dtype)),
+        config: elementwise(total, sms),
+    }
+}
+
+fn elementwise(total: usize, sms: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid: [
+            persistent_grid(total as u64, ELEMENTWISE_THREADS as u64, sms),
+            1,
+            1,
+        ],
+        block: [ELEMENTWISE_THREADS, 1, 1],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_norm_variant_switches_at_the_threshold() {
+        assert_eq!(layer_norm_variant(1), LayerNormVariant::Warp);
+        assert_eq!(layer_norm_variant(1024), LayerNormVariant::Warp);
+        assert_eq!(layer_norm_variant(1025), LayerNormVariant::Block);
+        let l = layer_norm_fwd(DType::BF16, 10, 4097, 132);
+        assert_eq!(l.kernel, "layer_norm_fwd_block_bf16");
+        assert_eq!(l.config.grid, [10, 1, 1]);
+        let l = layer_norm_fwd(DType::F32, 1_000_000, 64, 132);
+        assert_eq!(l.kernel, "layer_norm_fwd_warp_f32");
+        assert_eq!(l.config.grid[0], 132 * 8);
+    }
+
+    #[test]
+    fn batch_norm_splits_follow_work_and_occupancy() {
+        // tiny channel: one split
+        let p = batch_norm_stats(DType::F32, ChannelOrder::Nchw, 2, 64, 3, 132);
+        assert_eq!(p.splits, 1);
+        assert_eq!(p.launch.config.grid, [64, 1, 1]);
+        // few channels, much work: split to fill the GPU
+        let p = batch_norm_stats(DType::F16, ChannelOrder::Nhwc, 32, 64, 56 * 56, 132);
+        assert_eq!(p.counters, 2);
+        assert_eq!(p.splits, 132);
+        assert_eq!(p.workspace_bytes, 132 * 64 * 16);
+        assert_eq!(p.launch.kernel, "batch_norm_stats_nhwc_f16");
+        let p = batch_norm_stats(DType::F64, ChannelOrder::Nchw, 1, 1, 1 << 30, 132);
+        assert_eq!(p.splits, 264);
+        assert_eq!(p.workspace_bytes, 264 * 24);
+    }
+
+    #[test]
+    fn grids_never_exceed_the_cap_or_go_to_zero() {
+        let l = lrn_fwd(DType::F64, ChannelOrder::Nhwc, 1, 132);
+        assert_eq!(l.config.grid, [1, 1, 1]);
+        let l = batch_norm_apply(DType::F32, ChannelOrder::Nchw, usize::MAX / 2, true, 132);
+        assert_eq!(l.config.grid[0] as u64, 132 * 8);
+        assert_eq!(l.kernel, "batch_norm_infer_nchw_f32");
+        let l = group_norm_fwd(DType::F16, ChannelOrder::Nchw, 2, 3, 132);
+        assert_eq!(l.config.grid, [6, 1, 1]);
+    }
+
+    #[test]
+    fn every_planned_kernel_exists_in_the_sources() {
+        use crate::backend::cuda::modules::module_of;
+        for dt in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+            for order in [ChannelOrder::Nchw, ChannelOrder::Nhwc] {
+                let names = [
+                    layer_norm_fwd(dt, 1, 1, 1).kernel,
+                    layer_norm_fwd(dt, 1, 5000, 1).kernel,
+                    group_norm_fwd(dt, order, 1, 1, 1).kernel,
+                    batch_norm_stats(dt, order, 1, 1, 2, 1).launch.kernel,
+                    batch_norm_apply(dt, order, 1, false, 1).kernel,
+                    batch_norm_apply(dt, order, 1, true, 1).kernel,
+                    lrn_fwd(dt, order, 1, 1).kernel,
+                ];
+                for n in names {
+                    assert!(module_of(&n).is_some(), "{n} missing from kernels/*.cu");
+                }
+            }
+        }
+    }
+}
