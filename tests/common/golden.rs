@@ -107,3 +107,50 @@ pub fn tol(v: &Value, key: &str) -> Tol {
 pub fn list<'a>(file: &'a Value, key: &str) -> &'a [Value] {
     file[key].as_array().map(Vec::as_slice).unwrap_or(&[])
 }
+
+/// A normkit dtype from its fixture name (`"f32"`, `"f64"`, `"f16"`, `"bf16"`).
+pub fn dtype_named(s: &str) -> normkit::DType {
+    normkit::DType::parse(s).unwrap_or_else(|| panic!("bad dtype {s}"))
+}
+
+/// The parameter dtype of a case: `param_dtype` `"same"` means the input's `dtype`.
+pub fn param_dtype_of(case: &Value) -> normkit::DType {
+    match str_of(case, "param_dtype") {
+        "same" => dtype_named(str_of(case, "dtype")),
+        other => dtype_named(other),
+    }
+}
+
+/// Collects check results across many cases and fails once at the end with the first few
+/// mismatches (so one run shows every failing case).
+#[derive(Default)]
+pub struct Report {
+    pub failures: Vec<String>,
+    pub checked: usize,
+}
+
+impl Report {
+    pub fn check(&mut self, got: &[f64], exp: &[f64], t: Tol, ctx: String) {
+        self.checked += 1;
+        if let Err(e) = super::check_close(got, exp, t, &ctx, None) {
+            self.failures.push(e);
+        }
+    }
+
+    pub fn fail(&mut self, msg: String) {
+        self.failures.push(msg);
+    }
+
+    pub fn finish(self, what: &str) {
+        assert!(self.checked > 0, "{what}: nothing was checked");
+        if !self.failures.is_empty() {
+            let n = self.failures.len();
+            let shown: Vec<String> = self.failures.into_iter().take(12).collect();
+            panic!(
+                "{what}: {n} failing checks (of {}):\n{}",
+                self.checked,
+                shown.join("\n")
+            );
+        }
+    }
+}
