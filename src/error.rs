@@ -30,6 +30,8 @@ pub enum ErrorKind {
     Overflow,
     /// Something failed inside a backend (driver, compiler).
     Backend,
+    /// A collective of a SyncBatchNorm communicator failed (or ranks disagreed on sizes).
+    Communication,
 }
 
 /// A normkit error: op, operand, expectation and what was got.

@@ -22,6 +22,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod comm;
 pub mod dtype;
 pub mod error;
 pub mod layers;

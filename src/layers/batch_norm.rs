@@ -1,10 +1,15 @@
-//! BatchNorm1d/2d/3d, their Lazy variants and SyncBatchNorm (single process).
+//! BatchNorm1d/2d/3d, their Lazy variants and SyncBatchNorm.
 
 use super::{Module, NormState, check_rank, delegate_mode_and_state, forward_stats};
+use crate::comm::Communicator;
 use crate::dtype::DType;
-use crate::error::{Error, Result};
-use crate::ops::{BatchNormArgs, NormBackwardArgs, batch_norm, batch_norm_backward};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ops::{
+    BatchNormArgs, NormBackwardArgs, batch_norm, batch_norm_backward, sync_batch_norm,
+    sync_batch_norm_backward,
+};
 use crate::tensor::{Tensor, TensorMut};
+use std::sync::Arc;
 
 /// Which torch.nn class a [`BatchNorm`] behaves as (it decides the accepted input ranks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +81,8 @@ pub struct BatchNorm {
     pub config: BatchNormConfig,
     state: NormState,
     training: bool,
+    /// SyncBatchNorm's process group (`None`: the module behaves as plain BatchNorm).
+    process_group: Option<Arc<dyn Communicator>>,
 }
 
 impl BatchNorm {
@@ -106,6 +113,7 @@ impl BatchNorm {
             state,
             training: true,
             config,
+            process_group: None,
         }
     }
 
@@ -113,11 +121,22 @@ impl BatchNorm {
         self.kind
     }
 
-    /// The same module as a SyncBatchNorm (the `convert_sync_batchnorm` of one module): the
-    /// configuration, parameters, running statistics, counter and mode are kept.
-    pub fn into_sync(mut self) -> BatchNorm {
+    /// The same module as a SyncBatchNorm over `process_group` (the `convert_sync_batchnorm`
+    /// of one module): the configuration, parameters, running statistics, counter and mode are
+    /// kept (moved, not copied).
+    pub fn into_sync(mut self, process_group: Option<Arc<dyn Communicator>>) -> BatchNorm {
         self.kind = BatchNormKind::SyncBatchNorm;
+        self.process_group = process_group;
         self
+    }
+
+    /// Sets SyncBatchNorm's process group (`None`: no synchronisation).
+    pub fn set_process_group(&mut self, process_group: Option<Arc<dyn Communicator>>) {
+        self.process_group = process_group;
+    }
+
+    pub fn process_group(&self) -> Option<&Arc<dyn Communicator>> {
+        self.process_group.as_ref()
     }
 }
 
@@ -164,6 +183,7 @@ impl Module for BatchNorm {
             }
         }
         let tracking = self.config.track_running_stats;
+        let counter_before = self.state.num_batches_tracked.unwrap_or(0);
         let mut factor = self.config.momentum.unwrap_or(0.0);
         if self.training && tracking {
             if let Some(n) = self.state.num_batches_tracked.as_mut() {
@@ -190,9 +210,35 @@ impl Module for BatchNorm {
             momentum: Some(factor),
             eps: self.config.eps,
         };
-        let stats = batch_norm(x, y, args).map_err(|e| e.in_op(name))?;
-        self.state.remember(x, use_batch_stats.then_some(stats));
-        Ok(())
+        let group = match (&self.process_group, self.kind) {
+            (Some(pg), BatchNormKind::SyncBatchNorm) if self.training && pg.world_size() > 1 => {
+                Some(pg.clone())
+            }
+            _ => None,
+        };
+        let Some(group) = group else {
+            let stats = batch_norm(x, y, args).map_err(|e| e.in_op(name))?;
+            self.state.remember(x, use_batch_stats.then_some(stats));
+            return Ok(());
+        };
+        match sync_batch_norm(x, y, args, group.as_ref()) {
+            Ok((stats, count)) => {
+                self.state.remember(x, Some(stats));
+                if let Some(saved) = self.state.saved.as_mut() {
+                    saved.sync_count = Some(count);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // A failed exchange leaves the state as it was (the counter included).
+                if e.kind() == ErrorKind::Communication {
+                    if let Some(n) = self.state.num_batches_tracked.as_mut() {
+                        *n = counter_before;
+                    }
+                }
+                Err(e.in_op(name))
+            }
+        }
     }
 
     delegate_mode_and_state!();
@@ -212,21 +258,29 @@ impl Module for BatchNorm {
         );
         let pg = self.state.param_grads(grad_input);
         let stats = forward_stats(name, &saved, &running, eps)?;
-        batch_norm_backward(
-            grad_output,
-            x,
-            NormBackwardArgs {
-                weight: pg.weight,
-                stats,
-                grads: pg.grads,
-            },
-        )
+        let args = NormBackwardArgs {
+            weight: pg.weight,
+            stats,
+            grads: pg.grads,
+        };
+        match (saved.sync_count, &self.process_group) {
+            (Some(count), Some(group)) => {
+                sync_batch_norm_backward(grad_output, x, args, count, group.as_ref())
+            }
+            _ => batch_norm_backward(grad_output, x, args),
+        }
         .map_err(|e| e.in_op(name))
     }
 }
 
-/// Converts every BatchNorm in `modules` into a SyncBatchNorm sharing its state (the
-/// `SyncBatchNorm.convert_sync_batchnorm` equivalent for a flat list of modules).
-pub fn convert_sync_batchnorm(modules: Vec<BatchNorm>) -> Vec<BatchNorm> {
-    modules.into_iter().map(BatchNorm::into_sync).collect()
+/// Converts every BatchNorm in `modules` into a SyncBatchNorm over `process_group`, keeping
+/// its state (the `SyncBatchNorm.convert_sync_batchnorm` equivalent for a list of modules).
+pub fn convert_sync_batchnorm(
+    modules: Vec<BatchNorm>,
+    process_group: Option<Arc<dyn Communicator>>,
+) -> Vec<BatchNorm> {
+    modules
+        .into_iter()
+        .map(|m| m.into_sync(process_group.clone()))
+        .collect()
 }

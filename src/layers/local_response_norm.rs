@@ -43,6 +43,7 @@ impl Module for LocalResponseNorm {
             shape: x.shape().to_vec(),
             dtype: x.dtype(),
             stats: None,
+            sync_count: None,
         });
         Ok(())
     }

@@ -330,6 +330,8 @@ pub(crate) struct SavedForward {
     pub(crate) dtype: DType,
     /// Batch statistics (mean, inverse std), or `None` when the running statistics were used.
     pub(crate) stats: Option<SavedStats>,
+    /// SyncBatchNorm: the global element count per channel of a synchronised forward.
+    pub(crate) sync_count: Option<f64>,
 }
 
 /// The parameter-gradient outputs of a module's backward: views of the module's accumulated
@@ -374,6 +376,7 @@ impl NormState {
             shape: x.shape().to_vec(),
             dtype: x.dtype(),
             stats,
+            sync_count: None,
         });
     }
 

@@ -14,6 +14,7 @@ use super::{
 use crate::backend::cpu::backward::{self as kernels, GradCoefficients};
 use crate::backend::cpu::moments::Centre;
 use crate::backend::cpu::{ChannelLayout, Geom, LrnParams};
+use crate::comm::Communicator;
 use crate::dtype::{DType, Real};
 use crate::error::{Error, Result};
 use crate::ops::LrnArgs;
@@ -237,6 +238,7 @@ impl Grouping {
 /// The shared backward of BatchNorm, InstanceNorm and GroupNorm. With batch statistics
 /// (`training`): `dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))`, `ĝ = g·γ_c`, means over each statistic's
 /// elements; with running statistics: `dx = g·γ·r`. `dγ_c = Σ g·x̂`, `dβ_c = Σ g`.
+#[allow(clippy::too_many_arguments)]
 fn channel_backward(
     op: &str,
     grad_output: &Tensor,
@@ -245,6 +247,7 @@ fn channel_backward(
     stats: &ForwardStats,
     grads: &mut Gradients,
     grouping: Grouping,
+    sync: Option<(&dyn Communicator, f64)>,
 ) -> Result<()> {
     let geom = grouping.geom;
     let training = matches!(stats, ForwardStats::Saved { .. });
@@ -255,8 +258,8 @@ fn channel_backward(
         let nc = geom.n * geom.c;
         let stat = |i: usize| grouping.stat(i);
         let mu: Vec<Centre<C>> = (0..nc).map(|i| mu_s[stat(i)]).collect();
-        let count = grouping.count();
-        run_dense_grad::<T, _>(op, x, grad_output, grads.grad_input.as_mut(), true, |xs, gs, dx, lay| {
+        let count = sync.map_or(grouping.count(), |(_, n)| n);
+        run_dense_grad::<T, _>(op, x, grad_output, grads.grad_input.as_mut(), true, |xs, gs, dx, lay| -> Result<_> {
             let (a, b) = kernels::channel_grad_sums(xs, gs, geom, lay, &mu);
             if let Some(dx) = dx {
                 // per-statistic sums of the γ-weighted A = Σg and B = Σg·(x − μ)
@@ -266,6 +269,14 @@ fn channel_backward(
                     let gm = gamma[i % geom.c].to_f64();
                     sa[stat(i)] += gm * a[i];
                     sb[stat(i)] += gm * b[i];
+                }
+                if let Some((comm, _)) = sync {
+                    // SyncBatchNorm: dx uses the sums over every rank's batch
+                    let mut both = [sa.as_slice(), sb.as_slice()].concat();
+                    comm.all_reduce_sum(&mut both).map_err(crate::comm::communication)?;
+                    let (ga, gb) = both.split_at(sa.len());
+                    sa.copy_from_slice(ga);
+                    sb.copy_from_slice(gb);
                 }
                 let mut p = Vec::with_capacity(nc);
                 let mut q = Vec::with_capacity(nc);
@@ -283,9 +294,10 @@ fn channel_backward(
             let per_channel = |f: &dyn Fn(usize) -> f64| -> Vec<f64> {
                 (0..geom.c).map(|c| (0..geom.n).map(|n| f(n * geom.c + c)).sum()).collect()
             };
-            (per_channel(&|i| b[i] * r_s[stat(i)].to_f64()), per_channel(&|i| a[i]))
+            Ok((per_channel(&|i| b[i] * r_s[stat(i)].to_f64()), per_channel(&|i| a[i])))
         })?
-    });
+    })
+    .map_err(|e| e.in_op(op))?;
     store(grads.grad_weight.as_mut(), &dw, grads.accumulate);
     store(grads.grad_bias.as_mut(), &db, grads.accumulate);
     Ok(())
@@ -316,6 +328,49 @@ pub fn batch_norm_backward(
         &args.stats,
         &mut args.grads,
         grouping,
+        None,
+    )
+}
+
+/// SyncBatchNorm's backward on one rank (spec §3.4): `dx` uses `Σdy` and `Σdy·(x − μ)`
+/// all-reduced over the group (one `all_reduce_sum` of `2C` values, only when `grad_input` is
+/// requested: every rank must request it alike) and the global count returned by
+/// [`sync_batch_norm`](super::sync_batch_norm); `grad_weight` and `grad_bias` are this rank's
+/// local sums (summing them over ranks, e.g. in data-parallel training, gives the full-batch
+/// gradients).
+pub fn sync_batch_norm_backward(
+    grad_output: &Tensor,
+    x: &Tensor,
+    mut args: NormBackwardArgs,
+    global_count: f64,
+    comm: &dyn Communicator,
+) -> Result<()> {
+    const OP: &str = "sync_batch_norm_backward";
+    check_min_rank(OP, x, 2, "(N, C, *)")?;
+    let geom = channel_geom(x.shape());
+    check_channel_args(OP, x, grad_output, &args, geom.c, geom.c)?;
+    if !matches!(args.stats, ForwardStats::Saved { .. }) || comm.world_size() < 2 {
+        return batch_norm_backward(grad_output, x, args);
+    }
+    let grouping = Grouping {
+        geom,
+        per_channel: true,
+        groups: geom.c,
+    };
+    let sync = args
+        .grads
+        .grad_input
+        .is_some()
+        .then_some((comm, global_count));
+    channel_backward(
+        OP,
+        grad_output,
+        x,
+        args.weight.as_ref(),
+        &args.stats,
+        &mut args.grads,
+        grouping,
+        sync,
     )
 }
 
@@ -392,6 +447,7 @@ pub fn instance_norm_backward(
         &args.stats,
         &mut args.grads,
         grouping,
+        None,
     )
 }
 
@@ -449,6 +505,7 @@ pub fn group_norm_backward(
         &stats,
         &mut args.grads,
         grouping,
+        None,
     )
 }
 

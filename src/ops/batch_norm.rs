@@ -2,10 +2,11 @@
 
 use super::{
     SavedStats, centres, channel_geom, check_min_rank, check_numel, check_output,
-    check_param_dtypes, ema, mut_values, param_values, run_dense, with_element,
+    check_param_dtypes, ema, mut_values, param_values, run_dense, run_staged, with_element,
 };
 use crate::backend::cpu::moments::Centre;
 use crate::backend::cpu::{self, Coefficients, moments};
+use crate::comm::{Communicator, RankMoments, all_gather_moments};
 use crate::dtype::{DType, Element, Real};
 use crate::error::{Error, Result, fmt_shape};
 use crate::tensor::{Tensor, TensorMut};
@@ -77,14 +78,45 @@ impl Default for BatchNormArgs<'_> {
 /// assert_eq!(stats.mean.len(), 2);
 /// # Ok::<(), normkit::Error>(())
 /// ```
-pub fn batch_norm(x: &Tensor, y: &mut TensorMut, mut args: BatchNormArgs) -> Result<SavedStats> {
-    check_min_rank(OP, x, 2, "(N, C, *)")?;
-    check_output(OP, x, y)?;
+pub fn batch_norm(x: &Tensor, y: &mut TensorMut, args: BatchNormArgs) -> Result<SavedStats> {
+    batch_norm_impl(OP, x, y, args, None).map(|(stats, _)| stats)
+}
+
+/// SyncBatchNorm's forward on one rank (spec §3.3): in training, the batch statistics are
+/// those of the union of every rank's local batch, exchanged through `comm` as one
+/// `[count, mean(C), M2(C)]` payload per rank and merged with Chan's formula in rank order;
+/// the running statistics use the unbiased variance with the global count, so every rank ends
+/// with the same running statistics. Ranks with an empty local batch take part with count 0.
+/// In inference (or with one rank) this is exactly [`batch_norm`].
+///
+/// Returns the saved (global) statistics and the global element count per channel, which
+/// [`sync_batch_norm_backward`](super::sync_batch_norm_backward) needs. If the exchange fails,
+/// the error is returned and the running statistics and counter are left unchanged.
+pub fn sync_batch_norm(
+    x: &Tensor,
+    y: &mut TensorMut,
+    args: BatchNormArgs,
+    comm: &dyn Communicator,
+) -> Result<(SavedStats, f64)> {
+    let comm = (args.training && comm.world_size() > 1).then_some(comm);
+    batch_norm_impl("sync_batch_norm", x, y, args, comm)
+}
+
+fn batch_norm_impl(
+    op: &str,
+    x: &Tensor,
+    y: &mut TensorMut,
+    mut args: BatchNormArgs,
+    comm: Option<&dyn Communicator>,
+) -> Result<(SavedStats, f64)> {
+    check_min_rank(op, x, 2, "(N, C, *)")?;
+    check_output(op, x, y)?;
     let g = channel_geom(x.shape());
     let count = g.n * g.s;
-    if args.training && count == 1 {
+    // With other ranks contributing, a local batch of one value per channel is fine.
+    if args.training && count == 1 && comm.is_none() {
         return Err(Error::invalid(
-            OP,
+            op,
             "input",
             "more than 1 value per channel when training",
             format!("input of shape {}", fmt_shape(x.shape())),
@@ -92,7 +124,7 @@ pub fn batch_norm(x: &Tensor, y: &mut TensorMut, mut args: BatchNormArgs) -> Res
     }
     if args.training && (args.eps <= 0.0 || args.eps.is_nan()) {
         return Err(Error::invalid(
-            OP,
+            op,
             "eps",
             "eps > 0 in training",
             format!("{}", args.eps),
@@ -100,7 +132,7 @@ pub fn batch_norm(x: &Tensor, y: &mut TensorMut, mut args: BatchNormArgs) -> Res
     }
     if args.eps < 0.0 || args.eps.is_nan() {
         return Err(Error::invalid(
-            OP,
+            op,
             "eps",
             "eps >= 0",
             format!("{}", args.eps),
@@ -118,17 +150,17 @@ pub fn batch_norm(x: &Tensor, y: &mut TensorMut, mut args: BatchNormArgs) -> Res
     let updates = args.training && (args.running_mean.is_some() || args.running_var.is_some());
     if updates && args.momentum.is_none() && args.num_batches_tracked.is_none() {
         return Err(Error::invalid(
-            OP,
+            op,
             "momentum",
             "a momentum, or num_batches_tracked for the cumulative average (momentum None)",
             "momentum None without num_batches_tracked",
         ));
     }
-    if x.numel() == 0 {
+    if x.numel() == 0 && comm.is_none() {
         // PyTorch skips every further check for empty input (it only indexes weight[0]).
         if g.c == 0 && args.weight.is_some() {
             return Err(Error::shape(
-                OP,
+                op,
                 "weight",
                 "an input with at least one channel",
                 "0 channels",
@@ -139,18 +171,22 @@ pub fn batch_norm(x: &Tensor, y: &mut TensorMut, mut args: BatchNormArgs) -> Res
                 *n += 1;
             }
             let sd = x.dtype().stat_dtype();
-            return Ok(SavedStats {
-                mean: crate::Buffer::filled(sd, g.c, 0.0),
-                invstd: crate::Buffer::filled(sd, g.c, 0.0),
-            });
+            let zeros = || crate::Buffer::filled(sd, g.c, 0.0);
+            return Ok((
+                SavedStats {
+                    mean: zeros(),
+                    invstd: zeros(),
+                },
+                0.0,
+            ));
         }
-        return Ok(SavedStats::empty(x.dtype()));
+        return Ok((SavedStats::empty(x.dtype()), 0.0));
     }
     if !args.training {
         for (name, present) in [("running_mean", numels[0].1), ("running_var", numels[1].1)] {
             if present.is_none() {
                 return Err(Error::invalid(
-                    OP,
+                    op,
                     name,
                     format!("{name} in inference mode"),
                     "none",
@@ -159,10 +195,10 @@ pub fn batch_norm(x: &Tensor, y: &mut TensorMut, mut args: BatchNormArgs) -> Res
         }
     }
     for (name, n) in numels {
-        check_numel(OP, name, n, g.c, "one per channel")?;
+        check_numel(op, name, n, g.c, "one per channel")?;
     }
     let pdt = check_param_dtypes(
-        OP,
+        op,
         x.dtype(),
         &[
             ("weight", args.weight.as_ref().map(|t| t.dtype())),
@@ -174,45 +210,82 @@ pub fn batch_norm(x: &Tensor, y: &mut TensorMut, mut args: BatchNormArgs) -> Res
             ("running_var", args.running_var.as_ref().map(|t| t.dtype())),
         ],
     )?;
-
-    let factor = if updates {
-        if let Some(n) = args.num_batches_tracked.as_deref_mut() {
-            *n += 1;
-        }
-        match (args.momentum, args.num_batches_tracked.as_deref()) {
-            (Some(m), _) => m,
-            (None, Some(&n)) => 1.0 / n as f64,
-            (None, None) => 0.0, // rejected above
-        }
-    } else {
-        0.0
+    // The counter moves only once nothing can fail any more (after the exchange).
+    let next_count = args.num_batches_tracked.as_deref().map(|n| n + 1);
+    let factor = match (updates, args.momentum, next_count) {
+        (false, _, _) => 0.0,
+        (true, Some(m), _) => m,
+        (true, None, Some(n)) => 1.0 / n as f64,
+        (true, None, None) => 0.0, // rejected above
     };
-
-    with_element!(x.dtype(), T => {
-        run_typed::<T>(x, y, &mut args, pdt, factor)
-    })
+    let r = with_element!(x.dtype(), T => run_typed::<T>(op, x, y, &mut args, pdt, factor, comm))?;
+    if let (true, Some(n), Some(next)) = (args.training, args.num_batches_tracked, next_count) {
+        *n = next;
+    }
+    Ok(r)
 }
 
 fn run_typed<T: crate::tensor::ElementData>(
+    op: &str,
     x: &Tensor,
     y: &mut TensorMut,
     args: &mut BatchNormArgs,
     pdt: DType,
     factor: f64,
-) -> Result<SavedStats> {
+    comm: Option<&dyn Communicator>,
+) -> Result<(SavedStats, f64)> {
     let g = channel_geom(x.shape());
     let gamma: Vec<T::Compute> = param_values(args.weight.as_ref(), g.c, 1.0);
     let beta: Vec<T::Compute> = param_values(args.bias.as_ref(), g.c, 0.0);
-    if args.training {
-        let eps = args.eps;
-        let (mean, m2, rstd) = run_dense::<T, _>(OP, x, y, true, |xs, ys, lay| {
-            let (mean, m2) = cpu::channel_moments(xs, g, lay);
-            let rstd: Vec<T::Compute> = m2
-                .iter()
-                .map(|&m| moments::finish::<T::Compute>(g.n * g.s, m, eps, false, true).1)
-                .collect();
-            let scale: Vec<T::Compute> = rstd.iter().zip(&gamma).map(|(&r, &w)| r * w).collect();
-            let shift = centres(&mean);
+    if !args.training {
+        let (Some(rm), Some(rv)) = (args.running_mean.as_ref(), args.running_var.as_ref()) else {
+            return Err(Error::invalid(
+                op,
+                "running_mean",
+                "running statistics in inference mode",
+                "none",
+            ));
+        };
+        let mean: Vec<T::Compute> = mut_values(rm);
+        let var: Vec<T::Compute> = mut_values(rv);
+        let k = eval_coefficients::<T>(&mean, &var, &gamma, &beta, args.eps);
+        run_dense::<T, _>(op, x, y, true, |xs, ys, lay| {
+            let c = Coefficients {
+                shift: &k.0,
+                scale: &k.1,
+                offset: &k.2,
+                per_sample: false,
+            };
+            cpu::apply_channel(xs, ys, g, lay, &c);
+        })?;
+        return Ok((SavedStats::empty(x.dtype()), 0.0));
+    }
+    let local_count = (g.n * g.s) as f64;
+    let (mean, m2) = if x.numel() == 0 {
+        (vec![0.0; g.c], vec![0.0; g.c])
+    } else {
+        run_staged::<T, _, 1>(op, [x], None, true, |[xs], _, lay| {
+            cpu::channel_moments(xs, g, lay)
+        })?
+    };
+    let local = RankMoments {
+        count: local_count,
+        mean,
+        m2,
+    };
+    let RankMoments { count, mean, m2 } = match comm {
+        Some(c) => all_gather_moments(c, &local).map_err(|e| e.in_op(op))?,
+        None => local,
+    };
+    let eps = args.eps;
+    let rstd: Vec<T::Compute> = m2
+        .iter()
+        .map(|&m| moments::finish::<T::Compute>(count as usize, m, eps, false, true).1)
+        .collect();
+    if x.numel() > 0 {
+        let scale: Vec<T::Compute> = rstd.iter().zip(&gamma).map(|(&r, &w)| r * w).collect();
+        let shift = centres(&mean);
+        run_dense::<T, _>(op, x, y, true, |xs, ys, lay| {
             let k = Coefficients {
                 shift: &shift,
                 scale: &scale,
@@ -220,9 +293,9 @@ fn run_typed<T: crate::tensor::ElementData>(
                 per_sample: false,
             };
             cpu::apply_channel(xs, ys, g, lay, &k);
-            (mean, m2, rstd)
         })?;
-        let count = (g.n * g.s) as f64;
+    }
+    if count >= 1.0 {
         if let Some(rm) = args.running_mean.as_mut() {
             for (c, &mu) in mean.iter().enumerate() {
                 let old = rm.get_linear_f64(c);
@@ -237,30 +310,8 @@ fn run_typed<T: crate::tensor::ElementData>(
                 rv.set_linear_f64(c, ema(pdt, old, unbiased, factor));
             }
         }
-        Ok(SavedStats::from_parts(&mean, rstd))
-    } else {
-        let (Some(rm), Some(rv)) = (args.running_mean.as_ref(), args.running_var.as_ref()) else {
-            return Err(Error::invalid(
-                OP,
-                "running_mean",
-                "running statistics in inference mode",
-                "none",
-            ));
-        };
-        let mean: Vec<T::Compute> = mut_values(rm);
-        let var: Vec<T::Compute> = mut_values(rv);
-        let k = eval_coefficients::<T>(&mean, &var, &gamma, &beta, args.eps);
-        run_dense::<T, _>(OP, x, y, true, |xs, ys, lay| {
-            let c = Coefficients {
-                shift: &k.0,
-                scale: &k.1,
-                offset: &k.2,
-                per_sample: false,
-            };
-            cpu::apply_channel(xs, ys, g, lay, &c);
-        })?;
-        Ok(SavedStats::empty(x.dtype()))
     }
+    Ok((SavedStats::from_parts(&mean, rstd), count))
 }
 
 /// Coefficients `(shift, scale, offset)` for normalising with running statistics:

@@ -23,9 +23,9 @@ mod local_response_norm;
 pub use backward::{
     ForwardStats, Gradients, GroupNormBackwardArgs, LayerNormBackwardArgs, NormBackwardArgs,
     batch_norm_backward, group_norm_backward, instance_norm_backward, layer_norm_backward,
-    local_response_norm_backward,
+    local_response_norm_backward, sync_batch_norm_backward,
 };
-pub use batch_norm::{BatchNormArgs, batch_norm};
+pub use batch_norm::{BatchNormArgs, batch_norm, sync_batch_norm};
 pub use group_norm::{GroupNormArgs, group_norm};
 pub use instance_norm::{InstanceNormArgs, instance_norm};
 pub use layer_norm::{LayerNormArgs, layer_norm};
