@@ -110,7 +110,7 @@ def term_scale(op, args, x, g, w, rm, rv):
     """max |g·γ·r| (float64): the size of the terms whose difference grad_input is. In training
     grad_input = γ·r·(g − mean(g) − x̂·mean(g·x̂)) can cancel to ~0 (e.g. two elements per group),
     so the absolute tolerance is relative to these terms, not to the (tiny) result."""
-    if op == "local_response_norm":
+    if op == "local_response_norm" or x.numel() == 0:
         return 0.0
     eps = args["eps"]
     nd = x.dim()
@@ -337,12 +337,24 @@ def gen_lrn():
              {"size": 3, "alpha": 0.4, "beta": 0.75, "k": 1.0}, deviation="lrn_low_precision_rank")
 
 
+def gen_empty():
+    """Zero-size inputs (spec §2.6, §11): empty grad_input, zero parameter gradients."""
+    for training in (True, False):
+        mode = "train" if training else "eval"
+        case(f"bn_{mode}_empty_batch_f32", "batch_norm", "f32", (0, 3, 4), {"training": training, "eps": 1e-5})
+    case("gn_empty_batch_f32", "group_norm", "f32", (0, 4, 3), {"num_groups": 2, "eps": 1e-5})
+    case("ln_empty_rows_f32", "layer_norm", "f32", (0, 5), {"normalized_shape": [5], "eps": 1e-5})
+    case("lrn_empty_batch_f32", "local_response_norm", "f32", (0, 3, 4),
+         {"size": 3, "alpha": 1e-4, "beta": 0.75, "k": 1.0})
+
+
 def main():
     gen_batch_norm()
     gen_instance_norm()
     gen_group_norm()
     gen_layer_norm()
     gen_lrn()
+    gen_empty()
     data = {"torch_version": torch.__version__.split("+")[0], "seed": SEED, "family": "backward", "cases": CASES}
     text = json.dumps(data, separators=(",", ":"), allow_nan=False)
     with open(OUT, "w") as f:
