@@ -238,26 +238,16 @@ fn run_typed<T: crate::tensor::ElementData>(
     let gamma: Vec<T::Compute> = param_values(args.weight.as_ref(), g.c, 1.0);
     let beta: Vec<T::Compute> = param_values(args.bias.as_ref(), g.c, 0.0);
     if !args.training {
-        let (Some(rm), Some(rv)) = (args.running_mean.as_ref(), args.running_var.as_ref()) else {
-            return Err(Error::invalid(
-                op,
-                "running_mean",
-                "running statistics in inference mode",
-                "none",
-            ));
-        };
-        let mean: Vec<T::Compute> = mut_values(rm);
-        let var: Vec<T::Compute> = mut_values(rv);
-        let k = eval_coefficients::<T>(&mean, &var, &gamma, &beta, args.eps);
-        run_dense::<T, _>(op, x, y, true, |xs, ys, lay| {
-            let c = Coefficients {
-                shift: &k.0,
-                scale: &k.1,
-                offset: &k.2,
-                per_sample: false,
-            };
-            cpu::apply_channel(xs, ys, g, lay, &c);
-        })?;
+        normalize_with_running_stats::<T>(
+            op,
+            x,
+            y,
+            args.running_mean.as_ref(),
+            args.running_var.as_ref(),
+            &gamma,
+            &beta,
+            args.eps,
+        )?;
         return Ok((SavedStats::empty(x.dtype()), 0.0));
     }
     let local_count = (g.n * g.s) as f64;
@@ -312,6 +302,40 @@ fn run_typed<T: crate::tensor::ElementData>(
         }
     }
     Ok((SavedStats::from_parts(&mean, rstd), count))
+}
+
+/// Normalises `x` into `y` with running statistics (BatchNorm and InstanceNorm inference):
+/// `y = (x − running_mean)·γ/sqrt(running_var + eps) + β` per channel.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn normalize_with_running_stats<T: crate::tensor::ElementData>(
+    op: &str,
+    x: &Tensor,
+    y: &mut TensorMut,
+    running_mean: Option<&TensorMut>,
+    running_var: Option<&TensorMut>,
+    gamma: &[T::Compute],
+    beta: &[T::Compute],
+    eps: f64,
+) -> Result<()> {
+    let (Some(rm), Some(rv)) = (running_mean, running_var) else {
+        return Err(Error::invalid(
+            op,
+            "running_mean",
+            "running statistics in inference mode",
+            "none",
+        ));
+    };
+    let g = channel_geom(x.shape());
+    let k = eval_coefficients::<T>(&mut_values(rm), &mut_values(rv), gamma, beta, eps);
+    run_dense::<T, _>(op, x, y, true, |xs, ys, lay| {
+        let c = Coefficients {
+            shift: &k.0,
+            scale: &k.1,
+            offset: &k.2,
+            per_sample: false,
+        };
+        cpu::apply_channel(xs, ys, g, lay, &c);
+    })
 }
 
 /// Coefficients `(shift, scale, offset)` for normalising with running statistics:

@@ -1,9 +1,9 @@
 //! `instance_norm`: statistics per `(n, c)` over the spatial dims (`F.instance_norm`).
 
-use super::batch_norm::eval_coefficients;
+use super::batch_norm::normalize_with_running_stats;
 use super::{
     SavedStats, centres, channel_geom, check_min_rank, check_numel, check_output,
-    check_param_dtypes, ema, mut_values, param_values, run_dense, with_element,
+    check_param_dtypes, ema, param_values, run_dense, with_element,
 };
 use crate::backend::cpu::{self, Coefficients, moments};
 use crate::dtype::{DType, Real};
@@ -113,24 +113,16 @@ fn run_typed<T: ElementData>(
     let gamma: Vec<T::Compute> = param_values(args.weight.as_ref(), g.c, 1.0);
     let beta: Vec<T::Compute> = param_values(args.bias.as_ref(), g.c, 0.0);
     if !args.use_input_stats {
-        let (Some(rm), Some(rv)) = (args.running_mean.as_ref(), args.running_var.as_ref()) else {
-            return Err(Error::invalid(
-                OP,
-                "running_mean",
-                "running statistics",
-                "none",
-            ));
-        };
-        let k = eval_coefficients::<T>(&mut_values(rm), &mut_values(rv), &gamma, &beta, args.eps);
-        run_dense::<T, _>(OP, x, y, true, |xs, ys, lay| {
-            let c = Coefficients {
-                shift: &k.0,
-                scale: &k.1,
-                offset: &k.2,
-                per_sample: false,
-            };
-            cpu::apply_channel(xs, ys, g, lay, &c);
-        })?;
+        normalize_with_running_stats::<T>(
+            OP,
+            x,
+            y,
+            args.running_mean.as_ref(),
+            args.running_var.as_ref(),
+            &gamma,
+            &beta,
+            args.eps,
+        )?;
         return Ok(SavedStats::empty(x.dtype()));
     }
     let eps = args.eps;
