@@ -22,6 +22,8 @@
 
 pub mod backend;
 pub mod bench;
+#[cfg(feature = "capi")]
+pub mod capi;
 pub mod comm;
 pub mod dtype;
 pub mod error;
