@@ -220,6 +220,10 @@ enum normkit_status_t
    */
   NORMKIT_STATUS_BACKEND = 302,
   /**
+   * A SyncBatchNorm communicator (collective) failed or ranks disagreed.
+   */
+  NORMKIT_STATUS_COMMUNICATOR = 303,
+  /**
    * A bug in normkit: please report it with the last error message.
    */
   NORMKIT_STATUS_INTERNAL = 900,

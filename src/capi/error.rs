@@ -49,6 +49,8 @@ pub enum normkit_status_t {
     NORMKIT_STATUS_DEVICE_UNAVAILABLE = 301,
     /// A backend (driver, runtime compiler) failed.
     NORMKIT_STATUS_BACKEND = 302,
+    /// A SyncBatchNorm communicator (collective) failed or ranks disagreed.
+    NORMKIT_STATUS_COMMUNICATOR = 303,
     /// A bug in normkit: please report it with the last error message.
     NORMKIT_STATUS_INTERNAL = 900,
     /// normkit panicked; the panic was caught at the C boundary and its message is the last
@@ -61,7 +63,7 @@ use normkit_status_t as S;
 
 /// Every status with its number and static description (the source of
 /// normkit_status_string and of the test that pins the numbers).
-pub(crate) const STATUS_TABLE: [(normkit_status_t, i32, &std::ffi::CStr); 16] = [
+pub(crate) const STATUS_TABLE: [(normkit_status_t, i32, &std::ffi::CStr); 17] = [
     (S::NORMKIT_STATUS_OK, 0, c"success"),
     (S::NORMKIT_STATUS_INVALID_ARGUMENT, 100, c"invalid argument"),
     (S::NORMKIT_STATUS_NULL_POINTER, 101, c"NULL pointer"),
@@ -92,6 +94,7 @@ pub(crate) const STATUS_TABLE: [(normkit_status_t, i32, &std::ffi::CStr); 16] = 
         c"device unavailable",
     ),
     (S::NORMKIT_STATUS_BACKEND, 302, c"backend error"),
+    (S::NORMKIT_STATUS_COMMUNICATOR, 303, c"communicator error"),
     (S::NORMKIT_STATUS_INTERNAL, 900, c"internal error"),
     (S::NORMKIT_STATUS_PANIC, 901, c"panic inside normkit"),
 ];
@@ -150,6 +153,7 @@ pub(crate) fn status_of(kind: ErrorKind) -> normkit_status_t {
         ErrorKind::DeviceMismatch => S::NORMKIT_STATUS_DEVICE_MISMATCH,
         ErrorKind::Overflow => S::NORMKIT_STATUS_OVERFLOW,
         ErrorKind::Backend => S::NORMKIT_STATUS_BACKEND,
+        ErrorKind::Communication => S::NORMKIT_STATUS_COMMUNICATOR,
     }
 }
 

@@ -271,6 +271,7 @@ mod tests {
             (S::NORMKIT_STATUS_DEVICE_MISMATCH, 300),
             (S::NORMKIT_STATUS_DEVICE_UNAVAILABLE, 301),
             (S::NORMKIT_STATUS_BACKEND, 302),
+            (S::NORMKIT_STATUS_COMMUNICATOR, 303),
             (S::NORMKIT_STATUS_INTERNAL, 900),
             (S::NORMKIT_STATUS_PANIC, 901),
         ];
