@@ -53,6 +53,11 @@ fn build_library(profile: &Path) {
     cmd.args(["build", "--lib", "--quiet"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CARGO_TARGET_DIR", target_dir);
+    // Same features as this test build (CI runs `cargo test --all-features`), so the nested
+    // build reuses the test build's artifacts instead of rebuilding with other features.
+    if cfg!(feature = "cuda") {
+        cmd.args(["--features", "cuda"]);
+    }
     if profile.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
