@@ -20,9 +20,14 @@
 //!   folded `x·α + (β − μ·α)`, which keeps precision for inputs with a large mean; results
 //!   differ from PyTorch by rounding only.
 
+// `unsafe` is allowed only in the C ABI (`capi`) and the CUDA launch/raw-pointer layer
+// (`backend::cuda`).
+#![deny(unsafe_code)]
+
 pub mod backend;
 pub mod bench;
 #[cfg(feature = "capi")]
+#[allow(unsafe_code)] // the C ABI layer: every block has a `// SAFETY:` comment
 pub mod capi;
 pub mod comm;
 pub mod dtype;
