@@ -1,0 +1,163 @@
+//! Results do not depend on the CPU thread count: work is split into pieces fixed by the
+//! shape, and partial sums merge in a fixed order. Each op runs at 1, 2 and 3 threads on
+//! shapes large enough to be split, and the outputs must be bit-identical.
+
+use normkit::backend::cpu::threads::install;
+use normkit::ops::{
+    BatchNormArgs, ForwardStats, Gradients, GroupNormArgs, LayerNormArgs, LayerNormBackwardArgs,
+    LrnArgs, NormBackwardArgs, batch_norm, batch_norm_backward, group_norm, layer_norm,
+    layer_norm_backward, local_response_norm,
+};
+use normkit::{Tensor, TensorMut};
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0 + 100.0
+        })
+        .collect()
+}
+
+/// Runs `f` at 1, 2 and 3 threads and checks every result is bit-identical to the first.
+fn same_for_all_thread_counts(what: &str, f: &(dyn Fn() -> Vec<u32> + Sync)) {
+    let first = install(Some(1), f);
+    for t in [2, 3] {
+        let other = install(Some(t), f);
+        assert!(
+            first == other,
+            "{what}: results differ between 1 and {t} threads"
+        );
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn forward_ops_are_bit_identical_across_thread_counts() {
+    for (shape, cl) in [
+        ([8usize, 16, 33, 35], false),
+        ([8, 16, 33, 35], true),
+        ([2048, 64, 1, 1], false),
+    ] {
+        let n: usize = shape.iter().product();
+        let x = data(n, 7);
+        let run = |op: &dyn Fn(&Tensor, &mut TensorMut)| -> Vec<u32> {
+            let mut y = vec![0.0f32; n];
+            {
+                let mut yt = if cl {
+                    TensorMut::channels_last(&mut y, &shape).unwrap()
+                } else {
+                    TensorMut::new(&mut y, &shape).unwrap()
+                };
+                let xt = if cl {
+                    Tensor::channels_last(&x, &shape).unwrap()
+                } else {
+                    Tensor::new(&x, &shape).unwrap()
+                };
+                op(&xt, &mut yt);
+            }
+            bits(&y)
+        };
+        let ctx = format!("{shape:?} channels_last={cl}");
+        same_for_all_thread_counts(&format!("batch_norm {ctx}"), &|| {
+            run(&|x, y| {
+                let (mut rm, mut rv) = (vec![0.0f32; shape[1]], vec![1.0f32; shape[1]]);
+                let args = BatchNormArgs {
+                    training: true,
+                    running_mean: Some(TensorMut::new(&mut rm, &[shape[1]]).unwrap()),
+                    running_var: Some(TensorMut::new(&mut rv, &[shape[1]]).unwrap()),
+                    ..Default::default()
+                };
+                batch_norm(x, y, args).unwrap();
+            })
+        });
+        same_for_all_thread_counts(&format!("group_norm {ctx}"), &|| {
+            run(&|x, y| {
+                group_norm(x, y, GroupNormArgs::new(4)).unwrap();
+            })
+        });
+        same_for_all_thread_counts(&format!("layer_norm {ctx}"), &|| {
+            run(&|x, y| {
+                layer_norm(x, y, LayerNormArgs::new(&shape[1..])).unwrap();
+            })
+        });
+        same_for_all_thread_counts(&format!("local_response_norm {ctx}"), &|| {
+            run(&|x, y| local_response_norm(x, y, LrnArgs::new(5)).unwrap())
+        });
+    }
+}
+
+#[test]
+fn backward_ops_are_bit_identical_across_thread_counts() {
+    let shape = [16usize, 8, 40, 41];
+    let n: usize = shape.iter().product();
+    let (x, g) = (data(n, 3), data(n, 11));
+    same_for_all_thread_counts("batch_norm_backward", &|| {
+        let mut y = vec![0.0f32; n];
+        let s = batch_norm(
+            &Tensor::new(&x, &shape).unwrap(),
+            &mut TensorMut::new(&mut y, &shape).unwrap(),
+            BatchNormArgs {
+                training: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (mut dx, mut dw, mut db) = (vec![0.0f32; n], vec![0.0f32; 8], vec![0.0f32; 8]);
+        batch_norm_backward(
+            &Tensor::new(&g, &shape).unwrap(),
+            &Tensor::new(&x, &shape).unwrap(),
+            NormBackwardArgs {
+                weight: None,
+                stats: ForwardStats::Saved {
+                    mean: s.mean.view(),
+                    invstd: s.invstd.view(),
+                },
+                grads: Gradients {
+                    grad_input: Some(TensorMut::new(&mut dx, &shape).unwrap()),
+                    grad_weight: Some(TensorMut::new(&mut dw, &[8]).unwrap()),
+                    grad_bias: Some(TensorMut::new(&mut db, &[8]).unwrap()),
+                    accumulate: false,
+                },
+            },
+        )
+        .unwrap();
+        [bits(&dx), bits(&dw), bits(&db)].concat()
+    });
+    let rows = [2048usize, 96];
+    let m: usize = rows.iter().product();
+    same_for_all_thread_counts("layer_norm_backward", &|| {
+        let mut y = vec![0.0f32; m];
+        let s = layer_norm(
+            &Tensor::new(&x[..m], &rows).unwrap(),
+            &mut TensorMut::new(&mut y, &rows).unwrap(),
+            LayerNormArgs::new(&rows[1..]),
+        )
+        .unwrap();
+        let (mut dx, mut dw, mut db) = (vec![0.0f32; m], vec![0.0f32; 96], vec![0.0f32; 96]);
+        layer_norm_backward(
+            &Tensor::new(&g[..m], &rows).unwrap(),
+            &Tensor::new(&x[..m], &rows).unwrap(),
+            LayerNormBackwardArgs {
+                normalized_shape: vec![96],
+                weight: None,
+                mean: s.mean.view(),
+                invstd: s.invstd.view(),
+                grads: Gradients {
+                    grad_input: Some(TensorMut::new(&mut dx, &rows).unwrap()),
+                    grad_weight: Some(TensorMut::new(&mut dw, &[96]).unwrap()),
+                    grad_bias: Some(TensorMut::new(&mut db, &[96]).unwrap()),
+                    accumulate: false,
+                },
+            },
+        )
+        .unwrap();
+        [bits(&dx), bits(&dw), bits(&db)].concat()
+    });
+}
