@@ -30,6 +30,7 @@ pub mod bench;
 #[allow(unsafe_code)] // the C ABI layer: every block has a `// SAFETY:` comment
 pub mod capi;
 pub mod comm;
+pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod layers;

@@ -76,11 +76,12 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     Ok(o)
 }
 
-fn cuda_status() -> &'static str {
-    if cfg!(feature = "cuda") {
-        "CUDA backend not available: the cuda feature is on but the backend is not implemented yet"
+fn cuda_status() -> String {
+    let probe = normkit::backend::cuda::probe();
+    if probe.is_available() {
+        format!("{probe}; CUDA benchmarks are not implemented yet")
     } else {
-        "CUDA backend not compiled in (build with --features cuda)"
+        probe.to_string()
     }
 }
 
@@ -120,7 +121,7 @@ fn info() {
         "  cpu: available, {} threads by default (normkit::set_num_threads, --threads)",
         effective_threads(normkit::num_threads())
     );
-    println!("  cuda: none ({})", cuda_status());
+    println!("  cuda: {}", normkit::backend::cuda::probe());
     let feats = simd_features();
     if feats.is_empty() {
         println!("SIMD features: not an x86 target (portable kernels)");

@@ -1,7 +1,7 @@
 //! `batch_norm`: per-channel statistics over the batch and spatial dims (`F.batch_norm`).
 
 use super::{
-    SavedStats, centres, channel_geom, check_min_rank, check_numel, check_output,
+    OutMeta, SavedStats, centres, channel_geom, check_min_rank, check_numel, check_output_meta,
     check_param_dtypes, ema, mut_values, param_values, run_dense, run_staged, with_element,
 };
 use crate::backend::cpu::moments::Centre;
@@ -109,12 +109,68 @@ fn batch_norm_impl(
     mut args: BatchNormArgs,
     comm: Option<&dyn Communicator>,
 ) -> Result<(SavedStats, f64)> {
+    let g = channel_geom(x.shape());
+    let (pdt, updates) = match validate(op, x, (y.shape(), y.dtype()), &args, comm.is_some())? {
+        Checked::Run {
+            param_dtype,
+            updates,
+        } => (param_dtype, updates),
+        Checked::Empty => {
+            if !args.training {
+                return Ok((SavedStats::empty(x.dtype()), 0.0));
+            }
+            if let Some(n) = args.num_batches_tracked {
+                *n += 1;
+            }
+            let sd = x.dtype().stat_dtype();
+            let zeros = || crate::Buffer::filled(sd, g.c, 0.0);
+            return Ok((
+                SavedStats {
+                    mean: zeros(),
+                    invstd: zeros(),
+                },
+                0.0,
+            ));
+        }
+    };
+    // The counter moves only once nothing can fail any more (after the exchange).
+    let next_count = args.num_batches_tracked.as_deref().map(|n| n + 1);
+    let factor = match (updates, args.momentum, next_count) {
+        (false, _, _) => 0.0,
+        (true, Some(m), _) => m,
+        (true, None, Some(n)) => 1.0 / n as f64,
+        (true, None, None) => 0.0, // rejected above
+    };
+    let r = with_element!(x.dtype(), T => run_typed::<T>(op, x, y, &mut args, pdt, factor, comm))?;
+    if let (true, Some(n), Some(next)) = (args.training, args.num_batches_tracked, next_count) {
+        *n = next;
+    }
+    Ok(r)
+}
+
+/// The outcome of [`validate`].
+pub(crate) enum Checked {
+    /// An empty input that passed every check PyTorch makes for one (nothing to compute).
+    Empty,
+    /// Run: the parameters' dtype and whether running statistics are updated.
+    Run { param_dtype: DType, updates: bool },
+}
+
+/// Every check of [`batch_norm`] (and of [`sync_batch_norm`] when `distributed`), from
+/// shapes and dtypes only (the CUDA op shares it).
+pub(crate) fn validate(
+    op: &str,
+    x: &Tensor,
+    y: OutMeta,
+    args: &BatchNormArgs,
+    distributed: bool,
+) -> Result<Checked> {
     check_min_rank(op, x, 2, "(N, C, *)")?;
-    check_output(op, x, y)?;
+    check_output_meta(op, x, y)?;
     let g = channel_geom(x.shape());
     let count = g.n * g.s;
     // With other ranks contributing, a local batch of one value per channel is fine.
-    if args.training && count == 1 && comm.is_none() {
+    if args.training && count == 1 && !distributed {
         return Err(Error::invalid(
             op,
             "input",
@@ -156,7 +212,7 @@ fn batch_norm_impl(
             "momentum None without num_batches_tracked",
         ));
     }
-    if x.numel() == 0 && comm.is_none() {
+    if x.numel() == 0 && !distributed {
         // PyTorch skips every further check for empty input (it only indexes weight[0]).
         if g.c == 0 && args.weight.is_some() {
             return Err(Error::shape(
@@ -166,21 +222,7 @@ fn batch_norm_impl(
                 "0 channels",
             ));
         }
-        if args.training {
-            if let Some(n) = args.num_batches_tracked {
-                *n += 1;
-            }
-            let sd = x.dtype().stat_dtype();
-            let zeros = || crate::Buffer::filled(sd, g.c, 0.0);
-            return Ok((
-                SavedStats {
-                    mean: zeros(),
-                    invstd: zeros(),
-                },
-                0.0,
-            ));
-        }
-        return Ok((SavedStats::empty(x.dtype()), 0.0));
+        return Ok(Checked::Empty);
     }
     if !args.training {
         for (name, present) in [("running_mean", numels[0].1), ("running_var", numels[1].1)] {
@@ -197,7 +239,7 @@ fn batch_norm_impl(
     for (name, n) in numels {
         check_numel(op, name, n, g.c, "one per channel")?;
     }
-    let pdt = check_param_dtypes(
+    let param_dtype = check_param_dtypes(
         op,
         x.dtype(),
         &[
@@ -210,19 +252,10 @@ fn batch_norm_impl(
             ("running_var", args.running_var.as_ref().map(|t| t.dtype())),
         ],
     )?;
-    // The counter moves only once nothing can fail any more (after the exchange).
-    let next_count = args.num_batches_tracked.as_deref().map(|n| n + 1);
-    let factor = match (updates, args.momentum, next_count) {
-        (false, _, _) => 0.0,
-        (true, Some(m), _) => m,
-        (true, None, Some(n)) => 1.0 / n as f64,
-        (true, None, None) => 0.0, // rejected above
-    };
-    let r = with_element!(x.dtype(), T => run_typed::<T>(op, x, y, &mut args, pdt, factor, comm))?;
-    if let (true, Some(n), Some(next)) = (args.training, args.num_batches_tracked, next_count) {
-        *n = next;
-    }
-    Ok(r)
+    Ok(Checked::Run {
+        param_dtype,
+        updates,
+    })
 }
 
 fn run_typed<T: crate::tensor::ElementData>(

@@ -1,8 +1,8 @@
 //! `group_norm`: statistics per `(n, group)` over `(C/G)·S` elements (`F.group_norm`).
 
 use super::{
-    SavedStats, channel_geom, check_min_rank, check_output, check_param_dtypes, param_values,
-    run_dense, with_element,
+    OutMeta, SavedStats, channel_geom, check_min_rank, check_output_meta, check_param_dtypes,
+    param_values, run_dense, with_element,
 };
 use crate::backend::cpu::moments::Centre;
 use crate::backend::cpu::{self, Coefficients, moments};
@@ -41,8 +41,17 @@ impl GroupNormArgs<'_> {
 /// per `(n, g)` (`N·G` each). One stable algorithm for every layout (PyTorch's channels-last
 /// CPU kernel uses `E[x²] − E[x]²`; normkit deliberately does not).
 pub fn group_norm(x: &Tensor, y: &mut TensorMut, args: GroupNormArgs) -> Result<SavedStats> {
+    if !validate(x, (y.shape(), y.dtype()), &args)? {
+        return Ok(SavedStats::empty(x.dtype()));
+    }
+    with_element!(x.dtype(), T => run_typed::<T>(x, y, &args))
+}
+
+/// Every check of [`group_norm`], from shapes and dtypes only (the CUDA op shares it);
+/// returns false for an empty input (nothing to compute).
+pub(crate) fn validate(x: &Tensor, y: OutMeta, args: &GroupNormArgs) -> Result<bool> {
     check_min_rank(OP, x, 2, "(N, C, *)")?;
-    check_output(OP, x, y)?;
+    check_output_meta(OP, x, y)?;
     let g = channel_geom(x.shape());
     let groups = args.num_groups;
     if groups == 0 {
@@ -109,10 +118,7 @@ pub fn group_norm(x: &Tensor, y: &mut TensorMut, args: GroupNormArgs) -> Result<
             ("bias", args.bias.as_ref().map(|t| t.dtype())),
         ],
     )?;
-    if x.numel() == 0 {
-        return Ok(SavedStats::empty(x.dtype()));
-    }
-    with_element!(x.dtype(), T => run_typed::<T>(x, y, &args))
+    Ok(x.numel() != 0)
 }
 
 fn run_typed<T: ElementData>(

@@ -2,7 +2,7 @@
 
 use super::batch_norm::normalize_with_running_stats;
 use super::{
-    SavedStats, centres, channel_geom, check_min_rank, check_numel, check_output,
+    OutMeta, SavedStats, centres, channel_geom, check_min_rank, check_numel, check_output_meta,
     check_param_dtypes, ema, param_values, run_dense, with_element,
 };
 use crate::backend::cpu::{self, Coefficients, moments};
@@ -54,8 +54,17 @@ pub fn instance_norm(
     y: &mut TensorMut,
     mut args: InstanceNormArgs,
 ) -> Result<SavedStats> {
+    let Some(pdt) = validate(x, (y.shape(), y.dtype()), &args)? else {
+        return Ok(SavedStats::empty(x.dtype()));
+    };
+    with_element!(x.dtype(), T => run_typed::<T>(x, y, &mut args, pdt))
+}
+
+/// Every check of [`instance_norm`], from shapes and dtypes only (the CUDA op shares it);
+/// returns the parameters' dtype, or `None` for an empty input.
+pub(crate) fn validate(x: &Tensor, y: OutMeta, args: &InstanceNormArgs) -> Result<Option<DType>> {
     check_min_rank(OP, x, 2, "(N, C, *)")?;
-    check_output(OP, x, y)?;
+    check_output_meta(OP, x, y)?;
     let g = channel_geom(x.shape());
     if args.use_input_stats && g.s == 1 {
         return Err(Error::invalid(
@@ -97,10 +106,7 @@ pub fn instance_norm(
             ("running_var", args.running_var.as_ref().map(|t| t.dtype())),
         ],
     )?;
-    if x.numel() == 0 {
-        return Ok(SavedStats::empty(x.dtype()));
-    }
-    with_element!(x.dtype(), T => run_typed::<T>(x, y, &mut args, pdt))
+    Ok((x.numel() != 0).then_some(pdt))
 }
 
 fn run_typed<T: ElementData>(

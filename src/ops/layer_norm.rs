@@ -1,7 +1,8 @@
 //! `layer_norm`: statistics per row over the trailing `normalized_shape` dims (`F.layer_norm`).
 
 use super::{
-    SavedStats, centres, check_output, check_param_dtypes, param_values, run_dense, with_element,
+    OutMeta, SavedStats, centres, check_output_meta, check_param_dtypes, param_values, run_dense,
+    with_element,
 };
 use crate::backend::cpu::{self, moments};
 use crate::error::{Error, Result, fmt_shape};
@@ -46,7 +47,20 @@ impl LayerNormArgs<'_> {
 /// # Ok::<(), normkit::Error>(())
 /// ```
 pub fn layer_norm(x: &Tensor, y: &mut TensorMut, args: LayerNormArgs) -> Result<SavedStats> {
-    check_output(OP, x, y)?;
+    let Some((rows, cols)) = validate(x, (y.shape(), y.dtype()), &args)? else {
+        return Ok(SavedStats::empty(x.dtype()));
+    };
+    with_element!(x.dtype(), T => run_typed::<T>(x, y, &args, rows, cols))
+}
+
+/// Every check of [`layer_norm`], from shapes and dtypes only (the CUDA op shares it);
+/// returns `(rows, cols)`, or `None` for an empty input.
+pub(crate) fn validate(
+    x: &Tensor,
+    y: OutMeta,
+    args: &LayerNormArgs,
+) -> Result<Option<(usize, usize)>> {
+    check_output_meta(OP, x, y)?;
     let ns = &args.normalized_shape;
     if ns.is_empty() {
         return Err(Error::shape(
@@ -93,10 +107,7 @@ pub fn layer_norm(x: &Tensor, y: &mut TensorMut, args: LayerNormArgs) -> Result<
     )?;
     let cols: usize = ns.iter().product();
     let rows: usize = shape[..shape.len() - ns.len()].iter().product();
-    if rows * cols == 0 {
-        return Ok(SavedStats::empty(x.dtype()));
-    }
-    with_element!(x.dtype(), T => run_typed::<T>(x, y, &args, rows, cols))
+    Ok((rows * cols != 0).then_some((rows, cols)))
 }
 
 fn run_typed<T: ElementData>(

@@ -1,7 +1,7 @@
 //! `local_response_norm`: normalisation over a window of neighbouring channels
 //! (`F.local_response_norm`).
 
-use super::{channel_geom, check_min_rank, check_output, run_dense, with_element};
+use super::{OutMeta, channel_geom, check_min_rank, check_output_meta, run_dense, with_element};
 use crate::backend::cpu::{self, LrnParams};
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, TensorMut};
@@ -35,12 +35,7 @@ impl LrnArgs {
 /// divisor is always `size`. `x` has rank ≥ 3. Every dtype works at every rank (PyTorch's CPU
 /// lacks f16/bf16 for rank ≥ 4), and f16/bf16 square in f32 (PyTorch overflows `x·x` in f16).
 pub fn local_response_norm(x: &Tensor, y: &mut TensorMut, args: LrnArgs) -> Result<()> {
-    check_min_rank(OP, x, 3, "(N, C, *) with at least one spatial dim")?;
-    check_output(OP, x, y)?;
-    if args.size == 0 {
-        return Err(Error::invalid(OP, "size", "size > 0", "0"));
-    }
-    if x.numel() == 0 {
+    if !validate(x, (y.shape(), y.dtype()), &args)? {
         return Ok(());
     }
     let g = channel_geom(x.shape());
@@ -51,4 +46,15 @@ pub fn local_response_norm(x: &Tensor, y: &mut TensorMut, args: LrnArgs) -> Resu
         k: args.k,
     };
     with_element!(x.dtype(), T => run_dense::<T, _>(OP, x, y, true, |xs, ys, lay| cpu::lrn(xs, ys, g, lay, p)))
+}
+
+/// Every check of [`local_response_norm`], from shapes and dtypes only (the CUDA op shares
+/// it); returns false for an empty input (nothing to compute).
+pub(crate) fn validate(x: &Tensor, y: OutMeta, args: &LrnArgs) -> Result<bool> {
+    check_min_rank(OP, x, 3, "(N, C, *) with at least one spatial dim")?;
+    check_output_meta(OP, x, y)?;
+    if args.size == 0 {
+        return Err(Error::invalid(OP, "size", "size > 0", "0"));
+    }
+    Ok(x.numel() != 0)
 }

@@ -14,11 +14,11 @@
 //! | [`local_response_norm`] | none (window over channels) |
 
 mod backward;
-mod batch_norm;
-mod group_norm;
-mod instance_norm;
-mod layer_norm;
-mod local_response_norm;
+pub(crate) mod batch_norm;
+pub(crate) mod group_norm;
+pub(crate) mod instance_norm;
+pub(crate) mod layer_norm;
+pub(crate) mod local_response_norm;
 
 pub use backward::{
     ForwardStats, Gradients, GroupNormBackwardArgs, LayerNormBackwardArgs, NormBackwardArgs,
@@ -103,22 +103,27 @@ pub(crate) fn centres<C: Real>(mean: &[f64]) -> Vec<Centre<C>> {
     mean.iter().map(|&m| Centre::of(m)).collect()
 }
 
-/// Checks that `y` has `x`'s shape and dtype.
-pub(crate) fn check_output(op: &str, x: &Tensor, y: &TensorMut) -> Result<()> {
-    if y.shape() != x.shape() {
+/// The shape and dtype of an output: what the validation of an op needs from it (the CUDA ops
+/// validate device tensors through the same functions as the CPU ops).
+pub(crate) type OutMeta<'a> = (&'a [usize], DType);
+
+/// Checks that the output `y` has `x`'s shape and dtype.
+pub(crate) fn check_output_meta(op: &str, x: &Tensor, y: OutMeta) -> Result<()> {
+    let (y_shape, y_dtype) = y;
+    if y_shape != x.shape() {
         return Err(Error::shape(
             op,
             "output",
             format!("shape {} (the input's)", fmt_shape(x.shape())),
-            format!("shape {}", fmt_shape(y.shape())),
+            format!("shape {}", fmt_shape(y_shape)),
         ));
     }
-    if y.dtype() != x.dtype() {
+    if y_dtype != x.dtype() {
         return Err(Error::dtype(
             op,
             "output",
             format!("dtype {} (the input's)", x.dtype()),
-            y.dtype().to_string(),
+            y_dtype.to_string(),
         ));
     }
     Ok(())

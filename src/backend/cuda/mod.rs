@@ -16,7 +16,14 @@ pub mod emu;
 pub mod kernels;
 pub mod launch;
 pub mod modules;
+pub mod ops;
 pub mod params;
+pub mod probe;
 
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
+
+#[cfg(feature = "cuda")]
+pub mod device;
+
+pub use probe::{CudaAvailability, CudaDeviceInfo, probe};

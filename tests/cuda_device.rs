@@ -1,0 +1,754 @@
+//! The CUDA device path: every op on a GPU against the CPU ops, and the error paths that need
+//! no GPU (probe, device creation without a driver, validation shared with the CPU ops,
+//! device-only checks, NVRTC compile errors).
+//!
+//! GPU tests skip with the probe's reason when there is no usable GPU, and fail instead when
+//! `NORMKIT_REQUIRE_CUDA=1` (scripts/run-gpu-tests.sh sets it). Needs `--features cuda`.
+#![cfg(feature = "cuda")]
+
+use normkit::backend::cuda::device::{CudaDevice, CudaOp, DeviceBuffer};
+use normkit::backend::cuda::ops::{
+    CudaBatchNormArgs, CudaGroupNormArgs, CudaInstanceNormArgs, CudaLayerNormArgs, DeviceTensor,
+    DeviceTensorMut, plan_batch_norm, plan_group_norm, plan_instance_norm, plan_layer_norm,
+    plan_local_response_norm,
+};
+use normkit::backend::cuda::{CudaAvailability, nvrtc, probe};
+use normkit::device::{Device, DeviceRequest, select_device};
+use normkit::ops::{
+    BatchNormArgs, GroupNormArgs, InstanceNormArgs, LayerNormArgs, LrnArgs, batch_norm, group_norm,
+    instance_norm, layer_norm, local_response_norm,
+};
+use normkit::{Buffer, DType, ErrorKind, Layout, Tensor, TensorMut};
+
+fn require_cuda() -> bool {
+    std::env::var("NORMKIT_REQUIRE_CUDA").as_deref() == Ok("1")
+}
+
+/// The GPU, or `None` after printing why the test skips (a failure under
+/// `NORMKIT_REQUIRE_CUDA=1`).
+fn gpu(test: &str) -> Option<CudaDevice> {
+    match probe() {
+        CudaAvailability::Available { .. } => {
+            let d = CudaDevice::new(0).expect("probe found a device, CudaDevice::new(0) failed");
+            Some(d)
+        }
+        CudaAvailability::Unavailable { reason } => {
+            assert!(!require_cuda(), "NORMKIT_REQUIRE_CUDA=1 but {reason}");
+            eprintln!("{test}: skipped, no usable GPU: {reason}");
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------- no GPU needed
+
+#[test]
+fn probe_and_device_selection_never_panic() {
+    let p = probe();
+    match &p {
+        CudaAvailability::Unavailable { reason } => {
+            assert!(!require_cuda(), "NORMKIT_REQUIRE_CUDA=1 but {reason}");
+            let e = CudaDevice::new(0).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::DeviceUnavailable);
+            assert_eq!(&e.got, reason);
+            let s = select_device(DeviceRequest::Auto).unwrap();
+            assert_eq!(s.device, Device::Cpu);
+            assert_eq!(s.fallback_reason.as_deref(), Some(reason.as_str()));
+            let e = select_device(DeviceRequest::Cuda(0)).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::DeviceUnavailable);
+        }
+        CudaAvailability::Available { devices, .. } => {
+            let e = CudaDevice::new(devices.len()).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::DeviceUnavailable);
+            assert_eq!(
+                select_device(DeviceRequest::Auto).unwrap().device,
+                Device::Cuda(0)
+            );
+        }
+    }
+}
+
+#[test]
+fn nvrtc_compile_errors_carry_the_log() {
+    if let Err(e) = nvrtc::ensure_loaded() {
+        let require = std::env::var("NORMKIT_REQUIRE_NVRTC").as_deref() == Ok("1");
+        assert!(!require, "NORMKIT_REQUIRE_NVRTC=1: {e}");
+        eprintln!("nvrtc_compile_errors_carry_the_log: skipped: {e}");
+        return;
+    }
+    let src = "extern \"C\" __global__ void broken() { undefined_fn(); }\n";
+    let e = nvrtc::compile_uncached(src, "broken.cu", &nvrtc::options_for(8, 0)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Backend);
+    assert!(e.got.contains("undefined_fn"), "{e}");
+}
+
+/// A fake device address: planning never dereferences it.
+const FAKE: u64 = 0x7f00_0000_0000;
+
+fn dt<'a>(dtype: DType, shape: &[usize], layout: Layout, ptr: u64) -> DeviceTensor<'a> {
+    // SAFETY: planning only reads the address, never the memory.
+    unsafe { DeviceTensor::from_raw(ptr, dtype, shape, layout) }.unwrap()
+}
+
+fn dtm<'a>(dtype: DType, shape: &[usize], layout: Layout, ptr: u64) -> DeviceTensorMut<'a> {
+    // SAFETY: as `dt`.
+    unsafe { DeviceTensorMut::from_raw(ptr, dtype, shape, layout) }.unwrap()
+}
+
+#[test]
+fn planning_reports_the_cpu_ops_errors() {
+    let c = Layout::Contiguous;
+    // GroupNorm: groups not dividing the channels
+    let shape = [2, 6, 4];
+    let xs = vec![0.0f32; 48];
+    let mut ys = vec![0.0f32; 48];
+    let cpu = group_norm(
+        &Tensor::new(&xs, &shape).unwrap(),
+        &mut TensorMut::new(&mut ys, &shape).unwrap(),
+        GroupNormArgs::new(4),
+    )
+    .unwrap_err();
+    let args = CudaGroupNormArgs {
+        num_groups: 4,
+        weight: None,
+        bias: None,
+        eps: 1e-5,
+    };
+    let dev = plan_group_norm(
+        &dt(DType::F32, &shape, c, FAKE),
+        &dtm(DType::F32, &shape, c, FAKE + 4096),
+        &args,
+    )
+    .unwrap_err();
+    assert_eq!(dev, cpu);
+
+    // LayerNorm: weight of the wrong shape
+    let w = vec![1.0f32; 5];
+    let cpu = layer_norm(
+        &Tensor::new(&xs, &shape).unwrap(),
+        &mut TensorMut::new(&mut ys, &shape).unwrap(),
+        LayerNormArgs {
+            weight: Some(Tensor::new(&w, &[5]).unwrap()),
+            ..LayerNormArgs::new(&[4])
+        },
+    )
+    .unwrap_err();
+    let dev = plan_layer_norm(
+        &dt(DType::F32, &shape, c, FAKE),
+        &dtm(DType::F32, &shape, c, FAKE + 4096),
+        &CudaLayerNormArgs {
+            normalized_shape: vec![4],
+            weight: Some(dt(DType::F32, &[5], c, FAKE + 8192)),
+            bias: None,
+            eps: 1e-5,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(dev, cpu);
+
+    // BatchNorm: one value per channel in training; output shape mismatch
+    let one = [1, 3];
+    let (x1, mut y1) = (vec![0.0f64; 3], vec![0.0f64; 3]);
+    let cpu = batch_norm(
+        &Tensor::new(&x1, &one).unwrap(),
+        &mut TensorMut::new(&mut y1, &one).unwrap(),
+        BatchNormArgs {
+            training: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    let dev = plan_batch_norm(
+        &dt(DType::F64, &one, c, FAKE),
+        &dtm(DType::F64, &one, c, FAKE + 64),
+        &CudaBatchNormArgs {
+            training: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(dev, cpu);
+    let e = plan_batch_norm(
+        &dt(DType::F64, &[2, 3], c, FAKE),
+        &dtm(DType::F64, &[3, 2], c, FAKE + 64),
+        &CudaBatchNormArgs::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ShapeMismatch);
+    assert_eq!(e.operand, "output");
+
+    // InstanceNorm without running statistics in inference; LRN size 0
+    let (x2, mut y2) = (vec![0.0f32; 24], vec![0.0f32; 24]);
+    let cpu = instance_norm(
+        &Tensor::new(&x2, &[2, 3, 4]).unwrap(),
+        &mut TensorMut::new(&mut y2, &[2, 3, 4]).unwrap(),
+        InstanceNormArgs {
+            use_input_stats: false,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    let dev = plan_instance_norm(
+        &dt(DType::F32, &[2, 3, 4], c, FAKE),
+        &dtm(DType::F32, &[2, 3, 4], c, FAKE + 4096),
+        &CudaInstanceNormArgs {
+            weight: None,
+            bias: None,
+            running_mean: None,
+            running_var: None,
+            use_input_stats: false,
+            momentum: 0.1,
+            eps: 1e-5,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(dev, cpu);
+    let cpu = local_response_norm(
+        &Tensor::new(&x2, &[2, 3, 4]).unwrap(),
+        &mut TensorMut::new(&mut y2, &[2, 3, 4]).unwrap(),
+        LrnArgs::new(0),
+    )
+    .unwrap_err();
+    let dev = plan_local_response_norm(
+        &dt(DType::F32, &[2, 3, 4], c, FAKE),
+        &dtm(DType::F32, &[2, 3, 4], c, FAKE + 4096),
+        &LrnArgs::new(0),
+    )
+    .unwrap_err();
+    assert_eq!(dev, cpu);
+}
+
+#[test]
+fn device_only_checks() {
+    let (c, cl) = (Layout::Contiguous, Layout::ChannelsLast);
+    // parameters must be in the compute dtype on CUDA (the CPU op accepts f16 weights)
+    let e = plan_group_norm(
+        &dt(DType::F16, &[2, 4, 3], c, FAKE),
+        &dtm(DType::F16, &[2, 4, 3], c, FAKE + 4096),
+        &CudaGroupNormArgs {
+            num_groups: 2,
+            weight: Some(dt(DType::F16, &[4], c, FAKE + 8192)),
+            bias: None,
+            eps: 1e-5,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UnsupportedDType);
+    // LayerNorm needs contiguous rows
+    let e = plan_layer_norm(
+        &dt(DType::F32, &[2, 4, 3], cl, FAKE),
+        &dtm(DType::F32, &[2, 4, 3], cl, FAKE + 4096),
+        &CudaLayerNormArgs {
+            normalized_shape: vec![3],
+            weight: None,
+            bias: None,
+            eps: 1e-5,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UnsupportedLayout);
+    // input and output layouts must agree
+    let e = plan_local_response_norm(
+        &dt(DType::F32, &[2, 4, 3], c, FAKE),
+        &dtm(DType::F32, &[2, 4, 3], cl, FAKE + 4096),
+        &LrnArgs::new(3),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UnsupportedLayout);
+    // strided device views do not exist
+    // SAFETY: not dereferenced.
+    let e = unsafe { DeviceTensor::from_raw(FAKE, DType::F32, &[2, 2], Layout::Strided) };
+    assert_eq!(e.unwrap_err().kind, ErrorKind::UnsupportedLayout);
+    // shapes beyond the kernels' index range
+    let huge = [1usize << 31, 1 << 31, 2];
+    let e = plan_local_response_norm(
+        &dt(DType::F32, &huge, c, FAKE),
+        &dtm(DType::F32, &huge, c, FAKE + 4096),
+        &LrnArgs::new(3),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Overflow);
+    let wide = [2usize, (i32::MAX as usize) + 1];
+    let e = plan_batch_norm(
+        &dt(DType::F32, &wide, c, FAKE),
+        &dtm(DType::F32, &wide, c, FAKE + 4096),
+        &CudaBatchNormArgs {
+            training: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Overflow);
+    // InstanceNorm's running-stat update has no kernel yet: an error, not a silent skip
+    let e = plan_instance_norm(
+        &dt(DType::F32, &[2, 4, 3], c, FAKE),
+        &dtm(DType::F32, &[2, 4, 3], c, FAKE + 4096),
+        &CudaInstanceNormArgs {
+            weight: None,
+            bias: None,
+            running_mean: Some(dtm(DType::F32, &[4], c, FAKE + 8192)),
+            running_var: Some(dtm(DType::F32, &[4], c, FAKE + 8192 + 64)),
+            use_input_stats: true,
+            momentum: 0.1,
+            eps: 1e-5,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+}
+
+// ---------------------------------------------------------------- on a GPU
+
+fn values(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 1.5
+        })
+        .collect()
+}
+
+fn upload(dev: &CudaDevice, b: &Buffer) -> DeviceBuffer {
+    match b {
+        Buffer::F32(v) => dev.upload(v),
+        Buffer::F64(v) => dev.upload(v),
+        Buffer::F16(v) => dev.upload(v),
+        Buffer::BF16(v) => dev.upload(v),
+    }
+    .unwrap()
+}
+
+fn tol(d: DType) -> f64 {
+    match d {
+        DType::F64 => 1e-10,
+        DType::F32 => 2e-5,
+        DType::F16 => 2e-3,
+        DType::BF16 => 1.6e-2,
+    }
+}
+
+fn close(what: &str, d: DType, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = (g - w).abs() <= tol(d) * w.abs().max(1.0) || (g.is_nan() && w.is_nan());
+        assert!(ok, "{what} [{d}] element {i}: cuda {g}, cpu {w}");
+    }
+}
+
+fn host<'a>(b: &'a Buffer, shape: &[usize], layout: Layout) -> Tensor<'a> {
+    match layout {
+        Layout::ChannelsLast => Tensor::channels_last(b.as_data(), shape).unwrap(),
+        _ => Tensor::new(b.as_data(), shape).unwrap(),
+    }
+}
+
+fn host_mut<'a>(b: &'a mut Buffer, shape: &[usize], layout: Layout) -> TensorMut<'a> {
+    match layout {
+        Layout::ChannelsLast => TensorMut::channels_last(b.as_data_mut(), shape).unwrap(),
+        _ => TensorMut::new(b.as_data_mut(), shape).unwrap(),
+    }
+}
+
+fn dview<'a>(b: &'a DeviceBuffer, shape: &[usize], layout: Layout) -> DeviceTensor<'a> {
+    match layout {
+        Layout::ChannelsLast => b.view_channels_last(shape).unwrap(),
+        _ => b.view(shape).unwrap(),
+    }
+}
+
+fn dview_mut<'a>(b: &'a mut DeviceBuffer, shape: &[usize], layout: Layout) -> DeviceTensorMut<'a> {
+    match layout {
+        Layout::ChannelsLast => b.view_mut_channels_last(shape).unwrap(),
+        _ => b.view_mut(shape).unwrap(),
+    }
+}
+
+const LAYOUTS: [Layout; 2] = [Layout::Contiguous, Layout::ChannelsLast];
+
+#[test]
+fn layer_norm_matches_cpu() {
+    let Some(dev) = gpu("layer_norm_matches_cpu") else {
+        return;
+    };
+    dev.prepare(&CudaOp::ALL).unwrap();
+    for d in DType::ALL {
+        // warp variant, block variant in registers, block variant streaming
+        for (shape, ns) in [
+            (vec![4, 3, 40], vec![3, 40]),
+            (vec![3, 1500], vec![1500]),
+            (vec![2, 5000], vec![5000]),
+        ] {
+            let n: usize = shape.iter().product();
+            let cols: usize = ns.iter().product();
+            let xb = Buffer::from_f64(d, &values(n, 1));
+            let wb = Buffer::from_f64(d.stat_dtype(), &values(cols, 2));
+            let bb = Buffer::from_f64(d.stat_dtype(), &values(cols, 3));
+            let mut yb = Buffer::filled(d, n, 0.0);
+            let cpu = layer_norm(
+                &host(&xb, &shape, Layout::Contiguous),
+                &mut host_mut(&mut yb, &shape, Layout::Contiguous),
+                LayerNormArgs {
+                    weight: Some(Tensor::new(wb.as_data(), &ns).unwrap()),
+                    bias: Some(Tensor::new(bb.as_data(), &ns).unwrap()),
+                    ..LayerNormArgs::new(&ns)
+                },
+            )
+            .unwrap();
+            let (xd, wd, bd) = (upload(&dev, &xb), upload(&dev, &wb), upload(&dev, &bb));
+            let mut yd = dev.alloc(d, n).unwrap();
+            let stats = dev
+                .layer_norm(
+                    &xd.view(&shape).unwrap(),
+                    &mut yd.view_mut(&shape).unwrap(),
+                    CudaLayerNormArgs {
+                        normalized_shape: ns.clone(),
+                        weight: Some(wd.view(&ns).unwrap()),
+                        bias: Some(bd.view(&ns).unwrap()),
+                        eps: 1e-5,
+                    },
+                )
+                .unwrap();
+            let what = format!("layer_norm {shape:?}");
+            close(&what, d, &yd.download_f64().unwrap(), &yb.to_f64_vec());
+            close(
+                &what,
+                d,
+                &stats.mean.download_f64().unwrap(),
+                &cpu.mean.to_f64_vec(),
+            );
+            close(
+                &what,
+                d,
+                &stats.invstd.download_f64().unwrap(),
+                &cpu.invstd.to_f64_vec(),
+            );
+        }
+    }
+}
+
+#[test]
+fn group_and_instance_norm_match_cpu() {
+    let Some(dev) = gpu("group_and_instance_norm_match_cpu") else {
+        return;
+    };
+    let shape = [2, 6, 3, 5];
+    let n = 180;
+    for d in DType::ALL {
+        for lay in LAYOUTS {
+            let xb = Buffer::from_f64(d, &values(n, 4));
+            let wb = Buffer::from_f64(d.stat_dtype(), &values(6, 5));
+            let bb = Buffer::from_f64(d.stat_dtype(), &values(6, 6));
+            let (xd, wd, bd) = (upload(&dev, &xb), upload(&dev, &wb), upload(&dev, &bb));
+            // GroupNorm, 3 groups
+            let mut yb = Buffer::filled(d, n, 0.0);
+            let cpu = group_norm(
+                &host(&xb, &shape, lay),
+                &mut host_mut(&mut yb, &shape, lay),
+                GroupNormArgs {
+                    weight: Some(wb.view()),
+                    bias: Some(bb.view()),
+                    ..GroupNormArgs::new(3)
+                },
+            )
+            .unwrap();
+            let mut yd = dev.alloc(d, n).unwrap();
+            let stats = dev
+                .group_norm(
+                    &dview(&xd, &shape, lay),
+                    &mut dview_mut(&mut yd, &shape, lay),
+                    CudaGroupNormArgs {
+                        num_groups: 3,
+                        weight: Some(wd.view(&[6]).unwrap()),
+                        bias: Some(bd.view(&[6]).unwrap()),
+                        eps: 1e-5,
+                    },
+                )
+                .unwrap();
+            let what = format!("group_norm {lay:?}");
+            close(&what, d, &yd.download_f64().unwrap(), &yb.to_f64_vec());
+            close(
+                &what,
+                d,
+                &stats.mean.download_f64().unwrap(),
+                &cpu.mean.to_f64_vec(),
+            );
+            close(
+                &what,
+                d,
+                &stats.invstd.download_f64().unwrap(),
+                &cpu.invstd.to_f64_vec(),
+            );
+            // InstanceNorm with input statistics
+            let mut yb = Buffer::filled(d, n, 0.0);
+            let cpu = instance_norm(
+                &host(&xb, &shape, lay),
+                &mut host_mut(&mut yb, &shape, lay),
+                InstanceNormArgs {
+                    weight: Some(wb.view()),
+                    bias: Some(bb.view()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let stats = dev
+                .instance_norm(
+                    &dview(&xd, &shape, lay),
+                    &mut dview_mut(&mut yd, &shape, lay),
+                    CudaInstanceNormArgs {
+                        weight: Some(wd.view(&[6]).unwrap()),
+                        bias: Some(bd.view(&[6]).unwrap()),
+                        running_mean: None,
+                        running_var: None,
+                        use_input_stats: true,
+                        momentum: 0.1,
+                        eps: 1e-5,
+                    },
+                )
+                .unwrap();
+            let what = format!("instance_norm {lay:?}");
+            close(&what, d, &yd.download_f64().unwrap(), &yb.to_f64_vec());
+            close(
+                &what,
+                d,
+                &stats.invstd.download_f64().unwrap(),
+                &cpu.invstd.to_f64_vec(),
+            );
+            // InstanceNorm with running statistics
+            let rm = Buffer::from_f64(d.stat_dtype(), &values(6, 7));
+            let rv = Buffer::from_f64(
+                d.stat_dtype(),
+                &values(6, 8)
+                    .iter()
+                    .map(|v| v.abs() + 0.5)
+                    .collect::<Vec<_>>(),
+            );
+            let (mut rmh, mut rvh) = (rm.clone(), rv.clone());
+            let mut yb = Buffer::filled(d, n, 0.0);
+            instance_norm(
+                &host(&xb, &shape, lay),
+                &mut host_mut(&mut yb, &shape, lay),
+                InstanceNormArgs {
+                    running_mean: Some(rmh.view_mut()),
+                    running_var: Some(rvh.view_mut()),
+                    use_input_stats: false,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let (mut rmd, mut rvd) = (upload(&dev, &rm), upload(&dev, &rv));
+            dev.instance_norm(
+                &dview(&xd, &shape, lay),
+                &mut dview_mut(&mut yd, &shape, lay),
+                CudaInstanceNormArgs {
+                    weight: None,
+                    bias: None,
+                    running_mean: Some(rmd.view_mut(&[6]).unwrap()),
+                    running_var: Some(rvd.view_mut(&[6]).unwrap()),
+                    use_input_stats: false,
+                    momentum: 0.1,
+                    eps: 1e-5,
+                },
+            )
+            .unwrap();
+            close(
+                "instance_norm running",
+                d,
+                &yd.download_f64().unwrap(),
+                &yb.to_f64_vec(),
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_norm_matches_cpu() {
+    let Some(dev) = gpu("batch_norm_matches_cpu") else {
+        return;
+    };
+    // small (one split) and large enough to split the statistics across blocks
+    for shape in [vec![3, 5, 2, 3], vec![8, 40, 24, 24]] {
+        let n: usize = shape.iter().product();
+        let c = shape[1];
+        for d in DType::ALL {
+            for lay in LAYOUTS {
+                for momentum in [Some(0.1), None] {
+                    let xb = Buffer::from_f64(d, &values(n, 9));
+                    let wb = Buffer::from_f64(d.stat_dtype(), &values(c, 10));
+                    let bb = Buffer::from_f64(d.stat_dtype(), &values(c, 11));
+                    let rm = Buffer::from_f64(d.stat_dtype(), &values(c, 12));
+                    let rv = Buffer::filled(d.stat_dtype(), c, 1.0);
+                    let (mut rmh, mut rvh) = (rm.clone(), rv.clone());
+                    let mut yb = Buffer::filled(d, n, 0.0);
+                    let mut count_h = 3i64;
+                    let cpu = batch_norm(
+                        &host(&xb, &shape, lay),
+                        &mut host_mut(&mut yb, &shape, lay),
+                        BatchNormArgs {
+                            weight: Some(wb.view()),
+                            bias: Some(bb.view()),
+                            running_mean: Some(rmh.view_mut()),
+                            running_var: Some(rvh.view_mut()),
+                            num_batches_tracked: Some(&mut count_h),
+                            training: true,
+                            momentum,
+                            eps: 1e-5,
+                        },
+                    )
+                    .unwrap();
+                    let (xd, wd, bd) = (upload(&dev, &xb), upload(&dev, &wb), upload(&dev, &bb));
+                    let (mut rmd, mut rvd) = (upload(&dev, &rm), upload(&dev, &rv));
+                    let mut yd = dev.alloc(d, n).unwrap();
+                    let mut count_d = 3i64;
+                    let stats = dev
+                        .batch_norm(
+                            &dview(&xd, &shape, lay),
+                            &mut dview_mut(&mut yd, &shape, lay),
+                            CudaBatchNormArgs {
+                                weight: Some(wd.view(&[c]).unwrap()),
+                                bias: Some(bd.view(&[c]).unwrap()),
+                                running_mean: Some(rmd.view_mut(&[c]).unwrap()),
+                                running_var: Some(rvd.view_mut(&[c]).unwrap()),
+                                num_batches_tracked: Some(&mut count_d),
+                                training: true,
+                                momentum,
+                                eps: 1e-5,
+                            },
+                        )
+                        .unwrap();
+                    let what = format!("batch_norm {shape:?} {lay:?} {momentum:?}");
+                    assert_eq!(count_d, count_h);
+                    close(&what, d, &yd.download_f64().unwrap(), &yb.to_f64_vec());
+                    close(
+                        &what,
+                        d,
+                        &stats.mean.download_f64().unwrap(),
+                        &cpu.mean.to_f64_vec(),
+                    );
+                    close(
+                        &what,
+                        d,
+                        &stats.invstd.download_f64().unwrap(),
+                        &cpu.invstd.to_f64_vec(),
+                    );
+                    close(&what, d, &rmd.download_f64().unwrap(), &rmh.to_f64_vec());
+                    close(&what, d, &rvd.download_f64().unwrap(), &rvh.to_f64_vec());
+                    // inference from the updated running statistics
+                    let mut yb = Buffer::filled(d, n, 0.0);
+                    batch_norm(
+                        &host(&xb, &shape, lay),
+                        &mut host_mut(&mut yb, &shape, lay),
+                        BatchNormArgs {
+                            weight: Some(wb.view()),
+                            running_mean: Some(rmh.view_mut()),
+                            running_var: Some(rvh.view_mut()),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                    let infer = dev
+                        .batch_norm(
+                            &dview(&xd, &shape, lay),
+                            &mut dview_mut(&mut yd, &shape, lay),
+                            CudaBatchNormArgs {
+                                weight: Some(wd.view(&[c]).unwrap()),
+                                running_mean: Some(rmd.view_mut(&[c]).unwrap()),
+                                running_var: Some(rvd.view_mut(&[c]).unwrap()),
+                                ..Default::default()
+                            },
+                        )
+                        .unwrap();
+                    assert!(infer.mean.is_empty());
+                    close(&what, d, &yd.download_f64().unwrap(), &yb.to_f64_vec());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn local_response_norm_matches_cpu() {
+    let Some(dev) = gpu("local_response_norm_matches_cpu") else {
+        return;
+    };
+    let shape = [2, 7, 3, 4];
+    let n = 168;
+    for d in DType::ALL {
+        for lay in LAYOUTS {
+            for size in [1, 2, 5] {
+                let xb = Buffer::from_f64(d, &values(n, 13));
+                let mut yb = Buffer::filled(d, n, 0.0);
+                let args = LrnArgs {
+                    size,
+                    alpha: 0.5,
+                    beta: 0.75,
+                    k: 2.0,
+                };
+                local_response_norm(
+                    &host(&xb, &shape, lay),
+                    &mut host_mut(&mut yb, &shape, lay),
+                    args,
+                )
+                .unwrap();
+                let xd = upload(&dev, &xb);
+                let mut yd = dev.alloc(d, n).unwrap();
+                dev.local_response_norm(
+                    &dview(&xd, &shape, lay),
+                    &mut dview_mut(&mut yd, &shape, lay),
+                    args,
+                )
+                .unwrap();
+                close(
+                    &format!("lrn {lay:?} size {size}"),
+                    d,
+                    &yd.download_f64().unwrap(),
+                    &yb.to_f64_vec(),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn device_errors_on_a_gpu() {
+    let Some(dev) = gpu("device_errors_on_a_gpu") else {
+        return;
+    };
+    // a host pointer where device memory is required
+    let host_data = [0.0f32; 24];
+    let x = dt(
+        DType::F32,
+        &[2, 3, 4],
+        Layout::Contiguous,
+        host_data.as_ptr() as u64,
+    );
+    let mut yd = dev.alloc(DType::F32, 24).unwrap();
+    let e = dev
+        .local_response_norm(&x, &mut yd.view_mut(&[2, 3, 4]).unwrap(), LrnArgs::new(3))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::DeviceMismatch, "{e}");
+    // views larger than the buffer
+    assert_eq!(
+        yd.view(&[5, 5]).unwrap_err().kind,
+        ErrorKind::BufferTooSmall
+    );
+    // empty input: nothing launched, empty statistics
+    let mut e0 = dev.alloc(DType::F32, 0).unwrap();
+    let x0 = dev.alloc(DType::F32, 0).unwrap();
+    let s = dev
+        .group_norm(
+            &x0.view(&[0, 4, 3]).unwrap(),
+            &mut e0.view_mut(&[0, 4, 3]).unwrap(),
+            CudaGroupNormArgs {
+                num_groups: 2,
+                weight: None,
+                bias: None,
+                eps: 1e-5,
+            },
+        )
+        .unwrap();
+    assert!(s.mean.is_empty());
+    dev.synchronize().unwrap();
+}
