@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Builds everything a GPU machine without a Rust toolchain needs into gpu-bundle/ (git-ignored;
+# design/cuda-infra.md §10):
+#   gpu-bundle/bin/<test>       every test executable (release, all features), hash suffix dropped
+#   gpu-bundle/bin/bench-<name> the criterion bench executables
+#   gpu-bundle/bin/normkit      the normkit binary (info, bench --device cuda)
+#   gpu-bundle/lib/             libnvrtc.so.12 + libnvrtc-builtins (NVRTC 12.8 from PyPI, which a
+#                               CUDA 12.8+/13.x driver accepts); left out with --no-nvrtc, the
+#                               runner then uses the machine's NVRTC (NORMKIT_NVRTC_PATH or the
+#                               dynamic loader's search path)
+#   gpu-bundle/tree/            kernels/, tests/golden/, benches/cases.json (fixtures the tests read)
+#   gpu-bundle/manifest-dir     the build's CARGO_MANIFEST_DIR (baked into tests that read fixtures)
+#   gpu-bundle/run-gpu-tests.sh the runner (scripts/run-gpu-tests.sh)
+# Usage: scripts/build-gpu-bundle.sh [--no-nvrtc]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+with_nvrtc=1
+[ "${1:-}" = "--no-nvrtc" ] && with_nvrtc=0
+out="$root/gpu-bundle"
+rm -rf "$out"
+mkdir -p "$out/bin" "$out/lib" "$out/tree/tests" "$out/tree/benches"
+
+json="$(mktemp)"
+trap 'rm -f "$json"' EXIT
+cargo test --release --all-features --tests --benches --no-run --message-format=json >"$json"
+cargo build --release --all-features --bin normkit
+python3 - "$json" "$out/bin" <<'PY'
+import json, shutil, sys, os
+src, dest = sys.argv[1], sys.argv[2]
+seen = set()
+for line in open(src):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    if not m.get("profile", {}).get("test") and "bench" not in m["target"]["kind"]:
+        continue
+    kind, name = m["target"]["kind"][0], m["target"]["name"]
+    if kind == "lib":
+        name = "unit-tests"
+    elif kind == "bin":
+        name = "unit-tests-" + name
+    elif kind == "bench":
+        name = "bench-" + name
+    if name in seen:
+        continue
+    seen.add(name)
+    shutil.copy2(m["executable"], os.path.join(dest, name))
+    print(f"  bin/{name}")
+PY
+cp target/release/normkit "$out/bin/normkit"
+cp -r kernels "$out/tree/kernels"
+cp -r tests/golden "$out/tree/tests/golden"
+cp benches/cases.json "$out/tree/benches/"
+echo "$root" >"$out/manifest-dir"
+cp scripts/run-gpu-tests.sh "$out/run-gpu-tests.sh"
+chmod +x "$out/run-gpu-tests.sh"
+if [ "$with_nvrtc" = 1 ]; then
+    lib="$(bash .ci/install-nvrtc.sh)"
+    cp -L "$lib"/libnvrtc.so.12 "$out/lib/"
+    cp -L "$lib"/libnvrtc-builtins.so.* "$out/lib/"
+fi
+echo "gpu-bundle: $(du -sh "$out" | cut -f1) in $out"
