@@ -207,6 +207,11 @@ enum normkit_status_t
    */
   NORMKIT_STATUS_NOT_INITIALIZED = 200,
   /**
+   * A parameter has no gradient yet: no normkit_module_backward since the module was
+   * created or since normkit_module_zero_grad.
+   */
+  NORMKIT_STATUS_NO_GRADIENT = 201,
+  /**
    * A tensor lives on a device the context does not run on.
    */
   NORMKIT_STATUS_DEVICE_MISMATCH = 300,
@@ -255,6 +260,55 @@ typedef struct normkit_context_t normkit_context_t;
  * it with normkit_module_destroy. Used by one thread at a time.
  */
 typedef struct normkit_module_t normkit_module_t;
+
+/**
+ * The process group of a SyncBatchNorm: this rank's place in it and the two collectives
+ * normkit needs, implemented by the caller over MPI, NCCL, gloo, shared memory, ...
+ *
+ * Initialise with normkit_communicator_init, then set every field. normkit copies the struct
+ * (it keeps no pointer to it) but keeps `user_data` and calls the callbacks later: user_data
+ * and whatever it points to must stay valid while a module holds the communicator (until
+ * normkit_module_set_communicator(module, NULL) or normkit_module_destroy), or for the
+ * duration of a functional call.
+ *
+ * Every rank must make the same normkit calls in the same order (ranks with an empty local
+ * batch included): each synchronising call makes exactly one collective per rank. A callback
+ * that fails should fail on every rank (as MPI and NCCL collectives do); normkit then returns
+ * NORMKIT_STATUS_COMMUNICATOR and leaves running statistics and counters unchanged. Callbacks
+ * must not call normkit with the same module, and C++ callbacks must not throw.
+ */
+typedef struct normkit_communicator_t {
+  /**
+   * sizeof(normkit_communicator_t), set by normkit_communicator_init.
+   */
+  uint32_t struct_size;
+  /**
+   * Passed unchanged to both callbacks (e.g. an MPI_Comm* or an ncclComm_t wrapper).
+   */
+  void *user_data;
+  /**
+   * Number of ranks (>= 1). Default 1.
+   */
+  int32_t world_size;
+  /**
+   * This rank, 0 <= rank < world_size. Default 0.
+   */
+  int32_t rank;
+  /**
+   * Required. Gathers `count` doubles from every rank into `recv` (world_size * count
+   * doubles in rank order: rank r's at recv + r * count), as MPI_Allgather(send, count,
+   * MPI_DOUBLE, recv, count, MPI_DOUBLE, comm) does; count (the same on every rank) is
+   * 2*C + 1 for a SyncBatchNorm forward. Returns NORMKIT_STATUS_OK, or any other value on
+   * failure (reported as NORMKIT_STATUS_COMMUNICATOR naming the callback and the value).
+   */
+  normkit_status_t (*all_gather)(void *user_data, const double *send, double *recv, size_t count);
+  /**
+   * Required. Replaces the `count` doubles at `data` by their elementwise sum over all
+   * ranks, as MPI_Allreduce(MPI_IN_PLACE, data, count, MPI_DOUBLE, MPI_SUM, comm) does;
+   * count is 2*C for a SyncBatchNorm backward. Returns as all_gather.
+   */
+  normkit_status_t (*all_reduce_sum)(void *user_data, double *data, size_t count);
+} normkit_communicator_t;
 
 /**
  * A device: DLPack's `DLDevice` (device_type is one of the NORMKIT_DEVICE_* values).
@@ -767,6 +821,213 @@ typedef struct normkit_local_response_norm_args_t {
   double k;
 } normkit_local_response_norm_args_t;
 
+/**
+ * Arguments of normkit_batch_norm_backward, normkit_instance_norm_backward and
+ * normkit_sync_batch_norm_backward. Initialise with normkit_norm_backward_args_init.
+ *
+ * The statistics are the ones the forward normalised with: either save_mean + save_invstd
+ * (the forward's saved outputs, after a training forward / use_input_stats) or running_mean +
+ * running_var + eps (after an inference forward: frozen BatchNorm); exactly one pair.
+ * Each gradient output is optional: NULL means "not computed".
+ */
+typedef struct normkit_norm_backward_args_t {
+  /**
+   * sizeof(normkit_norm_backward_args_t), set by the _init function.
+   */
+  uint32_t struct_size;
+  /**
+   * Add into grad_weight/grad_bias instead of overwriting them. Default false.
+   */
+  bool accumulate;
+  /**
+   * The forward's input (N, C, *), required.
+   */
+  const struct normkit_tensor_t *x;
+  /**
+   * dL/dy, required: x's shape and dtype.
+   */
+  const struct normkit_tensor_t *grad_output;
+  /**
+   * The forward's weight (C) or NULL (weight 1).
+   */
+  const struct normkit_tensor_t *weight;
+  /**
+   * Saved mean: C elements (batch norm) or N*C (instance norm), the saved-stats dtype
+   * (float32 for float16/bfloat16 input, else the input's).
+   */
+  const struct normkit_tensor_t *save_mean;
+  /**
+   * Saved inverse std, like save_mean.
+   */
+  const struct normkit_tensor_t *save_invstd;
+  /**
+   * Running mean (C) the inference forward used.
+   */
+  const struct normkit_tensor_t *running_mean;
+  /**
+   * Running variance (C) the inference forward used.
+   */
+  const struct normkit_tensor_t *running_var;
+  /**
+   * Optional output dL/dx: x's shape and dtype, any strides; may be grad_output itself.
+   */
+  struct normkit_tensor_t *grad_input;
+  /**
+   * Optional output dL/dweight (C), the parameters' dtype.
+   */
+  struct normkit_tensor_t *grad_weight;
+  /**
+   * Optional output dL/dbias (C), the parameters' dtype.
+   */
+  struct normkit_tensor_t *grad_bias;
+  /**
+   * The inference forward's eps (used with running statistics only). Default 1e-5.
+   */
+  double eps;
+} normkit_norm_backward_args_t;
+
+/**
+ * Arguments of normkit_group_norm_backward. Initialise with
+ * normkit_group_norm_backward_args_init.
+ */
+typedef struct normkit_group_norm_backward_args_t {
+  /**
+   * sizeof(normkit_group_norm_backward_args_t), set by the _init function.
+   */
+  uint32_t struct_size;
+  /**
+   * Add into grad_weight/grad_bias instead of overwriting them. Default false.
+   */
+  bool accumulate;
+  /**
+   * The forward's input (N, C, *), required.
+   */
+  const struct normkit_tensor_t *x;
+  /**
+   * dL/dy, required: x's shape and dtype.
+   */
+  const struct normkit_tensor_t *grad_output;
+  /**
+   * The forward's weight (C) or NULL.
+   */
+  const struct normkit_tensor_t *weight;
+  /**
+   * Required: the forward's saved mean, N*num_groups elements.
+   */
+  const struct normkit_tensor_t *save_mean;
+  /**
+   * Required: the forward's saved inverse std, N*num_groups elements.
+   */
+  const struct normkit_tensor_t *save_invstd;
+  /**
+   * Optional output dL/dx (x's shape and dtype).
+   */
+  struct normkit_tensor_t *grad_input;
+  /**
+   * Optional output dL/dweight (C).
+   */
+  struct normkit_tensor_t *grad_weight;
+  /**
+   * Optional output dL/dbias (C).
+   */
+  struct normkit_tensor_t *grad_bias;
+  /**
+   * The forward's number of groups. _init sets 1.
+   */
+  int64_t num_groups;
+} normkit_group_norm_backward_args_t;
+
+/**
+ * Arguments of normkit_layer_norm_backward. Initialise with
+ * normkit_layer_norm_backward_args_init.
+ */
+typedef struct normkit_layer_norm_backward_args_t {
+  /**
+   * sizeof(normkit_layer_norm_backward_args_t), set by the _init function.
+   */
+  uint32_t struct_size;
+  /**
+   * Add into grad_weight/grad_bias instead of overwriting them. Default false.
+   */
+  bool accumulate;
+  /**
+   * The forward's normalized_ndim (trailing dims of x). Default 1.
+   */
+  int32_t normalized_ndim;
+  /**
+   * The forward's input, required.
+   */
+  const struct normkit_tensor_t *x;
+  /**
+   * dL/dy, required: x's shape and dtype.
+   */
+  const struct normkit_tensor_t *grad_output;
+  /**
+   * The forward's elementwise weight (normalised shape) or NULL.
+   */
+  const struct normkit_tensor_t *weight;
+  /**
+   * Required: the forward's saved mean, one per row.
+   */
+  const struct normkit_tensor_t *save_mean;
+  /**
+   * Required: the forward's saved inverse std, one per row.
+   */
+  const struct normkit_tensor_t *save_invstd;
+  /**
+   * Optional output dL/dx (x's shape and dtype).
+   */
+  struct normkit_tensor_t *grad_input;
+  /**
+   * Optional output dL/dweight (normalised shape).
+   */
+  struct normkit_tensor_t *grad_weight;
+  /**
+   * Optional output dL/dbias (normalised shape).
+   */
+  struct normkit_tensor_t *grad_bias;
+} normkit_layer_norm_backward_args_t;
+
+/**
+ * Arguments of normkit_local_response_norm_backward. Initialise with
+ * normkit_local_response_norm_backward_args_init.
+ */
+typedef struct normkit_local_response_norm_backward_args_t {
+  /**
+   * sizeof(normkit_local_response_norm_backward_args_t), set by the _init function.
+   */
+  uint32_t struct_size;
+  /**
+   * The forward's input (N, C, *) with at least one spatial dim, required.
+   */
+  const struct normkit_tensor_t *x;
+  /**
+   * dL/dy, required: x's shape and dtype.
+   */
+  const struct normkit_tensor_t *grad_output;
+  /**
+   * Output dL/dx, required (the op has no other output): x's shape and dtype; may be
+   * grad_output itself.
+   */
+  struct normkit_tensor_t *grad_input;
+  /**
+   * The forward's window size (> 0); _init sets 0, which must be replaced.
+   */
+  int64_t size;
+  /**
+   * Default 1e-4.
+   */
+  double alpha;
+  /**
+   * Default 0.75.
+   */
+  double beta;
+  /**
+   * Default 1.0.
+   */
+  double k;
+} normkit_local_response_norm_backward_args_t;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -812,6 +1073,11 @@ normkit_status_t normkit_last_error_copy(char *buf, size_t len, size_t *needed);
  * Clears this thread's last error message.
  */
 void normkit_clear_last_error(void);
+
+/**
+ * Fills `comm` with a single-rank group (world_size 1, rank 0) and NULL callbacks.
+ */
+normkit_status_t normkit_communicator_init(struct normkit_communicator_t *comm);
 
 /**
  * Fills `config` with the defaults: automatic device choice, NULL stream, default thread
@@ -1014,6 +1280,53 @@ normkit_status_t normkit_module_reset_running_stats(struct normkit_module_t *mod
 normkit_status_t normkit_module_reset_parameters(struct normkit_module_t *module);
 
 /**
+ * Backward of the module's last successful forward (PyTorch's autograd through this module):
+ * `x` is that forward's input (same shape and dtype), `grad_output` dL/dy (x's shape and
+ * dtype). Writes dL/dx into `grad_input` when it is not NULL (x's shape and dtype, any
+ * strides; it may be grad_output itself), and accumulates dL/dweight and dL/dbias into the
+ * module's gradients (read them with normkit_module_get_grad, clear them with
+ * normkit_module_zero_grad), as PyTorch's `.grad` does. Uses what the forward saved: batch
+ * statistics after a training forward, running statistics after an eval forward. A
+ * SyncBatchNorm after a synchronised forward all-reduces through its communicator when
+ * grad_input is requested (every rank must then request it); its parameter gradients are
+ * this rank's (sum them over ranks as data-parallel training does). No forward yet:
+ * INVALID_ARGUMENT; x differs from the forward's input: SHAPE_MISMATCH; a failed collective:
+ * COMMUNICATOR.
+ */
+normkit_status_t normkit_module_backward(struct normkit_context_t *ctx,
+                                         struct normkit_module_t *module,
+                                         const struct normkit_tensor_t *x,
+                                         const struct normkit_tensor_t *grad_output,
+                                         struct normkit_tensor_t *grad_input);
+
+/**
+ * Copies the accumulated gradient of parameter `name` ("weight" or "bias") into the caller
+ * tensor `dst` (any float dtype and shape with the parameter's element count; values
+ * converted). No backward since creation or normkit_module_zero_grad: NO_GRADIENT; a name
+ * the module has no parameter for: INVALID_ARGUMENT; wrong element count: SHAPE_MISMATCH.
+ */
+normkit_status_t normkit_module_get_grad(const struct normkit_module_t *module,
+                                         const char *name,
+                                         struct normkit_tensor_t *dst);
+
+/**
+ * Clears the module's accumulated parameter gradients (PyTorch's zero_grad(set_to_none=True):
+ * normkit_module_get_grad then reports NO_GRADIENT until the next backward).
+ */
+normkit_status_t normkit_module_zero_grad(struct normkit_module_t *module);
+
+/**
+ * Sets the process group of a SyncBatchNorm module (created with NORMKIT_KIND_SYNC): `comm` is
+ * validated and copied (normkit keeps no pointer to it, but keeps comm->user_data and calls
+ * the callbacks during later training forwards/backwards of this module, so user_data must
+ * outlive that use). NULL clears it: the module then behaves as BatchNorm (as does a module
+ * with world_size 1, or in eval mode). Another kind of module: INVALID_ARGUMENT; an invalid
+ * table: NULL_POINTER (a NULL callback), INVALID_ARGUMENT (world_size, rank), STRUCT_SIZE.
+ */
+normkit_status_t normkit_module_set_communicator(struct normkit_module_t *module,
+                                                 const struct normkit_communicator_t *comm);
+
+/**
  * Fills `args` with PyTorch's defaults (momentum 0.1, eps 1e-5, every tensor NULL).
  */
 normkit_status_t normkit_batch_norm_args_init(struct normkit_batch_norm_args_t *args);
@@ -1038,6 +1351,22 @@ normkit_status_t normkit_batch_norm_forward_training(struct normkit_context_t *c
  */
 normkit_status_t normkit_batch_norm_forward_inference(struct normkit_context_t *ctx,
                                                       const struct normkit_batch_norm_args_t *args);
+
+/**
+ * SyncBatchNorm's training forward on this rank (torch.nn.SyncBatchNorm in training): as
+ * normkit_batch_norm_forward_training, but the batch statistics are those of the union of
+ * every rank's local batch, exchanged with one comm->all_gather of 2*C + 1 doubles per rank;
+ * every rank ends with the same running statistics (unbiased with the global count). x may
+ * have an empty batch (N = 0) on some ranks; they still take part. `*global_count` receives
+ * the element count per channel over all ranks, which normkit_sync_batch_norm_backward needs.
+ * With comm->world_size 1 this is normkit_batch_norm_forward_training. A failing callback:
+ * NORMKIT_STATUS_COMMUNICATOR, with the running statistics and the counter unchanged.
+ * (Inference needs no communicator: use normkit_batch_norm_forward_inference.)
+ */
+normkit_status_t normkit_sync_batch_norm_forward(struct normkit_context_t *ctx,
+                                                 const struct normkit_batch_norm_args_t *args,
+                                                 const struct normkit_communicator_t *comm,
+                                                 double *global_count);
 
 /**
  * Fills `args` with PyTorch's defaults (use_input_stats, momentum 0.1, eps 1e-5).
@@ -1082,6 +1411,85 @@ normkit_status_t normkit_local_response_norm_args_init(struct normkit_local_resp
  */
 normkit_status_t normkit_local_response_norm_forward(struct normkit_context_t *ctx,
                                                      const struct normkit_local_response_norm_args_t *args);
+
+/**
+ * Fills `args` with the defaults (eps 1e-5, accumulate false, every tensor NULL).
+ */
+normkit_status_t normkit_norm_backward_args_init(struct normkit_norm_backward_args_t *args);
+
+/**
+ * Backward of batch normalisation (F.batch_norm): with save_mean/save_invstd (training) dx =
+ * γ·r·(g − mean(g) − x̂·mean(g·x̂)); with running_mean/running_var/eps (frozen BatchNorm) dx =
+ * g·γ/sqrt(running_var + eps). dweight = Σ g·x̂, dbias = Σ g per channel.
+ *
+ * Errors: NULL ctx/args/x/grad_output (NULL_POINTER), neither or half a statistics pair
+ * (NULL_POINTER), both pairs or eps < 0 (INVALID_ARGUMENT), shapes and element counts
+ * (SHAPE_MISMATCH), dtypes (UNSUPPORTED_DTYPE), overlapping outputs (UNSUPPORTED_LAYOUT).
+ * Nothing is written on failure.
+ */
+normkit_status_t normkit_batch_norm_backward(struct normkit_context_t *ctx,
+                                             const struct normkit_norm_backward_args_t *args);
+
+/**
+ * Backward of instance normalisation (F.instance_norm): save_mean/save_invstd have N*C
+ * elements (use_input_stats), or running_mean/running_var (C) after a forward with
+ * use_input_stats false. Parameter gradients sum over the batch. Errors as
+ * normkit_batch_norm_backward.
+ */
+normkit_status_t normkit_instance_norm_backward(struct normkit_context_t *ctx,
+                                                const struct normkit_norm_backward_args_t *args);
+
+/**
+ * SyncBatchNorm's backward on this rank, after normkit_sync_batch_norm_forward (pass its
+ * save_mean/save_invstd and `global_count`): when grad_input is requested, Σg and Σg·(x − μ)
+ * are summed over the ranks with one comm->all_reduce_sum of 2*C doubles (every rank must
+ * then request grad_input); grad_weight/grad_bias are this rank's sums (summing them over the
+ * ranks gives the full-batch gradients). With running statistics, or comm->world_size 1, it
+ * is normkit_batch_norm_backward (no collective). global_count must be finite and >= 0
+ * (INVALID_ARGUMENT); a failing callback: COMMUNICATOR.
+ */
+normkit_status_t normkit_sync_batch_norm_backward(struct normkit_context_t *ctx,
+                                                  const struct normkit_norm_backward_args_t *args,
+                                                  const struct normkit_communicator_t *comm,
+                                                  double global_count);
+
+/**
+ * Fills `args` with the defaults (num_groups 1, accumulate false, every tensor NULL).
+ */
+normkit_status_t normkit_group_norm_backward_args_init(struct normkit_group_norm_backward_args_t *args);
+
+/**
+ * Fills `args` with the defaults (normalized_ndim 1, accumulate false, every tensor NULL).
+ */
+normkit_status_t normkit_layer_norm_backward_args_init(struct normkit_layer_norm_backward_args_t *args);
+
+/**
+ * Backward of group normalisation (F.group_norm), from the forward's saved statistics:
+ * dx = r·(ĝ − mean_grp(ĝ) − x̂·mean_grp(ĝ·x̂)) with ĝ = g·γ_c; dweight = Σ g·x̂, dbias = Σ g per
+ * channel. Errors as normkit_batch_norm_backward; num_groups not a positive divisor of C:
+ * INVALID_ARGUMENT.
+ */
+normkit_status_t normkit_group_norm_backward(struct normkit_context_t *ctx,
+                                             const struct normkit_group_norm_backward_args_t *args);
+
+/**
+ * Backward of layer normalisation (F.layer_norm) over x's trailing normalized_ndim dims, from
+ * the forward's saved statistics. Errors as normkit_batch_norm_backward.
+ */
+normkit_status_t normkit_layer_norm_backward(struct normkit_context_t *ctx,
+                                             const struct normkit_layer_norm_backward_args_t *args);
+
+/**
+ * Fills `args` with PyTorch's defaults (alpha 1e-4, beta 0.75, k 1; size 0 must be set).
+ */
+normkit_status_t normkit_local_response_norm_backward_args_init(struct normkit_local_response_norm_backward_args_t *args);
+
+/**
+ * Backward of local response normalisation (F.local_response_norm). size 0 or negative:
+ * INVALID_ARGUMENT; otherwise errors as normkit_batch_norm_backward.
+ */
+normkit_status_t normkit_local_response_norm_backward(struct normkit_context_t *ctx,
+                                                      const struct normkit_local_response_norm_backward_args_t *args);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -42,6 +42,9 @@ pub enum normkit_status_t {
     NORMKIT_STATUS_OVERFLOW = 108,
     /// A lazy module's state was read before its first input (or before it was loaded).
     NORMKIT_STATUS_NOT_INITIALIZED = 200,
+    /// A parameter has no gradient yet: no normkit_module_backward since the module was
+    /// created or since normkit_module_zero_grad.
+    NORMKIT_STATUS_NO_GRADIENT = 201,
     /// A tensor lives on a device the context does not run on.
     NORMKIT_STATUS_DEVICE_MISMATCH = 300,
     /// The requested device is not available (no CUDA backend in this build, no driver, no
@@ -63,7 +66,7 @@ use normkit_status_t as S;
 
 /// Every status with its number and static description (the source of
 /// normkit_status_string and of the test that pins the numbers).
-pub(crate) const STATUS_TABLE: [(normkit_status_t, i32, &std::ffi::CStr); 17] = [
+pub(crate) const STATUS_TABLE: [(normkit_status_t, i32, &std::ffi::CStr); 18] = [
     (S::NORMKIT_STATUS_OK, 0, c"success"),
     (S::NORMKIT_STATUS_INVALID_ARGUMENT, 100, c"invalid argument"),
     (S::NORMKIT_STATUS_NULL_POINTER, 101, c"NULL pointer"),
@@ -87,6 +90,7 @@ pub(crate) const STATUS_TABLE: [(normkit_status_t, i32, &std::ffi::CStr); 17] = 
         200,
         c"lazy module not initialized",
     ),
+    (S::NORMKIT_STATUS_NO_GRADIENT, 201, c"no gradient yet"),
     (S::NORMKIT_STATUS_DEVICE_MISMATCH, 300, c"device mismatch"),
     (
         S::NORMKIT_STATUS_DEVICE_UNAVAILABLE,

@@ -18,6 +18,7 @@
 // function, and a context/module is used by one thread at a time.
 #![allow(clippy::missing_safety_doc)]
 
+pub mod comm;
 pub mod context;
 pub mod error;
 pub mod module;
@@ -268,6 +269,7 @@ mod tests {
             (S::NORMKIT_STATUS_ABI_MISMATCH, 107),
             (S::NORMKIT_STATUS_OVERFLOW, 108),
             (S::NORMKIT_STATUS_NOT_INITIALIZED, 200),
+            (S::NORMKIT_STATUS_NO_GRADIENT, 201),
             (S::NORMKIT_STATUS_DEVICE_MISMATCH, 300),
             (S::NORMKIT_STATUS_DEVICE_UNAVAILABLE, 301),
             (S::NORMKIT_STATUS_BACKEND, 302),

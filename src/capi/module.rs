@@ -8,10 +8,11 @@
 
 use std::ffi::{CStr, c_char};
 
+use super::comm::{CCommunicator, normkit_communicator_t};
 use super::context::{context_ref, normkit_context_t};
 use super::error::{CResult, CapiError, boundary, normkit_status_t, normkit_status_t as S};
 use super::ops::run_op;
-use super::tensor::{Desc, Elem, Need, normkit_dtype_t, normkit_tensor_t, required};
+use super::tensor::{Desc, Elem, Io, Need, normkit_dtype_t, normkit_tensor_t, required};
 use super::tensor::{NORMKIT_DTYPE_CODE_BFLOAT, NORMKIT_DTYPE_CODE_FLOAT};
 use super::{read_str, read_struct, write_out};
 use crate::dtype::DType;
@@ -36,7 +37,37 @@ pub const NORMKIT_KIND_SYNC: i32 = 4;
 /// A normalization module (opaque). Create it with a normkit_<family>_create function, destroy
 /// it with normkit_module_destroy. Used by one thread at a time.
 pub struct normkit_module_t {
-    inner: Box<dyn Module + Send>,
+    inner: Inner,
+}
+
+/// A module: SyncBatchNorm kept as its concrete type (its communicator can be set), every
+/// other module behind the trait. Derefs to the trait object.
+enum Inner {
+    SyncBatchNorm(Box<BatchNorm>),
+    Other(Box<dyn Module + Send>),
+}
+
+impl std::ops::Deref for Inner {
+    type Target = dyn Module + Send;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Inner::SyncBatchNorm(b) => b.as_ref(),
+            Inner::Other(m) => m.as_ref(),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Inner {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Inner::SyncBatchNorm(b) => b.as_mut(),
+            Inner::Other(m) => m.as_mut(),
+        }
+    }
+}
+
+fn other(m: impl Module + Send + 'static) -> Inner {
+    Inner::Other(Box::new(m))
 }
 
 const F32: normkit_dtype_t = normkit_dtype_t {
@@ -77,7 +108,7 @@ unsafe fn create<T: Copy>(
     ctx: *const normkit_context_t,
     config: *const T,
     out: *mut *mut normkit_module_t,
-    build: impl FnOnce(&T) -> CResult<Box<dyn Module + Send>>,
+    build: impl FnOnce(&T) -> CResult<Inner>,
 ) -> CResult<()> {
     // SAFETY: ctx is NULL or live (caller contract).
     unsafe { context_ref(ctx) }?;
@@ -199,10 +230,12 @@ pub unsafe extern "C" fn normkit_batch_norm_create(
                     bias: c.bias,
                     dtype: param_dtype(c.param_dtype)?,
                 };
-                Ok(if c.lazy {
-                    Box::new(BatchNorm::lazy(kind, cfg))
-                } else {
-                    Box::new(BatchNorm::new(kind, cfg))
+                Ok(match (c.lazy, kind) {
+                    (true, _) => other(BatchNorm::lazy(kind, cfg)),
+                    (false, BatchNormKind::SyncBatchNorm) => {
+                        Inner::SyncBatchNorm(Box::new(BatchNorm::new(kind, cfg)))
+                    }
+                    (false, _) => other(BatchNorm::new(kind, cfg)),
                 })
             })
         }
@@ -319,11 +352,11 @@ pub unsafe extern "C" fn normkit_instance_norm_create(
                     bias: c.bias,
                     dtype: param_dtype(c.param_dtype)?,
                 };
-                Ok(if c.lazy {
-                    Box::new(InstanceNorm::lazy(kind, cfg))
+                Ok(other(if c.lazy {
+                    InstanceNorm::lazy(kind, cfg)
                 } else {
-                    Box::new(InstanceNorm::new(kind, cfg))
-                })
+                    InstanceNorm::new(kind, cfg)
+                }))
             })
         }
     })
@@ -393,7 +426,7 @@ pub unsafe extern "C" fn normkit_group_norm_create(
                     bias: c.bias,
                     dtype: param_dtype(c.param_dtype)?,
                 };
-                Ok(Box::new(GroupNorm::new(cfg)?))
+                Ok(other(GroupNorm::new(cfg)?))
             })
         }
     })
@@ -484,7 +517,7 @@ pub unsafe extern "C" fn normkit_layer_norm_create(
                     bias: c.bias,
                     dtype: param_dtype(c.param_dtype)?,
                 };
-                Ok(Box::new(LayerNorm::new(cfg)))
+                Ok(other(LayerNorm::new(cfg)))
             })
         }
     })
@@ -547,7 +580,7 @@ pub unsafe extern "C" fn normkit_local_response_norm_create(
                     if size == 0 {
                         return Err(CapiError::invalid("config.size", "must be > 0, got 0"));
                     }
-                    Ok(Box::new(LocalResponseNorm::with_args(LrnArgs {
+                    Ok(other(LocalResponseNorm::with_args(LrnArgs {
                         size,
                         alpha: c.alpha,
                         beta: c.beta,
@@ -794,8 +827,8 @@ pub unsafe extern "C" fn normkit_module_get_state(
     dst: *mut normkit_tensor_t,
 ) -> normkit_status_t {
     boundary!("normkit_module_get_state", {
-        // SAFETY: ctx is NULL or live (caller contract).
-        let ctx = unsafe { context_ref(ctx) }?;
+        // SAFETY: ctx is NULL or live (caller contract). (The copy needs no thread pool.)
+        unsafe { context_ref(ctx) }?;
         // SAFETY: module is NULL or live (caller contract).
         let m = unsafe { module_ref(module) }?;
         // SAFETY: name is NULL or a NUL-terminated string (caller contract).
@@ -811,20 +844,31 @@ pub unsafe extern "C" fn normkit_module_get_state(
             return unsafe { d.write_i64(n) };
         };
         // SAFETY: the tensor contract for dst.
-        unsafe {
-            run_op(ctx, [], [("dst", dst, Need::Required)], move |[], [dst]| {
-                let mut dst = required(dst, "dst")?;
-                if dst.numel() != b.len() {
-                    return Err(numel_error("dst", b.len(), dst.numel()));
-                }
-                let data = b.as_data();
-                for i in 0..b.len() {
-                    dst.set_linear_f64(i, data.get_f64(i));
-                }
-                Ok(())
-            })
-        }
+        unsafe { copy_out("state entry", dst, &b) }
     })
+}
+
+/// Copies `b` into the caller tensor `dst` (any float dtype, strides and shape with b's element
+/// count; values converted).
+///
+/// # Safety
+/// `dst` follows the tensor contract.
+unsafe fn copy_out(what: &str, dst: *mut normkit_tensor_t, b: &Buffer) -> CResult<()> {
+    // SAFETY: forwarded tensor contract.
+    let mut io = unsafe { Io::new(&[], &[("dst", dst, Need::Required)]) }?;
+    {
+        let ([], [dst]) = io.views::<0, 1>()?;
+        let mut dst = required(dst, "dst")?;
+        if dst.numel() != b.len() {
+            return Err(numel_error(what, "dst", b.len(), dst.numel()));
+        }
+        let data = b.as_data();
+        for i in 0..b.len() {
+            dst.set_linear_f64(i, data.get_f64(i));
+        }
+    }
+    io.write_back();
+    Ok(())
 }
 
 /// Overwrites state entry `name` from the caller tensor `src` (same rules as
@@ -861,7 +905,7 @@ pub unsafe extern "C" fn normkit_module_set_state(
             run_op(ctx, [("src", src, Need::Required)], [], move |[src], []| {
                 let src = required(src, "src")?;
                 if let Some(n) = expected.filter(|&n| n != src.numel()) {
-                    return Err(numel_error("src", n, src.numel()));
+                    return Err(numel_error("state entry", "src", n, src.numel()));
                 }
                 let value = Buffer::from_f64(src.dtype(), &src.to_f64_vec());
                 Ok(inner.load_state(name, &State::Tensor(value))?)
@@ -870,10 +914,10 @@ pub unsafe extern "C" fn normkit_module_set_state(
     })
 }
 
-fn numel_error(arg: &str, expected: usize, got: usize) -> CapiError {
+fn numel_error(what: &str, arg: &str, expected: usize, got: usize) -> CapiError {
     CapiError::new(
         S::NORMKIT_STATUS_SHAPE_MISMATCH,
-        format!("{arg}: the state entry has {expected} elements, the tensor has {got}"),
+        format!("{arg}: the {what} has {expected} elements, the tensor has {got}"),
     )
 }
 
@@ -913,6 +957,120 @@ pub unsafe extern "C" fn normkit_module_reset_parameters(
     boundary!("normkit_module_reset_parameters", {
         // SAFETY: module is NULL or live and used by this thread only (caller contract).
         unsafe { module_mut(module) }?.inner.reset_parameters();
+        Ok(())
+    })
+}
+
+/// Backward of the module's last successful forward (PyTorch's autograd through this module):
+/// `x` is that forward's input (same shape and dtype), `grad_output` dL/dy (x's shape and
+/// dtype). Writes dL/dx into `grad_input` when it is not NULL (x's shape and dtype, any
+/// strides; it may be grad_output itself), and accumulates dL/dweight and dL/dbias into the
+/// module's gradients (read them with normkit_module_get_grad, clear them with
+/// normkit_module_zero_grad), as PyTorch's `.grad` does. Uses what the forward saved: batch
+/// statistics after a training forward, running statistics after an eval forward. A
+/// SyncBatchNorm after a synchronised forward all-reduces through its communicator when
+/// grad_input is requested (every rank must then request it); its parameter gradients are
+/// this rank's (sum them over ranks as data-parallel training does). No forward yet:
+/// INVALID_ARGUMENT; x differs from the forward's input: SHAPE_MISMATCH; a failed collective:
+/// COMMUNICATOR.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn normkit_module_backward(
+    ctx: *mut normkit_context_t,
+    module: *mut normkit_module_t,
+    x: *const normkit_tensor_t,
+    grad_output: *const normkit_tensor_t,
+    grad_input: *mut normkit_tensor_t,
+) -> normkit_status_t {
+    boundary!("normkit_module_backward", {
+        // SAFETY: ctx is NULL or live (caller contract).
+        let ctx = unsafe { context_ref(ctx) }?;
+        // SAFETY: module is NULL or live and used by this thread only (caller contract).
+        let m = unsafe { module_mut(module) }?;
+        let inner = &mut m.inner;
+        // SAFETY: the tensor contract for x, grad_output and grad_input.
+        unsafe {
+            run_op(
+                ctx,
+                [
+                    ("x", x, Need::Required),
+                    ("grad_output", grad_output, Need::Required),
+                ],
+                [("grad_input", grad_input, Need::Optional)],
+                move |[x, g], [mut gi]| {
+                    let x = required(x, "x")?;
+                    let g = required(g, "grad_output")?;
+                    Ok(inner.backward(&x, &g, gi.as_mut())?)
+                },
+            )
+        }
+    })
+}
+
+/// Copies the accumulated gradient of parameter `name` ("weight" or "bias") into the caller
+/// tensor `dst` (any float dtype and shape with the parameter's element count; values
+/// converted). No backward since creation or normkit_module_zero_grad: NO_GRADIENT; a name
+/// the module has no parameter for: INVALID_ARGUMENT; wrong element count: SHAPE_MISMATCH.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn normkit_module_get_grad(
+    module: *const normkit_module_t,
+    name: *const c_char,
+    dst: *mut normkit_tensor_t,
+) -> normkit_status_t {
+    boundary!("normkit_module_get_grad", {
+        // SAFETY: module is NULL or live (caller contract).
+        let m = unsafe { module_ref(module) }?;
+        // SAFETY: name is NULL or a NUL-terminated string (caller contract).
+        let name = unsafe { read_str("name", name) }?;
+        let Some(b) = m.inner.grad(name)? else {
+            return Err(CapiError::new(
+                S::NORMKIT_STATUS_NO_GRADIENT,
+                format!("{name}: no gradient yet (run normkit_module_backward first)"),
+            ));
+        };
+        // SAFETY: the tensor contract for dst.
+        unsafe { copy_out("gradient", dst, &b) }
+    })
+}
+
+/// Clears the module's accumulated parameter gradients (PyTorch's zero_grad(set_to_none=True):
+/// normkit_module_get_grad then reports NO_GRADIENT until the next backward).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn normkit_module_zero_grad(
+    module: *mut normkit_module_t,
+) -> normkit_status_t {
+    boundary!("normkit_module_zero_grad", {
+        // SAFETY: module is NULL or live and used by this thread only (caller contract).
+        unsafe { module_mut(module) }?.inner.zero_grad();
+        Ok(())
+    })
+}
+
+/// Sets the process group of a SyncBatchNorm module (created with NORMKIT_KIND_SYNC): `comm` is
+/// validated and copied (normkit keeps no pointer to it, but keeps comm->user_data and calls
+/// the callbacks during later training forwards/backwards of this module, so user_data must
+/// outlive that use). NULL clears it: the module then behaves as BatchNorm (as does a module
+/// with world_size 1, or in eval mode). Another kind of module: INVALID_ARGUMENT; an invalid
+/// table: NULL_POINTER (a NULL callback), INVALID_ARGUMENT (world_size, rank), STRUCT_SIZE.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn normkit_module_set_communicator(
+    module: *mut normkit_module_t,
+    comm: *const normkit_communicator_t,
+) -> normkit_status_t {
+    boundary!("normkit_module_set_communicator", {
+        // SAFETY: module is NULL or live and used by this thread only (caller contract).
+        let m = unsafe { module_mut(module) }?;
+        let name = m.inner.name();
+        let Inner::SyncBatchNorm(bn) = &mut m.inner else {
+            return Err(CapiError::invalid(
+                "module",
+                format!(
+                    "is a {name}; only a SyncBatchNorm (NORMKIT_KIND_SYNC) takes a communicator"
+                ),
+            ));
+        };
+        // SAFETY: comm is NULL or a readable table (caller contract).
+        let group = unsafe { CCommunicator::from_c_opt("comm", comm) }?;
+        bn.set_process_group(group);
         Ok(())
     })
 }
