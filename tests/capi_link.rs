@@ -5,6 +5,9 @@
 //! The library is (re)built first with `cargo build --lib` in the test's own profile and target
 //! directory, so the test never links a stale libnormkit.
 
+mod capi_common;
+
+use capi_common::{build_library, profile_dir, run, valgrind_available};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -19,57 +22,6 @@ const NATIVE_STATIC_LIBS: &[&str] = &[
     "-ldl",
     "-lc",
 ];
-
-/// target/<profile>, found from this test executable (target/<profile>/deps/capi_link-*).
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps")
-        .to_path_buf()
-}
-
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{text}",
-        out.status
-    );
-    text
-}
-
-fn build_library(profile: &Path) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let target_dir = profile.parent().expect("target dir");
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--lib", "--quiet"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("CARGO_TARGET_DIR", target_dir);
-    // Same features as this test build (CI runs `cargo test --all-features`), so the nested
-    // build reuses the test build's artifacts instead of rebuilding with other features.
-    if cfg!(feature = "cuda") {
-        cmd.args(["--features", "cuda"]);
-    }
-    if profile.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    run(&mut cmd, "cargo build --lib");
-    for lib in ["libnormkit.so", "libnormkit.a"] {
-        assert!(
-            profile.join(lib).exists(),
-            "{} missing after cargo build",
-            lib
-        );
-    }
-}
 
 struct Program {
     source: &'static str,
@@ -134,13 +86,6 @@ fn program_command(exe: &Path, profile: &Path, valgrind: bool) -> Command {
     cmd.env("LD_LIBRARY_PATH", profile)
         .env("RUST_BACKTRACE", "0");
     cmd
-}
-
-fn valgrind_available() -> bool {
-    Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
