@@ -3,8 +3,7 @@
 //!
 //! The callbacks are called only during a normkit call that synchronises (a SyncBatchNorm
 //! module's training forward/backward with world_size > 1, or normkit_sync_batch_norm_*), one
-//! at a time, on a worker thread of the context's CPU pool while the calling thread waits in
-//! that call: with MPI, initialise with MPI_Init_thread(MPI_THREAD_SERIALIZED or higher).
+//! at a time, on the thread that made that call (plain MPI_Init, MPI_THREAD_SINGLE, is enough).
 
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -106,9 +105,9 @@ pub(crate) struct CCommunicator {
     all_reduce_sum: ReduceFn,
 }
 
-// SAFETY: the header documents that the callbacks and user_data are called from a normkit
-// worker thread, one call at a time (a module, and so its communicator, is used by one thread
-// at a time); CCommunicator itself holds no Rust data that could race.
+// SAFETY: the callbacks and user_data are called on the thread that made the normkit call,
+// one call at a time (a module, and so its communicator, is used by one thread at a time, as
+// the header documents); CCommunicator itself holds no Rust data that could race.
 unsafe impl Send for CCommunicator {}
 // SAFETY: as for Send: callers of one communicator are serialised by the module/call contract.
 unsafe impl Sync for CCommunicator {}

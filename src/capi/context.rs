@@ -59,9 +59,10 @@ pub struct normkit_context_t {
 }
 
 impl normkit_context_t {
-    /// Runs `f` on this context's CPU thread pool.
+    /// Runs `f` on the calling thread with this context's CPU thread count for the kernels it
+    /// starts (callbacks such as a SyncBatchNorm communicator run on the calling thread).
     pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        crate::backend::cpu::threads::install(Some(self.threads), f)
+        crate::backend::cpu::threads::with_threads(self.threads, f)
     }
 }
 
@@ -232,6 +233,7 @@ mod tests {
             stream: std::ptr::null_mut(),
             threads: 3,
         };
-        assert_eq!(ctx.install(rayon::current_num_threads), 3);
+        let kernels = || crate::backend::cpu::threads::install(None, rayon::current_num_threads);
+        assert_eq!(ctx.install(kernels), 3);
     }
 }

@@ -10,6 +10,26 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 static DEFAULT_THREADS: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// A count chosen by the caller for calls made on this thread (see [`with_threads`]).
+    static CALLER_THREADS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` on the calling thread with `threads` as the count the kernels it starts use
+/// (a C ABI context's setting). Unlike [`install`], `f` itself stays on the caller's thread,
+/// so anything it calls back into (a SyncBatchNorm communicator, e.g. MPI) runs there too.
+pub fn with_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
+    let previous = CALLER_THREADS.with(|c| c.replace(Some(threads)));
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CALLER_THREADS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(previous);
+    f()
+}
+
 fn pools() -> &'static Mutex<HashMap<usize, Arc<rayon::ThreadPool>>> {
     static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
     POOLS.get_or_init(|| Mutex::new(HashMap::new()))
@@ -42,7 +62,9 @@ pub fn install<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) ->
     if threads.is_none() && rayon::current_thread_index().is_some() {
         return f();
     }
-    let n = threads.unwrap_or_else(num_threads);
+    let n = threads
+        .or_else(|| CALLER_THREADS.with(|c| c.get()))
+        .unwrap_or_else(num_threads);
     if n == 0 {
         return f();
     }
@@ -73,6 +95,21 @@ pub fn install<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_threads_keeps_the_caller_thread_and_sets_the_kernels_count() {
+        let caller = std::thread::current().id();
+        let (same, n) = with_threads(3, || {
+            (
+                std::thread::current().id() == caller,
+                install(None, rayon::current_num_threads),
+            )
+        });
+        assert!(same);
+        assert_eq!(n, 3);
+        // restored afterwards
+        assert_eq!(CALLER_THREADS.with(|c| c.get()), None);
+    }
 
     #[test]
     fn install_uses_the_requested_count() {
