@@ -11,8 +11,25 @@ use crate::dtype::{Element, Real};
 /// results never depend on the thread count.
 pub const LANES: usize = 16;
 
+/// Compiles each enclosed function once per instruction set (AVX-512, AVX2+FMA, baseline) and
+/// picks the clone at run time (`multiversion`; no `unsafe` here). The clones perform the same
+/// IEEE operations in the same order (Rust never contracts `a·b + c` into an FMA), so results
+/// do not depend on the CPU.
+macro_rules! simd_clones {
+    ($($item:item)*) => {
+        $(
+            #[multiversion::multiversion(targets(
+                "x86_64+avx512f+avx512bw+avx512vl+avx2+fma+f16c",
+                "x86_64+avx2+fma+f16c",
+            ))]
+            $item
+        )*
+    };
+}
+pub(crate) use simd_clones;
+
+simd_clones! {
 /// Σ x over `xs`, in the accumulator type.
-#[inline]
 pub fn sum<T: Element>(xs: &[T]) -> T::Acc {
     let mut acc = [T::Acc::ZERO; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -26,6 +43,7 @@ pub fn sum<T: Element>(xs: &[T]) -> T::Acc {
         acc[i] += v.to_acc();
     }
     combine(acc)
+}
 }
 
 /// A mean held as an unevaluated sum `hi + lo` of two compute-type values.
@@ -60,9 +78,9 @@ impl<C: Real> Centre<C> {
     }
 }
 
+simd_clones! {
 /// Σ (x − mean)² over `xs`: the difference and its square in the compute type, the sum in the
 /// accumulator type.
-#[inline]
 pub fn sum_sq_dev<T: Element>(xs: &[T], mean: Centre<T::Compute>) -> T::Acc {
     let mut acc = [T::Acc::ZERO; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -78,6 +96,7 @@ pub fn sum_sq_dev<T: Element>(xs: &[T], mean: Centre<T::Compute>) -> T::Acc {
         acc[i] += acc_of::<T>(d * d);
     }
     combine(acc)
+}
 }
 
 /// Converts a compute-type value into the accumulator type (exact: the accumulator is at
