@@ -19,6 +19,7 @@
 #include "common/compat.cuh"
 #include "common/types.cuh"
 #include "common/welford.cuh"
+#include "common/reduce.cuh"
 #include "common/params.cuh"
 
 namespace normkit {
@@ -197,6 +198,170 @@ NK_DEVICE void batch_norm_infer(const BatchNormApplyParams p) {
     }
 }
 
+// ---- Backward ------------------------------------------------------------------------------
+// Training (saved mean/rstd) = 2 launches:
+//   bwd_reduce_{nchw,nhwc}  same grid and split decomposition as the stats kernels. Each block
+//     writes its per-channel partial (Σdy, Σdy·(x − μ)) to the workspace and takes a ticket;
+//     the last block of a channel (tile) adds the partials in split order (A, B), then writes
+//     the coefficients of dx = dy·p + (x − μ)·q + o (in f64, rounded to C, CPU order):
+//       p = r·γ, q = −r³·γB/M, o = −r·γA/M   (M = n·s)
+//     and grad_weight = B·r, grad_bias = A (overwritten or accumulated); resets the counter.
+//   bwd_input_{nchw,nhwc}  dx elementwise from the coefficients. Grid-stride.
+// Frozen (running statistics, training = 0): r = 1/sqrt(rv + eps) in C, q = o = 0; the input
+//   kernel computes p = r·γ itself (1 launch); the reduce runs only for grad_weight/grad_bias.
+// Workspace (C values): sa[splits·c], sb[splits·c], coef[3·c] (p, q, o).
+template <class C> struct BnBwdWorkspace {
+    C* sa;
+    C* sb;
+    C* coef;
+};
+
+template <class C> NK_DEVICE BnBwdWorkspace<C> bn_bwd_workspace(const NormBwdParams& p) {
+    BnBwdWorkspace<C> ws;
+    const i64 slots = p.splits * p.c;
+    ws.sa = static_cast<C*>(p.workspace);
+    ws.sb = ws.sa + slots;
+    ws.coef = ws.sb + slots;
+    return ws;
+}
+
+template <class C> NK_DEVICE C bn_bwd_rstd(const NormBwdParams& p, i64 ch) {
+    const C v = static_cast<const C*>(p.rstd_or_var)[ch];
+    return p.training ? v : (C)1 / nk_sqrt(v + (C)p.eps);
+}
+
+template <class C>
+NK_DEVICE void bn_bwd_finish_channel(const NormBwdParams& p, const BnBwdWorkspace<C>& ws, i64 ch) {
+    C a = (C)0, b = (C)0;
+    for (i64 k = 0; k < p.splits; ++k) {
+        a += ((volatile C*)ws.sa)[k * p.c + ch];
+        b += ((volatile C*)ws.sb)[k * p.c + ch];
+    }
+    const C r = bn_bwd_rstd<C>(p, ch);
+    const C gamma = p.weight ? static_cast<const C*>(p.weight)[ch] : (C)1;
+    const double rd = (double)r;
+    const double count = (double)(p.n * p.s);
+    ws.coef[ch] = r * gamma;
+    ws.coef[p.c + ch] = p.training ? (C)(-rd * rd * rd * ((double)gamma * (double)b) / count) : (C)0;
+    ws.coef[2 * p.c + ch] = p.training ? (C)(-rd * ((double)gamma * (double)a) / count) : (C)0;
+    store_param_grad<C>(p.grad_weight, ch, (double)b * rd, p.accumulate);
+    store_param_grad<C>(p.grad_bias, ch, (double)a, p.accumulate);
+}
+
+template <class S>
+NK_DEVICE void batch_norm_bwd_reduce_nchw(const NormBwdParams p) {
+    typedef typename Traits<S>::C C;
+    __shared__ C smem[32];
+    __shared__ int last;
+    const S* x = static_cast<const S*>(p.x);
+    const S* dy = static_cast<const S*>(p.dy);
+    const i64 ch = blockIdx.x;
+    const i64 split = blockIdx.y;
+    const i64 total = p.n * p.s;
+    const i64 lo = total * split / p.splits;
+    const i64 hi = total * (split + 1) / p.splits;
+    const C mu = static_cast<const C*>(p.mean)[ch];
+    C a = (C)0, b = (C)0;
+    for (i64 j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+        const i64 n = j / p.s;
+        const i64 off = (n * p.c + ch) * p.s + (j - n * p.s);
+        const C g = Traits<S>::load(dy[off]);
+        a += g;
+        b += g * (Traits<S>::load(x[off]) - mu);
+    }
+    a = block_all_reduce_sum(a, smem);
+    b = block_all_reduce_sum(b, smem);
+    const BnBwdWorkspace<C> ws = bn_bwd_workspace<C>(p);
+    if (threadIdx.x == 0) {
+        ws.sa[split * p.c + ch] = a;
+        ws.sb[split * p.c + ch] = b;
+        __threadfence();
+        u32* counter = static_cast<u32*>(p.counters) + ch;
+        last = atomicAdd(counter, 1u) == (u32)(p.splits - 1);
+    }
+    __syncthreads();
+    if (last && threadIdx.x == 0) {
+        __threadfence();
+        bn_bwd_finish_channel<C>(p, ws, ch);
+        static_cast<u32*>(p.counters)[ch] = 0u;
+    }
+}
+
+template <class S>
+NK_DEVICE void batch_norm_bwd_reduce_nhwc(const NormBwdParams p) {
+    typedef typename Traits<S>::C C;
+    __shared__ C ssa[8][32];
+    __shared__ C ssb[8][32];
+    __shared__ int last;
+    const S* x = static_cast<const S*>(p.x);
+    const S* dy = static_cast<const S*>(p.dy);
+    const i64 ch = (i64)blockIdx.x * 32 + threadIdx.x;
+    const i64 split = blockIdx.y;
+    const i64 rows = p.n * p.s;
+    const i64 lo = rows * split / p.splits;
+    const i64 hi = rows * (split + 1) / p.splits;
+    C a = (C)0, b = (C)0;
+    if (ch < p.c) {
+        const C mu = static_cast<const C*>(p.mean)[ch];
+        for (i64 r = lo + threadIdx.y; r < hi; r += blockDim.y) {
+            const C g = Traits<S>::load(dy[r * p.c + ch]);
+            a += g;
+            b += g * (Traits<S>::load(x[r * p.c + ch]) - mu);
+        }
+    }
+    ssa[threadIdx.y][threadIdx.x] = a;
+    ssb[threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    const BnBwdWorkspace<C> ws = bn_bwd_workspace<C>(p);
+    if (threadIdx.y == 0 && ch < p.c) {
+        C ta = (C)0, tb = (C)0;
+        for (int k = 0; k < (int)blockDim.y; ++k) {
+            ta += ssa[k][threadIdx.x];
+            tb += ssb[k][threadIdx.x];
+        }
+        ws.sa[split * p.c + ch] = ta;
+        ws.sb[split * p.c + ch] = tb;
+        __threadfence();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+        u32* counter = static_cast<u32*>(p.counters) + blockIdx.x;
+        last = atomicAdd(counter, 1u) == (u32)(p.splits - 1);
+    }
+    __syncthreads();
+    if (last) {
+        __threadfence();
+        if (threadIdx.y == 0 && ch < p.c) bn_bwd_finish_channel<C>(p, ws, ch);
+        if (threadIdx.x == 0 && threadIdx.y == 0) static_cast<u32*>(p.counters)[blockIdx.x] = 0u;
+    }
+}
+
+template <class S, bool NHWC>
+NK_DEVICE void batch_norm_bwd_input(const NormBwdParams p) {
+    typedef typename Traits<S>::C C;
+    const S* x = static_cast<const S*>(p.x);
+    const S* dy = static_cast<const S*>(p.dy);
+    S* dx = static_cast<S*>(p.dx);
+    const C* mean = static_cast<const C*>(p.mean);
+    const C* w = static_cast<const C*>(p.weight);
+    const C* coef = p.training ? bn_bwd_workspace<C>(p).coef : 0;
+    const i64 total = p.n * p.c * p.s;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (i64)gridDim.x * blockDim.x) {
+        const i64 c = NHWC ? i % p.c : (i / p.s) % p.c;
+        C pc, qc = (C)0, oc = (C)0;
+        if (coef) {
+            pc = coef[c];
+            qc = coef[p.c + c];
+            oc = coef[2 * p.c + c];
+        } else {
+            pc = w ? bn_bwd_rstd<C>(p, c) * w[c] : bn_bwd_rstd<C>(p, c);
+        }
+        const C d = Traits<S>::load(x[i]) - mean[c];
+        dx[i] = Traits<S>::store(Traits<S>::load(dy[i]) * pc + d * qc + oc);
+    }
+}
+
 }  // namespace normkit
 
 using namespace normkit;
@@ -225,3 +390,19 @@ NK_ENTRY(batch_norm_infer_nhwc_f32, BatchNormApplyParams, batch_norm_infer<float
 NK_ENTRY(batch_norm_infer_nhwc_f64, BatchNormApplyParams, batch_norm_infer<double, true>)
 NK_ENTRY(batch_norm_infer_nhwc_f16, BatchNormApplyParams, batch_norm_infer<f16, true>)
 NK_ENTRY(batch_norm_infer_nhwc_bf16, BatchNormApplyParams, batch_norm_infer<bf16, true>)
+NK_ENTRY(batch_norm_bwd_reduce_nchw_f32, NormBwdParams, batch_norm_bwd_reduce_nchw<float>)
+NK_ENTRY(batch_norm_bwd_reduce_nchw_f64, NormBwdParams, batch_norm_bwd_reduce_nchw<double>)
+NK_ENTRY(batch_norm_bwd_reduce_nchw_f16, NormBwdParams, batch_norm_bwd_reduce_nchw<f16>)
+NK_ENTRY(batch_norm_bwd_reduce_nchw_bf16, NormBwdParams, batch_norm_bwd_reduce_nchw<bf16>)
+NK_ENTRY(batch_norm_bwd_reduce_nhwc_f32, NormBwdParams, batch_norm_bwd_reduce_nhwc<float>)
+NK_ENTRY(batch_norm_bwd_reduce_nhwc_f64, NormBwdParams, batch_norm_bwd_reduce_nhwc<double>)
+NK_ENTRY(batch_norm_bwd_reduce_nhwc_f16, NormBwdParams, batch_norm_bwd_reduce_nhwc<f16>)
+NK_ENTRY(batch_norm_bwd_reduce_nhwc_bf16, NormBwdParams, batch_norm_bwd_reduce_nhwc<bf16>)
+NK_ENTRY(batch_norm_bwd_input_nchw_f32, NormBwdParams, batch_norm_bwd_input<float, false>)
+NK_ENTRY(batch_norm_bwd_input_nchw_f64, NormBwdParams, batch_norm_bwd_input<double, false>)
+NK_ENTRY(batch_norm_bwd_input_nchw_f16, NormBwdParams, batch_norm_bwd_input<f16, false>)
+NK_ENTRY(batch_norm_bwd_input_nchw_bf16, NormBwdParams, batch_norm_bwd_input<bf16, false>)
+NK_ENTRY(batch_norm_bwd_input_nhwc_f32, NormBwdParams, batch_norm_bwd_input<float, true>)
+NK_ENTRY(batch_norm_bwd_input_nhwc_f64, NormBwdParams, batch_norm_bwd_input<double, true>)
+NK_ENTRY(batch_norm_bwd_input_nhwc_f16, NormBwdParams, batch_norm_bwd_input<f16, true>)
+NK_ENTRY(batch_norm_bwd_input_nhwc_bf16, NormBwdParams, batch_norm_bwd_input<bf16, true>)

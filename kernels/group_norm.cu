@@ -12,13 +12,14 @@
 #include "common/compat.cuh"
 #include "common/types.cuh"
 #include "common/welford.cuh"
+#include "common/reduce.cuh"
 #include "common/params.cuh"
 
 namespace normkit {
 
 // Element offset of the i-th element of group (n, g), 0 <= i < cg·s.
-template <bool NHWC>
-NK_DEVICE i64 gn_offset(const GroupNormParams& p, i64 n, i64 g, i64 cg, i64 i, i64* channel) {
+template <bool NHWC, class P>
+NK_DEVICE i64 gn_offset(const P& p, i64 n, i64 g, i64 cg, i64 i, i64* channel) {
     if (NHWC) {
         const i64 px = i / cg;
         const i64 cc = g * cg + (i - px * cg);
@@ -46,7 +47,7 @@ NK_DEVICE void group_norm_fwd(const GroupNormParams p) {
         Welford<C> acc = welford_empty<C>();
         for (i64 i = threadIdx.x; i < len; i += nthreads) {
             i64 ch;
-            const i64 off = gn_offset<NHWC>(p, n, g, cg, i, &ch);
+            const i64 off = gn_offset<NHWC, GroupNormParams>(p, n, g, cg, i, &ch);
             welford_push(acc, Traits<S>::load(x[off]));
         }
         acc = block_all_reduce_welford(acc, smem);
@@ -54,7 +55,7 @@ NK_DEVICE void group_norm_fwd(const GroupNormParams p) {
         const C rstd = rstd_from_m2<C>(acc.m2, len, p.eps, p.clamp_var != 0, p.zero_var_rule != 0);
         for (i64 i = threadIdx.x; i < len; i += nthreads) {
             i64 ch;
-            const i64 off = gn_offset<NHWC>(p, n, g, cg, i, &ch);
+            const i64 off = gn_offset<NHWC, GroupNormParams>(p, n, g, cg, i, &ch);
             const C scale = w ? rstd * w[ch] : rstd;
             const C shift = b ? b[ch] : (C)0;
             y[off] = Traits<S>::store((Traits<S>::load(x[off]) - mean) * scale + shift);
@@ -65,6 +66,92 @@ NK_DEVICE void group_norm_fwd(const GroupNormParams p) {
         }
         __syncthreads();  // in place: all reads of this group finish before the next group
     }
+}
+
+// ---- Backward ------------------------------------------------------------------------------
+// group_norm_bwd_{nchw,nhwc} (GroupNorm; InstanceNorm with groups = c; saved statistics):
+// one launch, one block per (n, g), grid-stride. For each channel of the group the block sums
+// A = Σ_s dy and B = Σ_s dy·(x − μ) (block reductions: every thread holds the same totals),
+// then, in f64 and channel order, sa = Σ γ_c·A_c, sb = Σ γ_c·B_c, q = −r³·sb/M, o = −r·sa/M
+// (M = cg·s), and writes dx = dy·(r·γ_c) + (x − μ)·q + o over the group (a second read, mostly
+// from L2). With parameter gradients, A and B go to workspace (2·n·c C values); the last block
+// to take a ticket (counters[0], reset by it) writes grad_weight_c = Σ_n B_{n,c}·r_{n,g} and
+// grad_bias_c = Σ_n A_{n,c}, summed in n order in f64.
+template <class S, bool NHWC>
+NK_DEVICE void group_norm_bwd(const NormBwdParams p) {
+    typedef typename Traits<S>::C C;
+    __shared__ C smem[32];
+    __shared__ int last;
+    const S* x = static_cast<const S*>(p.x);
+    const S* dy = static_cast<const S*>(p.dy);
+    S* dx = static_cast<S*>(p.dx);
+    const C* w = static_cast<const C*>(p.weight);
+    const C* mean = static_cast<const C*>(p.mean);
+    const C* rstd = static_cast<const C*>(p.rstd_or_var);
+    const i64 cg = p.c / p.groups;
+    const i64 nc = p.n * p.c;
+    const bool params = p.workspace && (p.grad_weight || p.grad_bias);
+    C* wa = static_cast<C*>(p.workspace);
+    C* wb = params ? wa + nc : 0;
+    for (i64 ng = blockIdx.x; ng < p.n * p.groups; ng += gridDim.x) {
+        const i64 n = ng / p.groups;
+        const i64 g = ng - n * p.groups;
+        const C mu = mean[ng];
+        const C r = rstd[ng];
+        double sa = 0.0, sb = 0.0;
+        for (i64 cc = 0; cc < cg; ++cc) {
+            const i64 ch = g * cg + cc;
+            C a = (C)0, b = (C)0;
+            for (i64 t = threadIdx.x; t < p.s; t += blockDim.x) {
+                const i64 off = NHWC ? (n * p.s + t) * p.c + ch : (n * p.c + ch) * p.s + t;
+                const C gv = Traits<S>::load(dy[off]);
+                a += gv;
+                b += gv * (Traits<S>::load(x[off]) - mu);
+            }
+            a = block_all_reduce_sum(a, smem);
+            b = block_all_reduce_sum(b, smem);
+            const double gm = w ? (double)w[ch] : 1.0;
+            sa += gm * (double)a;
+            sb += gm * (double)b;
+            if (params && threadIdx.x == 0) {
+                wa[n * p.c + ch] = a;
+                wb[n * p.c + ch] = b;
+            }
+        }
+        if (dx) {
+            const double rd = (double)r;
+            const double count = (double)(cg * p.s);
+            const C q = (C)(-rd * rd * rd * sb / count);
+            const C o = (C)(-rd * sa / count);
+            for (i64 i = threadIdx.x; i < cg * p.s; i += blockDim.x) {
+                i64 ch;
+                const i64 off = gn_offset<NHWC, NormBwdParams>(p, n, g, cg, i, &ch);
+                const C pc = w ? r * w[ch] : r;
+                const C d = Traits<S>::load(x[off]) - mu;
+                dx[off] = Traits<S>::store(Traits<S>::load(dy[off]) * pc + d * q + o);
+            }
+        }
+    }
+    if (!params) return;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        last = atomicAdd(static_cast<u32*>(p.counters), 1u) == (u32)(gridDim.x - 1);
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (i64 ch = threadIdx.x; ch < p.c; ch += blockDim.x) {
+        const i64 g = ch / cg;
+        double dw = 0.0, db = 0.0;
+        for (i64 n = 0; n < p.n; ++n) {
+            dw += (double)((volatile C*)wb)[n * p.c + ch] * (double)rstd[n * p.groups + g];
+            db += (double)((volatile C*)wa)[n * p.c + ch];
+        }
+        store_param_grad<C>(p.grad_weight, ch, dw, p.accumulate);
+        store_param_grad<C>(p.grad_bias, ch, db, p.accumulate);
+    }
+    if (threadIdx.x == 0) static_cast<u32*>(p.counters)[0] = 0u;
 }
 
 }  // namespace normkit
@@ -79,3 +166,11 @@ NK_ENTRY(group_norm_fwd_nhwc_f32, GroupNormParams, group_norm_fwd<float, true>)
 NK_ENTRY(group_norm_fwd_nhwc_f64, GroupNormParams, group_norm_fwd<double, true>)
 NK_ENTRY(group_norm_fwd_nhwc_f16, GroupNormParams, group_norm_fwd<f16, true>)
 NK_ENTRY(group_norm_fwd_nhwc_bf16, GroupNormParams, group_norm_fwd<bf16, true>)
+NK_ENTRY(group_norm_bwd_nchw_f32, NormBwdParams, group_norm_bwd<float, false>)
+NK_ENTRY(group_norm_bwd_nchw_f64, NormBwdParams, group_norm_bwd<double, false>)
+NK_ENTRY(group_norm_bwd_nchw_f16, NormBwdParams, group_norm_bwd<f16, false>)
+NK_ENTRY(group_norm_bwd_nchw_bf16, NormBwdParams, group_norm_bwd<bf16, false>)
+NK_ENTRY(group_norm_bwd_nhwc_f32, NormBwdParams, group_norm_bwd<float, true>)
+NK_ENTRY(group_norm_bwd_nhwc_f64, NormBwdParams, group_norm_bwd<double, true>)
+NK_ENTRY(group_norm_bwd_nhwc_f16, NormBwdParams, group_norm_bwd<f16, true>)
+NK_ENTRY(group_norm_bwd_nhwc_bf16, NormBwdParams, group_norm_bwd<bf16, true>)

@@ -167,6 +167,134 @@ NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
     }
 }
 
+// ---- Backward ------------------------------------------------------------------------------
+// layer_norm_bwd: one block per row (blockDim.x = 32..256, chosen by the host from cols),
+// grid-stride over rows, grid <= 2·SMs. Per row, with d = x − μ, ĝ = dy·γ:
+//   a = Σĝ/cols·r, b = Σĝ·d/cols·r³, dx = ĝ·r − a − d·b        (CPU order, sums in C)
+// and each thread accumulates dγ_j += dy·d·r, dβ_j += dy for its columns j = it·T + tid:
+// in registers when the row fits (cols <= T·LN_BWD_VALUES; x and dy are then read once), else
+// straight into the block's own workspace row (x and dy read twice, the second mostly from
+// L2). Partials: workspace[block][cols] of dγ, then of dβ (no atomics).
+// layer_norm_bwd_params: one thread per column sums the partials in block order (fixed, so
+// results are deterministic) and writes / accumulates grad_weight and grad_bias.
+#define LN_BWD_VALUES 8
+
+template <class S, int VALUES>
+NK_DEVICE void layer_norm_bwd(const LayerNormBwdParams p) {
+    typedef typename Traits<S>::C C;
+    __shared__ C smem[32];
+    const S* x = static_cast<const S*>(p.x);
+    const S* dy = static_cast<const S*>(p.dy);
+    S* dx = static_cast<S*>(p.dx);
+    const C* w = static_cast<const C*>(p.weight);
+    const i64 cols = p.cols;
+    const int tid = threadIdx.x;
+    const i64 nthreads = blockDim.x;
+    const bool params = p.workspace && (p.grad_weight || p.grad_bias);
+    C* pdw = params ? static_cast<C*>(p.workspace) + (i64)blockIdx.x * cols : 0;
+    C* pdb = params ? static_cast<C*>(p.workspace) + (p.partials + blockIdx.x) * cols : 0;
+    const bool resident = cols <= nthreads * VALUES;
+    const C m = (C)cols;
+    C adw[VALUES], adb[VALUES];
+#pragma unroll
+    for (int it = 0; it < VALUES; ++it) adw[it] = adb[it] = (C)0;
+    if (params && !resident)
+        for (i64 j = tid; j < cols; j += nthreads) pdw[j] = pdb[j] = (C)0;
+    for (i64 row = blockIdx.x; row < p.rows; row += gridDim.x) {
+        const S* xr = x + row * cols;
+        const S* gr = dy + row * cols;
+        const C mu = static_cast<const C*>(p.mean)[row];
+        const C rs = static_cast<const C*>(p.rstd)[row];
+        C sa = (C)0, sb = (C)0;
+        if (resident) {
+            C xv[VALUES], gv[VALUES];
+#pragma unroll
+            for (int it = 0; it < VALUES; ++it) {
+                const i64 j = it * nthreads + tid;
+                const bool in = j < cols;
+                xv[it] = in ? Traits<S>::load(xr[j]) : (C)0;
+                gv[it] = in ? Traits<S>::load(gr[j]) : (C)0;
+                if (in) {
+                    const C d = xv[it] - mu;
+                    const C gw = w ? gv[it] * w[j] : gv[it];
+                    sa += gw;
+                    sb += gw * d;
+                    adw[it] += gv[it] * d * rs;
+                    adb[it] += gv[it];
+                }
+            }
+            sa = block_all_reduce_sum(sa, smem);
+            sb = block_all_reduce_sum(sb, smem);
+            if (dx) {
+                const C a = sa / m * rs;
+                const C b = sb / m * rs * rs * rs;
+                S* dr = dx + row * cols;
+#pragma unroll
+                for (int it = 0; it < VALUES; ++it) {
+                    const i64 j = it * nthreads + tid;
+                    if (j < cols) {
+                        const C gw = w ? gv[it] * w[j] : gv[it];
+                        dr[j] = Traits<S>::store(gw * rs - a - (xv[it] - mu) * b);
+                    }
+                }
+            }
+        } else {
+            for (i64 j = tid; j < cols; j += nthreads) {
+                const C g = Traits<S>::load(gr[j]);
+                const C d = Traits<S>::load(xr[j]) - mu;
+                const C gw = w ? g * w[j] : g;
+                sa += gw;
+                sb += gw * d;
+                if (params) {
+                    pdw[j] += g * d * rs;
+                    pdb[j] += g;
+                }
+            }
+            sa = block_all_reduce_sum(sa, smem);
+            sb = block_all_reduce_sum(sb, smem);
+            if (dx) {
+                const C a = sa / m * rs;
+                const C b = sb / m * rs * rs * rs;
+                S* dr = dx + row * cols;
+                for (i64 j = tid; j < cols; j += nthreads) {
+                    const C g = Traits<S>::load(gr[j]);
+                    const C d = Traits<S>::load(xr[j]) - mu;
+                    const C gw = w ? g * w[j] : g;
+                    dr[j] = Traits<S>::store(gw * rs - a - d * b);
+                }
+            }
+        }
+    }
+    if (params && resident) {
+#pragma unroll
+        for (int it = 0; it < VALUES; ++it) {
+            const i64 j = it * nthreads + tid;
+            if (j < cols) {
+                pdw[j] = adw[it];
+                pdb[j] = adb[it];
+            }
+        }
+    }
+}
+
+template <class S>
+NK_DEVICE void layer_norm_bwd_params(const LayerNormBwdParams p) {
+    typedef typename Traits<S>::C C;
+    const C* ws = static_cast<const C*>(p.workspace);
+    C* gw = static_cast<C*>(p.grad_weight);
+    C* gb = static_cast<C*>(p.grad_bias);
+    for (i64 j = (i64)blockIdx.x * blockDim.x + threadIdx.x; j < p.cols;
+         j += (i64)gridDim.x * blockDim.x) {
+        C sw = (C)0, sb = (C)0;
+        for (i64 k = 0; k < p.partials; ++k) {
+            sw += ws[k * p.cols + j];
+            sb += ws[(p.partials + k) * p.cols + j];
+        }
+        if (gw) gw[j] = p.accumulate ? gw[j] + sw : sw;
+        if (gb) gb[j] = p.accumulate ? gb[j] + sb : sb;
+    }
+}
+
 }  // namespace normkit
 
 using namespace normkit;
@@ -180,3 +308,11 @@ NK_ENTRY(layer_norm_fwd_block_f32, LayerNormParams, layer_norm_fwd_block<float, 
 NK_ENTRY(layer_norm_fwd_block_f64, LayerNormParams, layer_norm_fwd_block<double, LN_BLOCK_VALUES>)
 NK_ENTRY(layer_norm_fwd_block_f16, LayerNormParams, layer_norm_fwd_block<f16, LN_BLOCK_VALUES>)
 NK_ENTRY(layer_norm_fwd_block_bf16, LayerNormParams, layer_norm_fwd_block<bf16, LN_BLOCK_VALUES>)
+NK_ENTRY(layer_norm_bwd_f32, LayerNormBwdParams, layer_norm_bwd<float, LN_BWD_VALUES>)
+NK_ENTRY(layer_norm_bwd_f64, LayerNormBwdParams, layer_norm_bwd<double, LN_BWD_VALUES>)
+NK_ENTRY(layer_norm_bwd_f16, LayerNormBwdParams, layer_norm_bwd<f16, LN_BWD_VALUES>)
+NK_ENTRY(layer_norm_bwd_bf16, LayerNormBwdParams, layer_norm_bwd<bf16, LN_BWD_VALUES>)
+NK_ENTRY(layer_norm_bwd_params_f32, LayerNormBwdParams, layer_norm_bwd_params<float>)
+NK_ENTRY(layer_norm_bwd_params_f64, LayerNormBwdParams, layer_norm_bwd_params<double>)
+NK_ENTRY(layer_norm_bwd_params_f16, LayerNormBwdParams, layer_norm_bwd_params<f16>)
+NK_ENTRY(layer_norm_bwd_params_bf16, LayerNormBwdParams, layer_norm_bwd_params<bf16>)

@@ -93,4 +93,72 @@ struct LrnParams {
 };
 static_assert(sizeof(LrnParams) == 72, "LrnParams layout");
 
+// ---- Backward ----------------------------------------------------------------------------
+// Gradient outputs: dx (input dtype), grad_weight/grad_bias (compute type); each may be null
+// (absent). `accumulate` = 1 adds into grad_weight/grad_bias instead of overwriting them.
+
+// LayerNorm backward over `rows` rows of `cols` elements. mean/rstd: the forward's saved
+// statistics (rows compute values). workspace: 2·partials·cols compute values (per-block dγ,
+// then dβ partials), needed when grad_weight or grad_bias is requested.
+struct LayerNormBwdParams {
+    const void* x;
+    const void* dy;
+    void* dx;
+    const void* mean;
+    const void* rstd;
+    const void* weight;
+    void* grad_weight;
+    void* grad_bias;
+    void* workspace;
+    i64 rows;
+    i64 cols;
+    i64 partials;
+    int accumulate;
+    int reserved;
+};
+static_assert(sizeof(LayerNormBwdParams) == 104, "LayerNormBwdParams layout");
+
+// BatchNorm / InstanceNorm / GroupNorm backward over x of logical shape (n, c, s).
+// BatchNorm: statistics per channel (mean/rstd_or_var: c values); `training` = 1 uses the
+// saved rstd, 0 the running variance (r = 1/sqrt(var + eps)) and no batch terms.
+// GroupNorm / InstanceNorm (groups = c): saved statistics per (n, group), training only.
+// workspace / counters: sized by the launch plan (src/backend/cuda/launch.rs); counters are
+// zero before the first launch and left zero by the kernels.
+struct NormBwdParams {
+    const void* x;
+    const void* dy;
+    void* dx;
+    const void* mean;
+    const void* rstd_or_var;
+    const void* weight;
+    void* grad_weight;
+    void* grad_bias;
+    void* workspace;
+    void* counters;
+    i64 n;
+    i64 c;
+    i64 s;
+    i64 groups;
+    i64 splits;
+    double eps;
+    int training;
+    int accumulate;
+};
+static_assert(sizeof(NormBwdParams) == 136, "NormBwdParams layout");
+
+// LocalResponseNorm backward across channels.
+struct LrnBwdParams {
+    const void* x;
+    const void* dy;
+    void* dx;
+    i64 n;
+    i64 c;
+    i64 s;
+    i64 size;
+    double alpha;
+    double beta;
+    double k;
+};
+static_assert(sizeof(LrnBwdParams) == 80, "LrnBwdParams layout");
+
 }  // namespace normkit

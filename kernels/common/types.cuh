@@ -122,4 +122,12 @@ template <class C> NK_DEVICE C ema(C old, C fresh, double f) {
     return fc * fresh + ((C)1 - fc) * old;
 }
 
+// Writes (or, with `accumulate`, adds in f64 into) a parameter gradient in the parameter type,
+// like ops::backward's `store`; a null `out` is an absent gradient.
+template <class C> NK_DEVICE void store_param_grad(void* out, i64 i, double v, int accumulate) {
+    if (!out) return;
+    C* o = static_cast<C*>(out);
+    o[i] = accumulate ? (C)((double)o[i] + v) : (C)v;
+}
+
 }  // namespace normkit

@@ -11,6 +11,7 @@ use super::launch::{self, ChannelOrder, LaunchConfig};
 use super::params::{
     BatchNormApplyParams, BatchNormStatsParams, GroupNormParams, LayerNormParams, LrnParams,
 };
+use super::params::{LayerNormBwdParams, LrnBwdParams, NormBwdParams};
 use crate::dtype::{Element, Real};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -430,5 +431,233 @@ impl EmuDevice {
         // SAFETY: x and y are distinct live slices of at least n·c·s elements (checked above);
         // the emulated launch completes before returning.
         unsafe { kernels::lrn_fwd(self, T::DTYPE, order, &p) }
+    }
+}
+
+// ---- Backward --------------------------------------------------------------------------------
+
+/// Gradient outputs of an emulated backward; each is computed only when given.
+#[derive(Debug)]
+pub struct EmuGrads<'a, T, C> {
+    pub dx: Option<&'a mut [T]>,
+    pub grad_weight: Option<&'a mut [C]>,
+    pub grad_bias: Option<&'a mut [C]>,
+    /// Add into grad_weight / grad_bias instead of overwriting them.
+    pub accumulate: bool,
+}
+
+fn counters_reset(counters: &[u32]) -> Result<()> {
+    if counters.iter().any(|&t| t != 0) {
+        return Err(Error::new(
+            ErrorKind::Backend,
+            OP,
+            "counters",
+            "ticket counters reset to 0 by the last block",
+            format!("{counters:?}"),
+        ));
+    }
+    Ok(())
+}
+
+impl EmuDevice {
+    /// LayerNorm backward from the forward's saved (mean, rstd) per row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm_backward<T: Element>(
+        &self,
+        x: &[T],
+        dy: &[T],
+        mean: &[T::Compute],
+        rstd: &[T::Compute],
+        weight: Option<&[T::Compute]>,
+        rows: usize,
+        cols: usize,
+        mut grads: EmuGrads<'_, T, T::Compute>,
+    ) -> Result<()> {
+        self.check()?;
+        positive("rows", rows)?;
+        positive("cols", cols)?;
+        let total = product(&[rows, cols])?;
+        need("x", x.len(), total)?;
+        need("dy", dy.len(), total)?;
+        need("mean", mean.len(), rows)?;
+        need("rstd", rstd.len(), rows)?;
+        let plan = launch::layer_norm_bwd(T::DTYPE, rows, cols, self.sms);
+        let mut workspace = vec![0u64; plan.workspace_bytes.div_ceil(8)];
+        let p = LayerNormBwdParams {
+            x: x.as_ptr() as u64,
+            dy: dy.as_ptr() as u64,
+            dx: opt_ptr_mut(&mut grads.dx, "dx", total)?,
+            mean: mean.as_ptr() as u64,
+            rstd: rstd.as_ptr() as u64,
+            weight: opt_ptr(weight, "weight", cols)?,
+            grad_weight: opt_ptr_mut(&mut grads.grad_weight, "grad_weight", cols)?,
+            grad_bias: opt_ptr_mut(&mut grads.grad_bias, "grad_bias", cols)?,
+            workspace: workspace.as_mut_ptr() as u64,
+            rows: rows as i64,
+            cols: cols as i64,
+            partials: plan.partials as i64,
+            accumulate: grads.accumulate as i32,
+            reserved: 0,
+        };
+        // SAFETY: every address points into a live slice or vector checked or sized above
+        // (x, dy, dx: rows·cols; mean, rstd: rows; weight and gradients: cols; workspace from
+        // the same plan the launch uses); the emulated launches complete before returning.
+        unsafe { kernels::layer_norm_bwd(self, T::DTYPE, &p) }
+    }
+
+    /// BatchNorm backward: `training` with the saved (mean, rstd) per channel, otherwise with
+    /// the running (mean, var) and `eps`. Fails if a ticket counter is left non-zero.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_backward<T: Element>(
+        &self,
+        order: ChannelOrder,
+        x: &[T],
+        dy: &[T],
+        mean: &[T::Compute],
+        rstd_or_var: &[T::Compute],
+        weight: Option<&[T::Compute]>,
+        (n, c, s): (usize, usize, usize),
+        training: bool,
+        eps: f64,
+        mut grads: EmuGrads<'_, T, T::Compute>,
+    ) -> Result<()> {
+        self.check()?;
+        for (name, v) in [("n", n), ("c", c), ("s", s)] {
+            positive(name, v)?;
+        }
+        let total = product(&[n, c, s])?;
+        need("x", x.len(), total)?;
+        need("dy", dy.len(), total)?;
+        need("mean", mean.len(), c)?;
+        need("rstd_or_var", rstd_or_var.len(), c)?;
+        let plan = launch::batch_norm_bwd(T::DTYPE, order, n, c, s, self.sms);
+        let mut workspace = vec![0u64; plan.workspace_bytes.div_ceil(8)];
+        let mut counters = vec![0u32; plan.counters];
+        let p = NormBwdParams {
+            x: x.as_ptr() as u64,
+            dy: dy.as_ptr() as u64,
+            dx: opt_ptr_mut(&mut grads.dx, "dx", total)?,
+            mean: mean.as_ptr() as u64,
+            rstd_or_var: rstd_or_var.as_ptr() as u64,
+            weight: opt_ptr(weight, "weight", c)?,
+            grad_weight: opt_ptr_mut(&mut grads.grad_weight, "grad_weight", c)?,
+            grad_bias: opt_ptr_mut(&mut grads.grad_bias, "grad_bias", c)?,
+            workspace: workspace.as_mut_ptr() as u64,
+            counters: counters.as_mut_ptr() as u64,
+            n: n as i64,
+            c: c as i64,
+            s: s as i64,
+            groups: c as i64,
+            splits: plan.splits as i64,
+            eps,
+            training: training as i32,
+            accumulate: grads.accumulate as i32,
+        };
+        // SAFETY: addresses point into live slices and vectors checked or sized above (x, dy,
+        // dx: n·c·s; per-channel buffers: c; workspace and zeroed counters from the same plan
+        // the launches use); the emulated launches complete before returning.
+        unsafe { kernels::batch_norm_bwd(self, T::DTYPE, order, &p)? };
+        counters_reset(&counters)
+    }
+
+    /// GroupNorm backward (InstanceNorm: groups = c) from the saved (mean, rstd) per
+    /// (n, group). Fails if the ticket counter is left non-zero.
+    #[allow(clippy::too_many_arguments)]
+    pub fn group_norm_backward<T: Element>(
+        &self,
+        order: ChannelOrder,
+        x: &[T],
+        dy: &[T],
+        mean: &[T::Compute],
+        rstd: &[T::Compute],
+        weight: Option<&[T::Compute]>,
+        (n, c, s): (usize, usize, usize),
+        groups: usize,
+        mut grads: EmuGrads<'_, T, T::Compute>,
+    ) -> Result<()> {
+        self.check()?;
+        for (name, v) in [("n", n), ("c", c), ("s", s), ("groups", groups)] {
+            positive(name, v)?;
+        }
+        if c % groups != 0 {
+            return Err(Error::invalid(
+                OP,
+                "groups",
+                "a divisor of c",
+                format!("{groups}"),
+            ));
+        }
+        let total = product(&[n, c, s])?;
+        need("x", x.len(), total)?;
+        need("dy", dy.len(), total)?;
+        need("mean", mean.len(), n * groups)?;
+        need("rstd", rstd.len(), n * groups)?;
+        let plan = launch::group_norm_bwd(T::DTYPE, order, n, c, groups, self.sms);
+        let mut workspace = vec![0u64; plan.workspace_bytes.div_ceil(8)];
+        let mut counters = vec![0u32; plan.counters];
+        let p = NormBwdParams {
+            x: x.as_ptr() as u64,
+            dy: dy.as_ptr() as u64,
+            dx: opt_ptr_mut(&mut grads.dx, "dx", total)?,
+            mean: mean.as_ptr() as u64,
+            rstd_or_var: rstd.as_ptr() as u64,
+            weight: opt_ptr(weight, "weight", c)?,
+            grad_weight: opt_ptr_mut(&mut grads.grad_weight, "grad_weight", c)?,
+            grad_bias: opt_ptr_mut(&mut grads.grad_bias, "grad_bias", c)?,
+            workspace: workspace.as_mut_ptr() as u64,
+            counters: counters.as_mut_ptr() as u64,
+            n: n as i64,
+            c: c as i64,
+            s: s as i64,
+            groups: groups as i64,
+            splits: 1,
+            eps: 0.0,
+            training: 1,
+            accumulate: grads.accumulate as i32,
+        };
+        // SAFETY: addresses point into live slices and vectors checked or sized above (x, dy,
+        // dx: n·c·s; mean, rstd: n·groups; per-channel buffers: c; workspace and the zeroed
+        // counter from the same plan the launch uses); the launch completes before returning.
+        unsafe { kernels::group_norm_bwd(self, T::DTYPE, order, &p)? };
+        counters_reset(&counters)
+    }
+
+    /// LocalResponseNorm backward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lrn_backward<T: Element>(
+        &self,
+        order: ChannelOrder,
+        x: &[T],
+        dy: &[T],
+        dx: &mut [T],
+        (n, c, s): (usize, usize, usize),
+        size: usize,
+        alpha: f64,
+        beta: f64,
+        k: f64,
+    ) -> Result<()> {
+        self.check()?;
+        for (name, v) in [("n", n), ("c", c), ("s", s), ("size", size)] {
+            positive(name, v)?;
+        }
+        let total = product(&[n, c, s])?;
+        need("x", x.len(), total)?;
+        need("dy", dy.len(), total)?;
+        need("dx", dx.len(), total)?;
+        let p = LrnBwdParams {
+            x: x.as_ptr() as u64,
+            dy: dy.as_ptr() as u64,
+            dx: dx.as_mut_ptr() as u64,
+            n: n as i64,
+            c: c as i64,
+            s: s as i64,
+            size: size as i64,
+            alpha,
+            beta,
+            k,
+        };
+        // SAFETY: x, dy and the exclusive dx are live slices of at least n·c·s elements
+        // (checked above); the emulated launch completes before returning.
+        unsafe { kernels::lrn_bwd(self, T::DTYPE, order, &p) }
     }
 }

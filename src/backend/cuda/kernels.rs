@@ -10,6 +10,7 @@ use super::params::{
     BatchNormApplyParams, BatchNormStatsParams, GroupNormParams, KernelParams, LayerNormParams,
     LrnParams,
 };
+use super::params::{LayerNormBwdParams, LrnBwdParams, NormBwdParams};
 use crate::dtype::DType;
 use crate::error::Result;
 
@@ -132,6 +133,121 @@ pub unsafe fn lrn_fwd(
 ) -> Result<()> {
     let total = (p.n * p.c * p.s) as usize;
     let plan = launch::lrn_fwd(dtype, order, total, l.sm_count());
+    // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
+    unsafe { launch(l, &plan.kernel, plan.config, p) }
+}
+
+// ---- Backward --------------------------------------------------------------------------------
+
+/// LayerNorm backward: the row kernel (dx and per-block dγ/dβ partials), then, when
+/// `grad_weight` or `grad_bias` is requested, the column merge. `p.partials` is set from
+/// [`launch::layer_norm_bwd`] (same shape and `l.sm_count()`), which also sizes the workspace.
+///
+/// # Safety
+/// `x`, `dy`: rows·cols elements of `dtype`; `dx`: rows·cols elements or 0, not overlapping
+/// `x`/`dy`; `mean`, `rstd`: rows compute values; `weight`, `grad_weight`, `grad_bias`: cols
+/// compute values or 0; `workspace`: `workspace_bytes` bytes (8-byte aligned) when a parameter
+/// gradient is requested.
+pub unsafe fn layer_norm_bwd(l: &dyn Launcher, dtype: DType, p: &LayerNormBwdParams) -> Result<()> {
+    let plan = launch::layer_norm_bwd(dtype, p.rows as usize, p.cols as usize, l.sm_count());
+    let p = LayerNormBwdParams {
+        partials: plan.partials as i64,
+        ..*p
+    };
+    let params = p.workspace != 0 && (p.grad_weight != 0 || p.grad_bias != 0);
+    if p.dx != 0 || params {
+        // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
+        unsafe { launch(l, &plan.rows.kernel, plan.rows.config, &p)? };
+    }
+    if params {
+        // SAFETY: as above; the partials were written by the previous launch on this stream.
+        unsafe { launch(l, &plan.params.kernel, plan.params.config, &p)? };
+    }
+    Ok(())
+}
+
+/// BatchNorm backward (InstanceNorm with running statistics: the same, per channel).
+/// Training (`p.training = 1`, saved mean/rstd): reduce (coefficients, dγ, dβ), then dx.
+/// Frozen (`p.training = 0`, running mean/var, `p.eps`): dx in one launch; the reduce runs only
+/// for dγ/dβ. `p.splits` is set from [`launch::batch_norm_bwd`], which sizes the scratch.
+///
+/// # Safety
+/// `x`, `dy`: n·c·s elements of `dtype` in `order`; `dx`: as many or 0, not overlapping
+/// `x`/`dy`; `mean`, `rstd_or_var`: c compute values; `weight`, `grad_weight`, `grad_bias`: c
+/// compute values or 0; when the reduce runs (training, or a parameter gradient requested):
+/// `workspace` of `workspace_bytes` bytes (8-byte aligned) and `counters` u32 values, zero
+/// before the first launch (the kernel leaves them zero).
+pub unsafe fn batch_norm_bwd(
+    l: &dyn Launcher,
+    dtype: DType,
+    order: ChannelOrder,
+    p: &NormBwdParams,
+) -> Result<()> {
+    let plan = launch::batch_norm_bwd(
+        dtype,
+        order,
+        p.n as usize,
+        p.c as usize,
+        p.s as usize,
+        l.sm_count(),
+    );
+    let p = NormBwdParams {
+        splits: plan.splits as i64,
+        ..*p
+    };
+    if p.training != 0 || p.grad_weight != 0 || p.grad_bias != 0 {
+        // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
+        unsafe { launch(l, &plan.reduce.kernel, plan.reduce.config, &p)? };
+    }
+    if p.dx != 0 {
+        // SAFETY: as above; the coefficients were written by the reduce on this stream.
+        unsafe { launch(l, &plan.input.kernel, plan.input.config, &p)? };
+    }
+    Ok(())
+}
+
+/// GroupNorm / InstanceNorm backward with saved statistics (`p.groups` divides `p.c`;
+/// InstanceNorm: groups = c): one launch.
+///
+/// # Safety
+/// `x`, `dy`: n·c·s elements of `dtype` in `order`; `dx`: as many or 0, not overlapping
+/// `x`/`dy`; `mean`, `rstd_or_var`: n·groups compute values (saved rstd); `weight`,
+/// `grad_weight`, `grad_bias`: c compute values or 0; with a parameter gradient: `workspace`
+/// of `workspace_bytes` bytes from [`launch::group_norm_bwd`] and one u32 counter, zero before
+/// the first launch (the kernel leaves it zero).
+pub unsafe fn group_norm_bwd(
+    l: &dyn Launcher,
+    dtype: DType,
+    order: ChannelOrder,
+    p: &NormBwdParams,
+) -> Result<()> {
+    let plan = launch::group_norm_bwd(
+        dtype,
+        order,
+        p.n as usize,
+        p.c as usize,
+        p.groups as usize,
+        l.sm_count(),
+    );
+    if p.dx != 0 || (p.workspace != 0 && (p.grad_weight != 0 || p.grad_bias != 0)) {
+        // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
+        unsafe { launch(l, &plan.launch.kernel, plan.launch.config, p)? };
+    }
+    Ok(())
+}
+
+/// LocalResponseNorm backward.
+///
+/// # Safety
+/// `x`, `dy`, `dx`: n·c·s elements of `dtype`; `dx` does not overlap `x` or `dy`.
+pub unsafe fn lrn_bwd(
+    l: &dyn Launcher,
+    dtype: DType,
+    order: ChannelOrder,
+    p: &LrnBwdParams,
+) -> Result<()> {
+    let total = (p.n * p.c * p.s) as usize;
+    let plan = launch::lrn_bwd(dtype, order, total, l.sm_count());
     // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
     unsafe { launch(l, &plan.kernel, plan.config, p) }
 }

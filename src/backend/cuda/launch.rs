@@ -209,6 +209,133 @@ fn elementwise(total: usize, sms: u32) -> LaunchConfig {
     }
 }
 
+// ---- Backward --------------------------------------------------------------------------------
+
+/// Values per thread the LayerNorm backward keeps in registers (`LN_BWD_VALUES` in
+/// layer_norm.cu); rows up to 256 × this are read once.
+pub const LN_BWD_VALUES: usize = 8;
+/// Longest LayerNorm row the backward keeps in registers; longer rows are read twice.
+pub const LN_BWD_RESIDENT_COLS: usize = 256 * LN_BWD_VALUES;
+/// Blocks per SM of the LayerNorm backward (bounds the dγ/dβ partials to 2·SMs rows).
+const LN_BWD_BLOCKS_PER_SM: usize = 2;
+
+/// Plan of a LayerNorm backward: the row kernel (dx + per-block dγ/dβ partials) and the
+/// column kernel that merges the partials (launch it only when dγ or dβ is requested).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerNormBwdPlan {
+    pub rows: Launch,
+    pub params: Launch,
+    /// Blocks of `rows` = partial rows in the workspace.
+    pub partials: usize,
+    /// Bytes of workspace: 2·partials·cols compute values.
+    pub workspace_bytes: usize,
+}
+
+/// LayerNorm backward over `rows` × `cols` (both ≥ 1): one block per row with 32–256 threads
+/// (enough for `cols` at [`LN_BWD_VALUES`] per thread), grid ≤ 2·SMs.
+pub fn layer_norm_bwd(dtype: DType, rows: usize, cols: usize, sms: u32) -> LayerNormBwdPlan {
+    let t = dtype_suffix(dtype);
+    let threads = cols
+        .div_ceil(LN_BWD_VALUES)
+        .next_power_of_two()
+        .clamp(32, 256) as u32;
+    let partials = rows.clamp(1, LN_BWD_BLOCKS_PER_SM * sms.max(1) as usize);
+    LayerNormBwdPlan {
+        rows: Launch {
+            kernel: format!("layer_norm_bwd_{t}"),
+            config: LaunchConfig {
+                grid: [partials as u32, 1, 1],
+                block: [threads, 1, 1],
+            },
+        },
+        params: Launch {
+            kernel: format!("layer_norm_bwd_params_{t}"),
+            config: elementwise(cols, sms),
+        },
+        partials,
+        workspace_bytes: 2 * partials * cols * dtype.stat_dtype().size_in_bytes(),
+    }
+}
+
+/// Plan of a BatchNorm backward (also InstanceNorm with running statistics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchNormBwdPlan {
+    /// Per-channel sums + last-block merge (coefficients, dγ, dβ); same decomposition as the
+    /// statistics kernel. Needed in training, and in frozen mode only for dγ/dβ.
+    pub reduce: Launch,
+    /// dx elementwise.
+    pub input: Launch,
+    pub splits: usize,
+    /// Bytes of workspace: (2·splits·c + 3·c) compute values.
+    pub workspace_bytes: usize,
+    /// u32 ticket counters (zero once; the kernel resets them).
+    pub counters: usize,
+}
+
+pub fn batch_norm_bwd(
+    dtype: DType,
+    order: ChannelOrder,
+    n: usize,
+    c: usize,
+    s: usize,
+    sms: u32,
+) -> BatchNormBwdPlan {
+    let stats = batch_norm_stats(dtype, order, n, c, s, sms);
+    let (o, t) = (order.suffix(), dtype_suffix(dtype));
+    BatchNormBwdPlan {
+        reduce: Launch {
+            kernel: format!("batch_norm_bwd_reduce_{o}_{t}"),
+            config: stats.launch.config,
+        },
+        input: Launch {
+            kernel: format!("batch_norm_bwd_input_{o}_{t}"),
+            config: elementwise(n * c * s, sms),
+        },
+        splits: stats.splits,
+        workspace_bytes: (2 * stats.splits + 3) * c * dtype.stat_dtype().size_in_bytes(),
+        counters: stats.counters,
+    }
+}
+
+/// Plan of a GroupNorm / InstanceNorm (saved statistics) backward: one launch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupNormBwdPlan {
+    pub launch: Launch,
+    /// Bytes of workspace for dγ/dβ: 2·n·c compute values.
+    pub workspace_bytes: usize,
+    /// u32 ticket counters (one; zero once, the kernel resets it).
+    pub counters: usize,
+}
+
+pub fn group_norm_bwd(
+    dtype: DType,
+    order: ChannelOrder,
+    n: usize,
+    c: usize,
+    groups: usize,
+    sms: u32,
+) -> GroupNormBwdPlan {
+    GroupNormBwdPlan {
+        launch: Launch {
+            kernel: format!("group_norm_bwd_{}_{}", order.suffix(), dtype_suffix(dtype)),
+            config: LaunchConfig {
+                grid: [persistent_grid((n * groups) as u64, 1, sms), 1, 1],
+                block: [256, 1, 1],
+            },
+        },
+        workspace_bytes: 2 * n * c * dtype.stat_dtype().size_in_bytes(),
+        counters: 1,
+    }
+}
+
+/// LocalResponseNorm backward, one thread per element.
+pub fn lrn_bwd(dtype: DType, order: ChannelOrder, total: usize, sms: u32) -> Launch {
+    Launch {
+        kernel: format!("lrn_bwd_{}_{}", order.suffix(), dtype_suffix(dtype)),
+        config: elementwise(total, sms),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +394,55 @@ mod tests {
                     batch_norm_apply(dt, order, 1, false, 1).kernel,
                     batch_norm_apply(dt, order, 1, true, 1).kernel,
                     lrn_fwd(dt, order, 1, 1).kernel,
+                ];
+                for n in names {
+                    assert!(module_of(&n).is_some(), "{n} missing from kernels/*.cu");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn backward_plans() {
+        let p = layer_norm_bwd(DType::F32, 1, 7, 132);
+        assert_eq!(p.rows.config.block, [32, 1, 1]);
+        assert_eq!(p.rows.config.grid, [1, 1, 1]);
+        assert_eq!(p.partials, 1);
+        assert_eq!(p.workspace_bytes, 2 * 7 * 4);
+        let p = layer_norm_bwd(DType::F64, 100_000, LN_BWD_RESIDENT_COLS + 1, 132);
+        assert_eq!(p.rows.config.block, [256, 1, 1]);
+        assert_eq!(p.partials, 264);
+        assert_eq!(p.rows.kernel, "layer_norm_bwd_f64");
+        assert_eq!(p.params.kernel, "layer_norm_bwd_params_f64");
+        let p = layer_norm_bwd(DType::BF16, 3, 1025, 132);
+        assert_eq!(p.rows.config.block, [256, 1, 1]);
+        let p = layer_norm_bwd(DType::F16, 3, 513, 132);
+        assert_eq!(p.rows.config.block, [128, 1, 1]);
+        let p = batch_norm_bwd(DType::F16, ChannelOrder::Nhwc, 32, 64, 56 * 56, 132);
+        assert_eq!(p.splits, 132);
+        assert_eq!(p.counters, 2);
+        assert_eq!(p.reduce.config.grid, [2, 132, 1]);
+        assert_eq!(p.workspace_bytes, (2 * 132 + 3) * 64 * 4);
+        assert_eq!(p.input.kernel, "batch_norm_bwd_input_nhwc_f16");
+        let p = group_norm_bwd(DType::F32, ChannelOrder::Nchw, 2, 6, 3, 132);
+        assert_eq!(p.launch.config.grid, [6, 1, 1]);
+        assert_eq!(p.workspace_bytes, 2 * 2 * 6 * 4);
+        assert_eq!(
+            lrn_bwd(DType::F64, ChannelOrder::Nchw, 1, 1).config.grid,
+            [1, 1, 1]
+        );
+        use crate::backend::cuda::modules::module_of;
+        for dt in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+            for order in [ChannelOrder::Nchw, ChannelOrder::Nhwc] {
+                let ln = layer_norm_bwd(dt, 1, 1, 1);
+                let bn = batch_norm_bwd(dt, order, 1, 1, 2, 1);
+                let names = [
+                    ln.rows.kernel,
+                    ln.params.kernel,
+                    bn.reduce.kernel,
+                    bn.input.kernel,
+                    group_norm_bwd(dt, order, 1, 1, 1, 1).launch.kernel,
+                    lrn_bwd(dt, order, 1, 1).kernel,
                 ];
                 for n in names {
                     assert!(module_of(&n).is_some(), "{n} missing from kernels/*.cu");

@@ -67,6 +67,29 @@ params_struct!(
     x: u64, y: u64, n: i64, c: i64, s: i64, size: i64, alpha: f64, beta: f64, k: f64,
 });
 
+params_struct!(
+    /// `LayerNormBwdParams`: LayerNorm backward (dx, per-block dγ/dβ partials).
+    LayerNormBwdParams, 104, {
+    x: u64, dy: u64, dx: u64, mean: u64, rstd: u64, weight: u64,
+    grad_weight: u64, grad_bias: u64, workspace: u64,
+    rows: i64, cols: i64, partials: i64, accumulate: i32, reserved: i32,
+});
+
+params_struct!(
+    /// `NormBwdParams`: BatchNorm / InstanceNorm / GroupNorm backward.
+    NormBwdParams, 136, {
+    x: u64, dy: u64, dx: u64, mean: u64, rstd_or_var: u64, weight: u64,
+    grad_weight: u64, grad_bias: u64, workspace: u64, counters: u64,
+    n: i64, c: i64, s: i64, groups: i64, splits: i64, eps: f64,
+    training: i32, accumulate: i32,
+});
+
+params_struct!(
+    /// `LrnBwdParams`: LocalResponseNorm backward.
+    LrnBwdParams, 80, {
+    x: u64, dy: u64, dx: u64, n: i64, c: i64, s: i64, size: i64, alpha: f64, beta: f64, k: f64,
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
