@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # Builds everything a GPU machine without a Rust toolchain needs into gpu-bundle/ (git-ignored;
-# design/cuda-infra.md §10):
-#   gpu-bundle/bin/<test>       every test executable (release, all features), hash suffix dropped
-#   gpu-bundle/bin/bench-<name> the criterion bench executables
-#   gpu-bundle/bin/normkit      the normkit binary (info, bench --device cuda)
-#   gpu-bundle/lib/             libnvrtc.so.12 + libnvrtc-builtins (NVRTC 12.8 from PyPI, which a
+# design/cuda-infra.md §10): gpu-bundle/run-gpu-tests.sh (the runner, scripts/run-gpu-tests.sh)
+# and gpu-bundle/payload.tar.xz (~45 MB, under the device tool's 64 MiB carry limit), which
+# the runner unpacks on first use and which holds:
+#   bin/<test>                  every test executable (release, all features, debug info stripped,
+#                               hash suffix dropped) except the build-machine tests (c_header,
+#                               capi_link, capi_boundary: they need the source tree, cbindgen, cc)
+#   bin/bench-<name>           the criterion bench executables
+#   bin/normkit                 the normkit binary (info, bench --device cuda)
+#   lib/                        libnvrtc.so.12 + libnvrtc-builtins (NVRTC 12.8 from PyPI, which a
 #                               CUDA 12.8+/13.x driver accepts); left out with --no-nvrtc, the
 #                               runner then uses the machine's NVRTC (NORMKIT_NVRTC_PATH or the
 #                               dynamic loader's search path)
-#   gpu-bundle/tree/            kernels/, tests/golden/, benches/cases.json (fixtures the tests read)
-#   gpu-bundle/manifest-dir     the build's CARGO_MANIFEST_DIR (baked into tests that read fixtures)
-#   gpu-bundle/run-gpu-tests.sh the runner (scripts/run-gpu-tests.sh)
+#   tree/                       kernels/, tests/golden/, benches/cases.json (fixtures the tests read)
+#   manifest-dir                the build's CARGO_MANIFEST_DIR (baked into tests that read fixtures)
 # Usage: scripts/build-gpu-bundle.sh [--no-nvrtc]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 with_nvrtc=1
 [ "${1:-}" = "--no-nvrtc" ] && with_nvrtc=0
-out="$root/gpu-bundle"
-rm -rf "$out"
+bundle="$root/gpu-bundle"
+rm -rf "$bundle"
+out="$bundle/payload"
 mkdir -p "$out/bin" "$out/lib" "$out/tree/tests" "$out/tree/benches"
 
 json="$(mktemp)"
@@ -38,8 +42,11 @@ for line in open(src):
         continue
     if not m.get("profile", {}).get("test") and "bench" not in m["target"]["kind"]:
         continue
-    kind, name = m["target"]["kind"][0], m["target"]["name"]
-    if kind == "lib":
+    kinds, name = m["target"]["kind"], m["target"]["name"]
+    kind = kinds[0]
+    if name in ("c_header", "capi_link", "capi_boundary"):
+        continue
+    if set(kinds) & {"lib", "rlib", "cdylib", "staticlib"}:
         name = "unit-tests"
     elif kind == "bin":
         name = "unit-tests-" + name
@@ -52,15 +59,18 @@ for line in open(src):
     print(f"  bin/{name}")
 PY
 cp target/release/normkit "$out/bin/normkit"
+for f in "$out"/bin/*; do strip --strip-debug "$f"; done
 cp -r kernels "$out/tree/kernels"
 cp -r tests/golden "$out/tree/tests/golden"
 cp benches/cases.json "$out/tree/benches/"
 echo "$root" >"$out/manifest-dir"
-cp scripts/run-gpu-tests.sh "$out/run-gpu-tests.sh"
-chmod +x "$out/run-gpu-tests.sh"
 if [ "$with_nvrtc" = 1 ]; then
     lib="$(bash .ci/install-nvrtc.sh)"
     cp -L "$lib"/libnvrtc.so.12 "$out/lib/"
     cp -L "$lib"/libnvrtc-builtins.so.* "$out/lib/"
 fi
-echo "gpu-bundle: $(du -sh "$out" | cut -f1) in $out"
+tar -C "$out" -cf - . | xz -T0 -6 >"$bundle/payload.tar.xz"
+rm -rf "$out"
+cp scripts/run-gpu-tests.sh "$bundle/run-gpu-tests.sh"
+chmod +x "$bundle/run-gpu-tests.sh"
+echo "gpu-bundle: $(du -sh "$bundle" | cut -f1) in $bundle"
