@@ -1,4 +1,4 @@
-//! Criterion benches: every standard forward case of `benches/cases.json` × f32/bf16 × 1 and 2
+//! Criterion benches: every standard case (forward and backward) of `benches/cases.json` × f32/bf16 × 1 and 2
 //! threads. Inputs are prepared outside the timed loop and each result is checked once against
 //! the float64 reference before timing.
 //!
@@ -21,10 +21,6 @@ fn norms(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
     for case in suite.cases(&suite.dtypes) {
-        if case.is_backward() {
-            eprintln!("{}: {}", case.name(), normkit::bench::BWD_NOT_IMPLEMENTED);
-            continue;
-        }
         let mut prep = match Prepared::new(&case, &suite) {
             Ok(p) => p,
             Err(e) => panic!("{e}"),

@@ -9,6 +9,11 @@ swapped every round), and the median of the per-round medians is kept. Prints th
         [--rounds 3] [--threads 1 2] [--dtypes float32 bfloat16] [--filter SUBSTR]
         [--bandwidth] [--markdown]
 
+Backward ("bwd") cases time only PyTorch's autograd backward of F.batch_norm (training) /
+F.group_norm / F.layer_norm with x, weight and bias requiring grad (dx, dweight, dbias), the
+forward running untimed before each repetition; normkit times the matching *_backward op from
+saved statistics.
+
 PyTorch is needed only here (pip install torch); it is not a CI dependency.
 """
 
@@ -70,6 +75,8 @@ def time_torch(case, suite, threads, reps):
     if case["layout"] in CHANNELS_LAST:
         x = x.contiguous(memory_format=CHANNELS_LAST[case["layout"]])
     times = []
+    if case["mode"] == "bwd":
+        return time_torch_backward(case, suite, m, x, reps)
     with torch.no_grad():
         try:
             m(x)
@@ -79,6 +86,36 @@ def time_torch(case, suite, threads, reps):
             t = time.perf_counter()
             m(x)
             times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times), None
+
+
+def time_torch_backward(case, suite, m, x, reps):
+    """Times only the backward (grad_input, grad_weight, grad_bias) of F.* with autograd; the
+    forward (training mode for BatchNorm, saving the statistics) runs outside the timing."""
+    import torch.nn.functional as F
+    layer, eps = case["layer"], suite["eps"]
+    x = x.detach().requires_grad_(True)
+    w = m.weight.detach().requires_grad_(True)
+    b = m.bias.detach().requires_grad_(True)
+    if layer.startswith("BatchNorm"):
+        fwd = lambda: F.batch_norm(x, None, None, w, b, training=True, eps=eps)
+    elif layer == "GroupNorm":
+        fwd = lambda: F.group_norm(x, case["num_groups"], w, b, eps=eps)
+    elif layer == "LayerNorm":
+        fwd = lambda: F.layer_norm(x, case["normalized_shape"], w, b, eps=eps)
+    else:
+        raise ValueError(layer)
+    dy = (torch.rand(case["shape"]) * 2 - 1).to(x.dtype)
+    if case["layout"] in CHANNELS_LAST:
+        dy = dy.contiguous(memory_format=CHANNELS_LAST[case["layout"]])
+    times = []
+    for k in range(reps + 1):
+        y = fwd()
+        t = time.perf_counter()
+        y.backward(dy)
+        if k:  # the first is a warm-up
+            times.append((time.perf_counter() - t) * 1e3)
+        x.grad = w.grad = b.grad = None
     return statistics.median(times), None
 
 
@@ -121,7 +158,7 @@ def main():
     rows = []
     for t in args.threads:
         for case in expand(suite, args.dtypes):
-            if case["mode"] == "bwd" or args.filter not in name(case):
+            if args.filter not in name(case):
                 continue
             nk, th, err = [], [], None
             for r in range(args.rounds):

@@ -4,7 +4,7 @@
 
 use normkit::DType;
 use normkit::backend::cpu::{simd_level, threads::effective_threads};
-use normkit::bench::{BWD_NOT_IMPLEMENTED, Bandwidth, Measurement, Prepared, Suite, bandwidth};
+use normkit::bench::{Bandwidth, Measurement, Prepared, Suite, bandwidth};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -211,24 +211,15 @@ fn run_bench(o: &Opts) -> Result<bool, String> {
     } else {
         Vec::new()
     };
-    let total = cases
-        .iter()
-        .map(|c| if c.is_backward() { 1 } else { threads.len() })
-        .sum();
+    let total = cases.iter().len() * threads.len();
     let mut progress = Progress {
         total,
         done: 0,
         tty: std::io::stderr().is_terminal(),
     };
     let mut results: Vec<Measurement> = Vec::new();
-    let mut skipped = Vec::new();
     let mut failures = Vec::new();
     for case in &cases {
-        if case.is_backward() {
-            progress.step(&case.name());
-            skipped.push(format!("{}: {BWD_NOT_IMPLEMENTED}", case.name()));
-            continue;
-        }
         let mut prep = match Prepared::new(case, &suite) {
             Ok(p) => p,
             Err(e) => {
@@ -250,13 +241,6 @@ fn run_bench(o: &Opts) -> Result<bool, String> {
         }
     }
     progress.finish();
-    for s in &skipped {
-        if o.json {
-            eprintln!("{s}");
-        } else {
-            println!("{s}");
-        }
-    }
     if !o.json {
         print_table(&results, &bw);
     }
