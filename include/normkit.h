@@ -1086,8 +1086,9 @@ normkit_status_t normkit_communicator_init(struct normkit_communicator_t *comm);
 normkit_status_t normkit_context_config_init(struct normkit_context_config_t *config);
 
 /**
- * Creates a context. CPU: always available. CUDA: this build has no CUDA backend, so
- * NORMKIT_STATUS_DEVICE_UNAVAILABLE. AUTO: CUDA when usable, else the CPU.
+ * Creates a context. CPU: always available. CUDA: the C ABI does not dispatch to the CUDA
+ * backend yet, so NORMKIT_STATUS_DEVICE_UNAVAILABLE (the message includes what the CUDA probe
+ * found). AUTO: the CPU (it will pick CUDA when the C ABI runs on CUDA).
  *
  * Errors: NULL pointers (NULL_POINTER), struct_size too small (STRUCT_SIZE), abi_version
  * different from this library's (ABI_MISMATCH), an unknown device type, negative thread count

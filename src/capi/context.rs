@@ -89,8 +89,9 @@ pub unsafe extern "C" fn normkit_context_config_init(
     })
 }
 
-/// Creates a context. CPU: always available. CUDA: this build has no CUDA backend, so
-/// NORMKIT_STATUS_DEVICE_UNAVAILABLE. AUTO: CUDA when usable, else the CPU.
+/// Creates a context. CPU: always available. CUDA: the C ABI does not dispatch to the CUDA
+/// backend yet, so NORMKIT_STATUS_DEVICE_UNAVAILABLE (the message includes what the CUDA probe
+/// found). AUTO: the CPU (it will pick CUDA when the C ABI runs on CUDA).
 ///
 /// Errors: NULL pointers (NULL_POINTER), struct_size too small (STRUCT_SIZE), abi_version
 /// different from this library's (ABI_MISMATCH), an unknown device type, negative thread count
@@ -138,9 +139,11 @@ pub unsafe extern "C" fn normkit_context_create(
                 return Err(CapiError::new(
                     S::NORMKIT_STATUS_DEVICE_UNAVAILABLE,
                     format!(
-                        "config.device: CUDA device {} requested, but this build of normkit has \
-                         no CUDA backend (use NORMKIT_DEVICE_CPU or NORMKIT_DEVICE_AUTO)",
-                        cfg.device.device_id
+                        "config.device: CUDA device {} requested, but the C ABI does not run on \
+                         CUDA yet (use NORMKIT_DEVICE_CPU or NORMKIT_DEVICE_AUTO); CUDA on this \
+                         machine: {}",
+                        cfg.device.device_id,
+                        crate::backend::cuda::probe()
                     ),
                 ));
             }
