@@ -5,7 +5,7 @@ use super::{
     param_values, run_dense, with_element,
 };
 use crate::backend::cpu::moments::Centre;
-use crate::backend::cpu::{self, Coefficients, moments};
+use crate::backend::cpu::{self, ChannelLayout, Coefficients, moments};
 use crate::error::{Error, Result, fmt_shape};
 use crate::tensor::{ElementData, Tensor, TensorMut};
 
@@ -132,12 +132,15 @@ fn run_typed<T: ElementData>(
     let gamma: Vec<T::Compute> = param_values(args.weight.as_ref(), g.c, 1.0);
     let beta: Vec<T::Compute> = param_values(args.bias.as_ref(), g.c, 0.0);
     let eps = args.eps;
+    let finish = |m: f64| moments::finish::<T::Compute>(cg * g.s, m, eps, true, false).1;
     let (mean, rstd) = run_dense::<T, _>(OP, x, y, true, |xs, ys, lay| {
+        if matches!(lay, ChannelLayout::First) {
+            let (mean, _, rstd) =
+                cpu::group_norm_first_fused(xs, ys, g, groups, finish, &gamma, &beta);
+            return (mean, rstd);
+        }
         let (mean, m2) = cpu::group_moments(xs, g, groups, lay);
-        let rstd: Vec<T::Compute> = m2
-            .iter()
-            .map(|&m| moments::finish::<T::Compute>(cg * g.s, m, eps, true, false).1)
-            .collect();
+        let rstd: Vec<T::Compute> = m2.iter().map(|&m| finish(m)).collect();
         let nc = g.n * g.c;
         let stat = |i: usize| (i / g.c) * groups + (i % g.c) / cg;
         let shift: Vec<Centre<T::Compute>> = (0..nc).map(|i| Centre::of(mean[stat(i)])).collect();

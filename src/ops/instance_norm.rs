@@ -5,7 +5,7 @@ use super::{
     OutMeta, SavedStats, centres, channel_geom, check_min_rank, check_numel, check_output_meta,
     check_param_dtypes, ema, param_values, run_dense, with_element,
 };
-use crate::backend::cpu::{self, Coefficients, moments};
+use crate::backend::cpu::{self, ChannelLayout, Coefficients, moments};
 use crate::dtype::{DType, Real};
 use crate::error::{Error, Result, fmt_shape};
 use crate::tensor::{ElementData, Tensor, TensorMut};
@@ -132,12 +132,13 @@ fn run_typed<T: ElementData>(
         return Ok(SavedStats::empty(x.dtype()));
     }
     let eps = args.eps;
+    let finish = |m: f64| moments::finish::<T::Compute>(g.s, m, eps, false, true).1;
     let (mean, m2, rstd) = run_dense::<T, _>(OP, x, y, true, |xs, ys, lay| {
+        if matches!(lay, ChannelLayout::First) {
+            return cpu::group_norm_first_fused(xs, ys, g, g.c, finish, &gamma, &beta);
+        }
         let (mean, m2) = cpu::group_moments(xs, g, g.c, lay);
-        let rstd: Vec<T::Compute> = m2
-            .iter()
-            .map(|&m| moments::finish::<T::Compute>(g.s, m, eps, false, true).1)
-            .collect();
+        let rstd: Vec<T::Compute> = m2.iter().map(|&m| finish(m)).collect();
         let scale: Vec<T::Compute> = rstd
             .iter()
             .enumerate()

@@ -1,7 +1,7 @@
 //! `layer_norm`: statistics per row over the trailing `normalized_shape` dims (`F.layer_norm`).
 
 use super::{
-    OutMeta, SavedStats, centres, check_output_meta, check_param_dtypes, param_values, run_dense,
+    OutMeta, SavedStats, check_output_meta, check_param_dtypes, param_values, run_dense,
     with_element,
 };
 use crate::backend::cpu::{self, moments};
@@ -125,21 +125,15 @@ fn run_typed<T: ElementData>(
         args.bias.as_ref().map(|b| param_values(Some(b), cols, 0.0));
     let eps = args.eps;
     let (mean, rstd) = run_dense::<T, _>(OP, x, y, false, |xs, ys, _| {
-        let (mean, m2) = cpu::row_moments(xs, rows, cols);
-        let rstd: Vec<T::Compute> = m2
-            .iter()
-            .map(|&m| moments::finish::<T::Compute>(cols, m, eps, false, false).1)
-            .collect();
-        cpu::apply_rows(
+        cpu::layer_norm_fused(
             xs,
             ys,
+            rows,
             cols,
-            &centres(&mean),
-            &rstd,
+            |m2| moments::finish::<T::Compute>(cols, m2, eps, false, false).1,
             weight.as_deref(),
             bias.as_deref(),
-        );
-        (mean, rstd)
+        )
     })?;
     Ok(SavedStats::from_parts(&mean, rstd))
 }

@@ -296,6 +296,59 @@ pub fn group_moments<T: Element>(
     }
 }
 
+/// GroupNorm / InstanceNorm (`groups = C`) forward in [`ChannelLayout::First`], fused per
+/// `(n, g)` group: the group's sum, its sum of squared deviations (`finish` gives `r`) and the
+/// apply `y = (x − μ)·(r·γ_c) + β_c` of its planes run back to back while the group
+/// (`(C/G)·S` elements) is in L1/L2, so `x` is read from memory once. The same operations in
+/// the same order as [`group_moments`] then [`apply_channel`], so the results are
+/// bit-identical. Returns `(mean, m2, r)` per `(n, g)`.
+pub fn group_norm_first_fused<T: Element>(
+    x: &[T],
+    y: &mut [T],
+    g: Geom,
+    groups: usize,
+    finish: impl Fn(f64) -> T::Compute + Sync,
+    gamma: &[T::Compute],
+    beta: &[T::Compute],
+) -> (Vec<f64>, Vec<f64>, Vec<T::Compute>) {
+    let cg = g.c / groups;
+    let count = cg * g.s;
+    if count == 0 || g.n == 0 {
+        let (mean, m2) = group_moments(x, g, groups, ChannelLayout::First);
+        let r = m2.iter().map(|&m| finish(m)).collect();
+        return (mean, m2, r);
+    }
+    let total = g.n * g.c * g.s;
+    let m = count as f64;
+    let stats: Vec<(f64, f64, T::Compute)> = y[..total]
+        .par_chunks_mut(count)
+        .zip(x[..total].par_chunks(count))
+        .enumerate()
+        .map(|(i, (yg, xg))| {
+            let mean = sum(xg).to_f64() / m;
+            let m2 = sum_sq_dev(xg, Centre::of(mean)).to_f64();
+            let rs = finish(m2);
+            let c0 = (i % groups) * cg;
+            for (j, (yp, xp)) in yg.chunks_mut(g.s).zip(xg.chunks(g.s)).enumerate() {
+                let c = c0 + j;
+                affine_run(xp, yp, Centre::of(mean), rs * gamma[c], beta[c]);
+            }
+            (mean, m2, rs)
+        })
+        .collect();
+    let mut out = (
+        Vec::with_capacity(stats.len()),
+        Vec::with_capacity(stats.len()),
+        Vec::with_capacity(stats.len()),
+    );
+    for (a, b, c) in stats {
+        out.0.push(a);
+        out.1.push(b);
+        out.2.push(c);
+    }
+    out
+}
+
 /// Per-row moments over a row-major `(rows, cols)` slice (LayerNorm).
 pub fn row_moments<T: Element>(x: &[T], rows: usize, cols: usize) -> (Vec<f64>, Vec<f64>) {
     if cols == 0 {
@@ -381,6 +434,38 @@ pub fn apply_channel<T: Element>(
                 });
         }
     }
+}
+
+/// LayerNorm forward fused per row over row-major `(rows, cols)`: the row's sum, its sum of
+/// squared deviations (`finish` gives `r`) and the apply `y = (x − μ)·r·γ + β` run back to
+/// back while the row is in L1/L2, so `x` is read from memory once. The same operations in the
+/// same order as [`row_moments`] then [`apply_rows`], so the results are bit-identical.
+/// Returns the f64 means and the `r` of every row.
+pub fn layer_norm_fused<T: Element>(
+    x: &[T],
+    y: &mut [T],
+    rows: usize,
+    cols: usize,
+    finish: impl Fn(f64) -> T::Compute + Sync,
+    weight: Option<&[T::Compute]>,
+    bias: Option<&[T::Compute]>,
+) -> (Vec<f64>, Vec<T::Compute>) {
+    if rows * cols == 0 {
+        let (mean, m2) = row_moments(x, rows, cols);
+        return (mean, m2.into_iter().map(finish).collect());
+    }
+    let m = cols as f64;
+    let stats: Vec<(f64, T::Compute)> = y[..rows * cols]
+        .par_chunks_mut(cols)
+        .zip(x[..rows * cols].par_chunks(cols))
+        .map(|(yr, xr)| {
+            let mean = sum(xr).to_f64() / m;
+            let rs = finish(sum_sq_dev(xr, Centre::of(mean)).to_f64());
+            layer_norm_row(xr, yr, Centre::of(mean), rs, weight, bias);
+            (mean, rs)
+        })
+        .collect();
+    stats.into_iter().unzip()
 }
 
 /// LayerNorm apply over row-major `(rows, cols)`: `y = (x − μ_row)·r_row·γ_col + β_col`.
