@@ -5,7 +5,7 @@
 //! `(n, c)`, `A = Σ_s g` and `B = Σ_s g·(x − μ)`; the ops layer turns them into per-`(n, c)`
 //! coefficients of `dx = g·p + (x − μ)·q + o` and into the parameter gradients.
 
-use super::moments::{Centre, LANES, acc_of};
+use super::moments::{Centre, LANES, acc_of, simd_clones};
 use super::{ChannelLayout, Geom, rows_per_piece};
 use crate::dtype::{Element, Real};
 use rayon::prelude::*;
@@ -30,17 +30,7 @@ pub fn channel_grad_sums<T: Element>(
                 .par_chunks(s)
                 .zip(g[..nc * s].par_chunks(s))
                 .enumerate()
-                .map(|(i, (xp, gp))| {
-                    let m = mu[i];
-                    let mut a = [T::Acc::ZERO; LANES];
-                    let mut b = [T::Acc::ZERO; LANES];
-                    for (k, (&xv, &gv)) in xp.iter().zip(gp).enumerate() {
-                        let gc = gv.to_compute();
-                        a[k % LANES] += acc_of::<T>(gc);
-                        b[k % LANES] += acc_of::<T>(gc * m.centre(xv.to_compute()));
-                    }
-                    (lanes_sum(a), lanes_sum(b))
-                })
+                .map(|(i, (xp, gp))| grad_sums_run(xp, gp, mu[i]))
                 .collect();
             sums.into_iter().unzip()
         }
@@ -87,6 +77,46 @@ pub fn channel_grad_sums<T: Element>(
 /// Per-piece partial column sums of two quantities.
 type PairSums<A> = Vec<(Vec<A>, Vec<A>)>;
 
+simd_clones! {
+/// `(Σ g, Σ g·(x − m))` over one contiguous run, in [`LANES`] independent accumulators
+/// (element `k` goes to lane `k mod LANES`), combined in lane order.
+fn grad_sums_run<T: Element>(xs: &[T], gs: &[T], m: Centre<T::Compute>) -> (f64, f64) {
+    let mut a = [T::Acc::ZERO; LANES];
+    let mut b = [T::Acc::ZERO; LANES];
+    let (xc, gc) = (xs.chunks_exact(LANES), gs.chunks_exact(LANES));
+    let (xt, gt) = (xc.remainder(), gc.remainder());
+    for (xv, gv) in xc.zip(gc) {
+        for i in 0..LANES {
+            let g = gv[i].to_compute();
+            a[i] += acc_of::<T>(g);
+            b[i] += acc_of::<T>(g * m.centre(xv[i].to_compute()));
+        }
+    }
+    for (i, (&xv, &gv)) in xt.iter().zip(gt).enumerate() {
+        let g = gv.to_compute();
+        a[i] += acc_of::<T>(g);
+        b[i] += acc_of::<T>(g * m.centre(xv.to_compute()));
+    }
+    (lanes_sum(a), lanes_sum(b))
+}
+
+/// `dx = g·p + (x − m)·q + o` over one contiguous run.
+#[allow(clippy::too_many_arguments)]
+fn grad_apply_run<T: Element>(
+    xs: &[T],
+    gs: &[T],
+    dx: &mut [T],
+    m: Centre<T::Compute>,
+    p: T::Compute,
+    q: T::Compute,
+    o: T::Compute,
+) {
+    for ((d, &xv), &gv) in dx.iter_mut().zip(xs).zip(gs) {
+        *d = T::from_compute(gv.to_compute() * p + m.centre(xv.to_compute()) * q + o);
+    }
+}
+}
+
 fn lanes_sum<A: Real>(l: [A; LANES]) -> f64 {
     let mut s = A::ZERO;
     for v in l {
@@ -131,9 +161,7 @@ pub fn apply_channel_grad<T: Element>(
                 .enumerate()
                 .for_each(|(plane, (dp, (xp, gp)))| {
                     let i = idx(plane / geom.c, plane % geom.c);
-                    for ((o, &xv), &gv) in dp.iter_mut().zip(xp).zip(gp) {
-                        *o = one(i, xv, gv);
-                    }
+                    grad_apply_run(xp, gp, dp, k.mu[i], k.p[i], k.q[i], k.o[i]);
                 });
         }
         ChannelLayout::Last => {
