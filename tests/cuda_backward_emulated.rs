@@ -7,7 +7,7 @@
 //! Skips (with a message) when the emulation was not built; `NORMKIT_REQUIRE_CUDA_EMU=1`
 //! turns that into a failure.
 
-use normkit::backend::cuda::emu::{self, EmuDevice, EmuGrads};
+use normkit::backend::cuda::emu::EmuGrads;
 use normkit::backend::cuda::launch::{ChannelOrder, LN_BWD_RESIDENT_COLS};
 use normkit::dtype::Real;
 use normkit::ops::{
@@ -19,50 +19,9 @@ use normkit::ops::{
 use normkit::tensor::ElementData;
 use normkit::{Element, Tensor, TensorMut, bf16, f16};
 
-fn ready() -> bool {
-    if emu::available() {
-        return true;
-    }
-    assert!(
-        std::env::var("NORMKIT_REQUIRE_CUDA_EMU").as_deref() != Ok("1"),
-        "NORMKIT_REQUIRE_CUDA_EMU=1 but the CUDA host emulation was not built (see build.rs warnings)"
-    );
-    eprintln!("skipped: the CUDA host emulation was not built (needs Linux and a C++ compiler)");
-    false
-}
+mod emu_common;
+use emu_common::{DEVICES, cast, data, ready};
 
-/// Few SMs (grid-stride loops, several rows/groups per block, few splits) with blocks and
-/// threads in reverse order, and a full-size grid (many splits) in forward order.
-const DEVICES: [EmuDevice; 2] = [
-    EmuDevice {
-        sms: 2,
-        reverse_blocks: true,
-        reverse_threads: true,
-    },
-    EmuDevice {
-        sms: 132,
-        reverse_blocks: false,
-        reverse_threads: false,
-    },
-];
-
-fn data(len: usize, seed: u64, offset: f64) -> Vec<f64> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            offset + ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 4.0
-        })
-        .collect()
-}
-
-fn cast<T: Element>(v: &[f64]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f64(x)).collect()
-}
 fn f64s<T: Element>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.to_f64()).collect()
 }

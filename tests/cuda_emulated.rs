@@ -16,51 +16,8 @@ use normkit::ops::{
 use normkit::tensor::ElementData;
 use normkit::{Element, Tensor, TensorMut, bf16, f16};
 
-fn ready() -> bool {
-    if emu::available() {
-        return true;
-    }
-    assert!(
-        std::env::var("NORMKIT_REQUIRE_CUDA_EMU").as_deref() != Ok("1"),
-        "NORMKIT_REQUIRE_CUDA_EMU=1 but the CUDA host emulation was not built (see build.rs warnings)"
-    );
-    eprintln!("skipped: the CUDA host emulation was not built (needs Linux and a C++ compiler)");
-    false
-}
-
-/// Devices to run on: few SMs (grid-stride loops, several rows per block) with blocks and
-/// threads in reverse order, and a full-size grid in forward order.
-const DEVICES: [EmuDevice; 2] = [
-    EmuDevice {
-        sms: 2,
-        reverse_blocks: true,
-        reverse_threads: true,
-    },
-    EmuDevice {
-        sms: 132,
-        reverse_blocks: false,
-        reverse_threads: false,
-    },
-];
-
-/// Deterministic data with an offset (exercises the centred statistics) and a spread.
-fn data(len: usize, seed: u64, offset: f64) -> Vec<f64> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            offset + ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 4.0
-        })
-        .collect()
-}
-
-fn cast<T: Element>(v: &[f64]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f64(x)).collect()
-}
+mod emu_common;
+use emu_common::{DEVICES, cast, data, ready};
 
 /// (rtol, atol) for outputs of dtype T.
 fn tol<T: Element>() -> (f64, f64) {
