@@ -7,6 +7,7 @@
 #![cfg(feature = "cuda")]
 
 use normkit::backend::cuda::device::{CudaDevice, CudaOp, DeviceBuffer};
+use normkit::backend::cuda::emu::EmuDevice;
 use normkit::backend::cuda::ops::{
     CudaBatchNormArgs, CudaGroupNormArgs, CudaInstanceNormArgs, CudaLayerNormArgs, DeviceTensor,
     DeviceTensorMut, plan_batch_norm, plan_group_norm, plan_instance_norm, plan_layer_norm,
@@ -24,8 +25,10 @@ fn require_cuda() -> bool {
     std::env::var("NORMKIT_REQUIRE_CUDA").as_deref() == Ok("1")
 }
 
-/// The GPU, or `None` after printing why the test skips (a failure under
-/// `NORMKIT_REQUIRE_CUDA=1`).
+/// The GPU; without one, the host emulation (the same device ops, allocations and launches
+/// on host memory, kernels run by the emulator), or `None` after printing why the test skips
+/// (a failure under `NORMKIT_REQUIRE_CUDA=1`, or `NORMKIT_REQUIRE_CUDA_EMU=1` for the
+/// emulation).
 fn gpu(test: &str) -> Option<CudaDevice> {
     match probe() {
         CudaAvailability::Available { .. } => {
@@ -34,8 +37,22 @@ fn gpu(test: &str) -> Option<CudaDevice> {
         }
         CudaAvailability::Unavailable { reason } => {
             assert!(!require_cuda(), "NORMKIT_REQUIRE_CUDA=1 but {reason}");
-            eprintln!("{test}: skipped, no usable GPU: {reason}");
-            None
+            match CudaDevice::emulated(EmuDevice {
+                sms: 3,
+                reverse_blocks: true,
+                reverse_threads: false,
+            }) {
+                Ok(d) => {
+                    eprintln!("{test}: no usable GPU ({reason}); running on the host emulation");
+                    Some(d)
+                }
+                Err(e) => {
+                    let require = std::env::var("NORMKIT_REQUIRE_CUDA_EMU").as_deref() == Ok("1");
+                    assert!(!require, "NORMKIT_REQUIRE_CUDA_EMU=1 but {e}");
+                    eprintln!("{test}: skipped, no usable GPU ({reason}) and {e}");
+                    None
+                }
+            }
         }
     }
 }

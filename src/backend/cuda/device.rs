@@ -1,64 +1,69 @@
-//! The GPU device: primary context per ordinal, a library-owned or borrowed stream, kernel
-//! modules compiled by NVRTC on first use (or up front with [`CudaDevice::prepare`]), device
-//! buffers, and the forward ops on device tensors.
+//! The GPU device handle and its ops: [`CudaDevice`] owns a [`GpuBackend`] (the real GPU of
+//! feature `cuda`, or the host emulation of the CUDA execution model) and runs every forward
+//! and backward op on [`DeviceTensor`]s through the same planning and launch code whichever
+//! backend it holds, so the device ops (validation, stream-ordered scratch, statistics,
+//! running-stat updates, ticket counters) run in CI without a GPU on the emulated backend.
 //!
-//! * Creating a device runs [`super::probe::probe`] first, so a missing driver, device or
-//!   NVRTC is an [`ErrorKind::DeviceUnavailable`] error, never a panic; the cudarc calls that
-//!   create the context and stream run inside `catch_unwind` as well.
-//! * Launches go through [`Launcher`] (the same planning and launch sites as the host
-//!   emulation) with a raw `cuLaunchKernel` on the device's stream. A borrowed stream
-//!   (`cudaStream_t` of the caller) is wrapped with cudarc's `wrap_borrowed_stream`, which
-//!   never destroys it.
-//! * Ops never synchronise the host. Scratch memory and saved statistics are allocated
-//!   stream-ordered (`cuMemAllocAsync`, when the device has memory pools) and freed the same
-//!   way, so ops can be captured into a CUDA graph once [`CudaDevice::prepare`] has loaded
-//!   their kernels; a kernel that is not loaded during capture is an error, not a compile.
-//! * Only [`DeviceBuffer::download`] and [`CudaDevice::synchronize`] wait for the stream.
+//! * Launches go through [`Launcher`] with a raw kernel launch on the device's stream.
+//! * Ops never synchronise the host. Only [`DeviceBuffer::download`] and
+//!   [`CudaDevice::synchronize`] wait for the stream.
+//! * Device memory is freed on drop (stream-ordered on the GPU, after every use queued so far).
 
-use std::collections::HashMap;
 use std::ffi::c_void;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, result, sys};
-use cudarc::nvrtc::Ptx;
-
+use super::emu::{EmuDevice, EmuGpu};
 use super::kernels::{self, Launcher};
 use super::launch::{self, LaunchConfig};
-use super::modules;
-use super::nvrtc;
 use super::ops::{
     BatchNormPlan, CudaBatchNormArgs, CudaGroupNormArgs, CudaInstanceNormArgs, CudaLayerNormArgs,
     DeviceTensor, DeviceTensorMut, InstanceNormPlan, plan_batch_norm, plan_group_norm,
     plan_instance_norm, plan_layer_norm, plan_local_response_norm,
 };
 use super::params::BatchNormStatsParams;
-use super::probe::{CudaAvailability, CudaDeviceInfo, panic_text, probe};
+use super::probe::CudaDeviceInfo;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::LrnArgs;
-use crate::tensor::Layout;
+use crate::tensor::{Buffer, Layout};
 
 const OP: &str = "cuda";
 
-fn driver(op: &str, what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::new(
-        ErrorKind::Backend,
-        op,
-        what,
-        "CUDA driver success",
-        format!("{e:?}"),
-    )
-}
-
-fn unavailable(reason: impl Into<String>) -> Error {
-    Error::new(
-        ErrorKind::DeviceUnavailable,
-        OP,
-        "device",
-        "a CUDA driver, device and NVRTC",
-        reason,
-    )
+/// What a GPU backend provides: launches ([`Launcher`]), memory and the stream. Implemented
+/// by the driver-backed GPU (feature `cuda`) and by [`EmuGpu`] (host memory, kernels run by
+/// the host emulation, synchronously).
+pub trait GpuBackend: Launcher + Send + Sync {
+    fn info(&self) -> &CudaDeviceInfo;
+    /// The raw stream launches go to (null for the emulation).
+    fn stream(&self) -> *mut c_void;
+    fn has_borrowed_stream(&self) -> bool;
+    fn is_emulated(&self) -> bool;
+    /// Waits for everything queued on the stream.
+    fn synchronize(&self) -> Result<()>;
+    /// Compiles and loads the kernel modules `names` (`kernels/<name>.cu`).
+    fn load_modules(&self, names: &[&str]) -> Result<()>;
+    /// Checks that `ptr` (non-zero) is memory of this device.
+    fn check_pointer(&self, op: &str, operand: &str, ptr: u64) -> Result<()>;
+    /// `bytes` bytes of uninitialised device memory, 16-byte aligned (0 for 0 bytes), and
+    /// whether the free must be stream-ordered.
+    fn alloc(&self, bytes: usize) -> Result<(u64, bool)>;
+    /// # Safety
+    /// `ptr` came from [`GpuBackend::alloc`] of this backend (with its `stream_ordered`
+    /// flag) and is freed once, after every use of it was queued.
+    unsafe fn free(&self, ptr: u64, stream_ordered: bool);
+    /// # Safety
+    /// `ptr` addresses `bytes` writable bytes of this device.
+    unsafe fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<()>;
+    /// Queues a copy of `src` to `dst` (`src` may be reused on return).
+    ///
+    /// # Safety
+    /// `dst` addresses `src.len()` writable bytes of this device.
+    unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<()>;
+    /// Copies `dst.len()` bytes from `src`, waiting for the stream first.
+    ///
+    /// # Safety
+    /// `src` addresses `dst.len()` readable bytes of this device.
+    unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<()>;
 }
 
 /// Which ops a workload will run, for [`CudaDevice::prepare`].
@@ -80,7 +85,7 @@ impl CudaOp {
         CudaOp::LocalResponseNorm,
     ];
 
-    /// The kernel modules (`kernels/<name>.cu`) the op launches from.
+    /// The kernel modules (`kernels/<name>.cu`) the op launches from (forward and backward).
     pub fn modules(self) -> &'static [&'static str] {
         match self {
             CudaOp::LayerNorm => &["layer_norm"],
@@ -92,337 +97,99 @@ impl CudaOp {
     }
 }
 
-type FunctionCache = HashMap<(usize, String), CudaFunction>;
-/// Loaded kernels of every device, by (ordinal, entry point). Modules stay loaded (and the
-/// primary context retained) for the process lifetime, shared by every `CudaDevice`.
-static FUNCTIONS: Mutex<Option<FunctionCache>> = Mutex::new(None);
-
-struct Inner {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    borrowed: bool,
-    info: CudaDeviceInfo,
-}
-
-/// One CUDA device (primary context) with one stream. Cheap to clone; clones share the
-/// stream. Not for concurrent use from several threads without external synchronisation
-/// (like a cuDNN handle); separate `CudaDevice`s may run concurrently.
+/// A GPU with one stream: the real device (feature `cuda`: [`CudaDevice::new`],
+/// [`CudaDevice::with_borrowed_stream`]) or the host emulation ([`CudaDevice::emulated`]).
+/// Cheap to clone; clones share the stream. Not for concurrent use from several threads
+/// without external synchronisation (like a cuDNN handle); separate `CudaDevice`s may run
+/// concurrently.
 #[derive(Clone)]
 pub struct CudaDevice {
-    inner: Arc<Inner>,
+    inner: Arc<dyn GpuBackend>,
 }
 
 impl std::fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaDevice")
-            .field("info", &self.inner.info)
-            .field("borrowed_stream", &self.inner.borrowed)
+            .field("info", self.inner.info())
+            .field("emulated", &self.inner.is_emulated())
+            .field("borrowed_stream", &self.inner.has_borrowed_stream())
             .finish()
     }
 }
 
 impl CudaDevice {
-    /// Device `ordinal` with a new, library-owned non-blocking stream.
-    pub fn new(ordinal: usize) -> Result<CudaDevice> {
-        Self::create(ordinal, None)
+    pub(crate) fn from_backend(b: impl GpuBackend + 'static) -> CudaDevice {
+        CudaDevice { inner: Arc::new(b) }
     }
 
-    /// Device `ordinal` launching on the caller's stream, which normkit never destroys or
-    /// synchronises except in [`CudaDevice::synchronize`] and [`DeviceBuffer::download`].
-    /// Null is the legacy default stream, `2` (`CU_STREAM_PER_THREAD`) the per-thread one;
-    /// any other stream must belong to the device's primary context (checked).
-    ///
-    /// # Safety
-    /// `stream` must be a valid stream handle that outlives this device, its clones and
-    /// every [`DeviceBuffer`] it allocates (they are freed stream-ordered on it).
-    pub unsafe fn with_borrowed_stream(ordinal: usize, stream: *mut c_void) -> Result<CudaDevice> {
-        Self::create(ordinal, Some(stream as sys::CUstream))
-    }
-
-    fn create(ordinal: usize, borrowed: Option<sys::CUstream>) -> Result<CudaDevice> {
-        let info = match probe() {
-            CudaAvailability::Available { devices, .. } => {
-                devices.get(ordinal).cloned().ok_or_else(|| {
-                    unavailable(format!(
-                        "cuda:{ordinal}, but only {} CUDA device(s)",
-                        devices.len()
-                    ))
-                })?
-            }
-            CudaAvailability::Unavailable { reason } => return Err(unavailable(reason)),
-        };
-        let made = catch_unwind(AssertUnwindSafe(|| -> Result<_> {
-            let ctx = CudaContext::new(ordinal).map_err(|e| driver(OP, "context", e))?;
-            let stream = match borrowed {
-                None => ctx.new_stream().map_err(|e| driver(OP, "stream", e))?,
-                Some(s) => {
-                    let special = s.is_null() || s as usize == 2;
-                    if !special {
-                        let mut owner: sys::CUcontext = std::ptr::null_mut();
-                        // SAFETY: the caller guarantees `s` is a valid stream; the driver
-                        // writes one context handle into `owner`.
-                        unsafe { sys::cuStreamGetCtx(s, &mut owner) }
-                            .result()
-                            .map_err(|e| driver(OP, "stream", e))?;
-                        if owner != ctx.cu_ctx() {
-                            return Err(Error::new(
-                                ErrorKind::DeviceMismatch,
-                                OP,
-                                "stream",
-                                format!("a stream of the primary context of cuda:{ordinal}"),
-                                "a stream of another context",
-                            ));
-                        }
-                    }
-                    // SAFETY: `s` is valid, belongs to this (primary) context (checked
-                    // above, or a special handle valid in every context), and outlives the
-                    // wrapper per this function's contract; the wrapper never destroys it.
-                    unsafe { ctx.wrap_borrowed_stream(s) }
-                }
-            };
-            Ok((ctx, stream))
-        }));
-        let (ctx, stream) = match made {
-            Ok(r) => r?,
-            Err(p) => return Err(unavailable(format!("cudarc panicked: {}", panic_text(&p)))),
-        };
-        Ok(CudaDevice {
-            inner: Arc::new(Inner {
-                ctx,
-                stream,
-                borrowed: borrowed.is_some(),
-                info,
-            }),
-        })
+    /// The host emulation of a GPU with `sms` streaming multiprocessors: device memory is host
+    /// memory (filled with 0xFF bytes on allocation, so a read of memory no kernel wrote shows
+    /// as NaN), kernels are the real `kernels/*.cu` compiled by the system C++ compiler and
+    /// run synchronously. For tests and CI without a GPU; slow. Fails when the emulation was
+    /// not built (build.rs needs a C++ compiler on Linux).
+    pub fn emulated(device: EmuDevice) -> Result<CudaDevice> {
+        EmuGpu::new(device).map(CudaDevice::from_backend)
     }
 
     pub fn info(&self) -> &CudaDeviceInfo {
-        &self.inner.info
+        self.inner.info()
     }
 
     pub fn ordinal(&self) -> usize {
-        self.inner.info.ordinal
+        self.inner.info().ordinal
+    }
+
+    /// Whether this is the host emulation rather than a GPU.
+    pub fn is_emulated(&self) -> bool {
+        self.inner.is_emulated()
     }
 
     /// The raw stream launches go to.
     pub fn stream(&self) -> *mut c_void {
-        self.inner.stream.cu_stream() as *mut c_void
+        self.inner.stream()
     }
 
     pub fn has_borrowed_stream(&self) -> bool {
-        self.inner.borrowed
+        self.inner.has_borrowed_stream()
     }
 
     /// Waits for everything queued on the stream (the only call besides
     /// [`DeviceBuffer::download`] that blocks the host).
     pub fn synchronize(&self) -> Result<()> {
-        self.bind()?;
-        self.inner
-            .stream
-            .synchronize()
-            .map_err(|e| driver(OP, "synchronize", e))
-    }
-
-    fn bind(&self) -> Result<()> {
-        self.inner
-            .ctx
-            .bind_to_thread()
-            .map_err(|e| driver(OP, "context", e))
+        self.inner.synchronize()
     }
 
     /// Compiles (NVRTC, cached in memory and under `NORMKIT_KERNEL_CACHE_DIR`) and loads
-    /// every kernel `ops` can launch, for every dtype and layout, so that no compile happens
-    /// later (first-call latency, CUDA graph capture).
+    /// every kernel `ops` can launch, forward and backward, for every dtype and layout, so
+    /// that no compile happens later (first-call latency, CUDA graph capture).
     pub fn prepare(&self, ops: &[CudaOp]) -> Result<()> {
-        for op in ops {
-            for m in op.modules() {
-                self.load_module(m)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn load_module(&self, name: &str) -> Result<()> {
-        let ordinal = self.ordinal();
-        let module = modules::all().find(|m| m.name == name).ok_or_else(|| {
-            Error::invalid(
-                OP,
-                "module",
-                "a kernel module of kernels/",
-                name.to_string(),
-            )
-        })?;
-        {
-            let cache = FUNCTIONS.lock().map_err(|_| poisoned())?;
-            if let Some(c) = cache.as_ref() {
-                if module
-                    .entry_points
-                    .iter()
-                    .all(|e| c.contains_key(&(ordinal, e.to_string())))
-                {
-                    return Ok(());
-                }
-            }
-        }
-        let (major, minor) = self.inner.info.compute_capability;
-        let ptx = nvrtc::compile_ptx(
-            module.source,
-            &format!("{}.cu", module.name),
-            &nvrtc::options_for(major, minor),
-        )?;
-        self.bind()?;
-        let loaded = catch_unwind(AssertUnwindSafe(|| {
-            let m = self.inner.ctx.load_module(Ptx::from_src(ptx))?;
-            module
-                .entry_points
-                .iter()
-                .map(|e| m.load_function(e).map(|f| (e.to_string(), f)))
-                .collect::<std::result::Result<Vec<_>, _>>()
-        }));
-        let functions = match loaded {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => return Err(driver(OP, module.name, e)),
-            Err(p) => return Err(driver(OP, module.name, panic_text(&p))),
-        };
-        let mut cache = FUNCTIONS.lock().map_err(|_| poisoned())?;
-        let cache = cache.get_or_insert_with(HashMap::new);
-        for (name, f) in functions {
-            cache.entry((ordinal, name)).or_insert(f);
-        }
-        Ok(())
-    }
-
-    fn function(&self, name: &str) -> Result<CudaFunction> {
-        let key = (self.ordinal(), name.to_string());
-        let cached = |key: &(usize, String)| -> Result<Option<CudaFunction>> {
-            let cache = FUNCTIONS.lock().map_err(|_| poisoned())?;
-            Ok(cache.as_ref().and_then(|c| c.get(key).cloned()))
-        };
-        if let Some(f) = cached(&key)? {
-            return Ok(f);
-        }
-        // SAFETY: the stream handle is valid for the device's lifetime (owned, or borrowed
-        // under `with_borrowed_stream`'s contract); the call only reads its capture state.
-        let status = unsafe { result::stream::is_capturing(self.inner.stream.cu_stream()) }
-            .map_err(|e| driver(OP, "stream", e))?;
-        if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                OP,
-                name,
-                "kernels loaded before stream capture (call CudaDevice::prepare first)",
-                "a kernel that is not loaded yet, during capture",
-            ));
-        }
-        let module = modules::module_of(name).ok_or_else(|| {
-            Error::invalid(
-                OP,
-                "kernel",
-                "an entry point of kernels/*.cu",
-                name.to_string(),
-            )
-        })?;
-        self.load_module(module.name)?;
-        cached(&key)?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Backend,
-                OP,
-                name,
-                "the entry point in its loaded module",
-                "missing",
-            )
-        })
-    }
-
-    /// Checks that `ptr` is memory of this device (device or managed memory), not a host
-    /// pointer or another device's memory.
-    fn check_pointer(&self, op: &str, operand: &str, ptr: u64) -> Result<()> {
-        if ptr == 0 {
-            return Ok(());
-        }
-        let attr = |a: sys::CUpointer_attribute| -> std::result::Result<i32, sys::CUresult> {
-            let mut v: u32 = 0;
-            // SAFETY: MEMORY_TYPE, IS_MANAGED and DEVICE_ORDINAL each write one 32-bit value
-            // into `v`; the driver only inspects `ptr`'s address, never dereferences it.
-            let r = unsafe {
-                sys::cuPointerGetAttribute((&mut v as *mut u32).cast::<c_void>(), a, ptr)
-            };
-            match r {
-                sys::CUresult::CUDA_SUCCESS => Ok(v as i32),
-                e => Err(e),
-            }
-        };
-        self.bind()?;
-        use sys::CUpointer_attribute as P;
-        let host = |why: String| {
-            Error::new(
-                ErrorKind::DeviceMismatch,
-                op,
-                operand,
-                format!("memory of cuda:{}", self.ordinal()),
-                why,
-            )
-        };
-        let mem = attr(P::CU_POINTER_ATTRIBUTE_MEMORY_TYPE).map_err(|e| {
-            host(format!(
-                "a host pointer {ptr:#x} (cuPointerGetAttribute: {e:?})"
-            ))
-        })?;
-        let managed = attr(P::CU_POINTER_ATTRIBUTE_IS_MANAGED).unwrap_or(0) != 0;
-        let device = sys::CUmemorytype::CU_MEMORYTYPE_DEVICE as i32;
-        let unified = sys::CUmemorytype::CU_MEMORYTYPE_UNIFIED as i32;
-        if mem != device && mem != unified && !managed {
-            return Err(host(format!("page-locked host memory at {ptr:#x}")));
-        }
-        if !managed {
-            let ord =
-                attr(P::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL).map_err(|e| driver(op, operand, e))?;
-            if ord as usize != self.ordinal() {
-                return Err(host(format!("memory of cuda:{ord}")));
-            }
-        }
-        Ok(())
+        ops.iter()
+            .try_for_each(|op| self.inner.load_modules(op.modules()))
     }
 
     fn check_pointers(&self, op: &str, ptrs: &[(&str, u64)]) -> Result<()> {
         ptrs.iter()
-            .try_for_each(|&(name, p)| self.check_pointer(op, name, p))
+            .filter(|(_, p)| *p != 0)
+            .try_for_each(|&(name, p)| self.inner.check_pointer(op, name, p))
     }
 
     fn alloc_bytes(&self, bytes: usize) -> Result<Allocation> {
-        if bytes == 0 {
-            return Ok(Allocation {
-                ptr: 0,
-                stream_ordered: false,
-                dev: self.inner.clone(),
-            });
-        }
-        self.bind()?;
-        let stream_ordered = self.inner.ctx.has_async_alloc();
-        let ptr = if stream_ordered {
-            // SAFETY: the stream is valid for the device's lifetime; the memory is only used
-            // by work on this stream (ops, copies) and freed on it.
-            unsafe { result::malloc_async(self.inner.stream.cu_stream(), bytes) }
-        } else {
-            // SAFETY: plain device allocation in the current (this device's) context.
-            unsafe { result::malloc_sync(bytes) }
-        }
-        .map_err(|e| driver(OP, "allocation", e))?;
+        let (ptr, stream_ordered) = self.inner.alloc(bytes)?;
         Ok(Allocation {
             ptr,
             stream_ordered,
-            dev: self.inner.clone(),
+            gpu: self.inner.clone(),
         })
     }
 
-    fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<()> {
-        if bytes == 0 {
-            return Ok(());
+    /// `bytes` zero bytes (the memset is queued).
+    fn zeroed_bytes(&self, bytes: usize) -> Result<Allocation> {
+        let a = self.alloc_bytes(bytes)?;
+        if bytes > 0 {
+            // SAFETY: `a` was just allocated with `bytes` bytes on this device.
+            unsafe { self.inner.memset_zero(a.ptr, bytes)? };
         }
-        // SAFETY: `ptr` is an allocation of at least `bytes` bytes made by this device; the
-        // memset is ordered on the stream like every use of it.
-        unsafe { result::memset_d8_async(ptr, 0, bytes, self.inner.stream.cu_stream()) }
-            .map_err(|e| driver(OP, "memset", e))
+        Ok(a)
     }
 
     /// `len` uninitialised elements of `dtype`.
@@ -446,20 +213,33 @@ impl CudaDevice {
     /// `len` zeros of `dtype` (queued on the stream).
     pub fn alloc_zeroed(&self, dtype: DType, len: usize) -> Result<DeviceBuffer> {
         let b = self.alloc(dtype, len)?;
-        self.memset_zero(b.ptr(), len * dtype.size_in_bytes())?;
+        if len > 0 {
+            // SAFETY: `b` was just allocated with len·size bytes on this device.
+            unsafe {
+                self.inner
+                    .memset_zero(b.ptr(), len * dtype.size_in_bytes())?
+            };
+        }
         Ok(b)
     }
 
     /// A device copy of `data` (the copy is queued; `data` may be reused on return).
     pub fn upload<T: Element>(&self, data: &[T]) -> Result<DeviceBuffer> {
         let b = self.alloc(T::DTYPE, data.len())?;
-        if !data.is_empty() {
-            // SAFETY: `b` holds `data.len()` elements of T; the copy is from pageable memory,
-            // which the driver stages before returning, so `data` may change afterwards.
-            unsafe { result::memcpy_htod_async(b.ptr(), data, self.inner.stream.cu_stream()) }
-                .map_err(|e| driver(OP, "upload", e))?;
-        }
+        // SAFETY: `b` was just allocated with data.len() elements of T, as_bytes(data).len()
+        // bytes.
+        unsafe { self.inner.upload(b.ptr(), as_bytes(data))? };
         Ok(b)
+    }
+
+    /// A device copy of a host buffer.
+    pub fn upload_buffer(&self, data: &Buffer) -> Result<DeviceBuffer> {
+        match data {
+            Buffer::F32(v) => self.upload(v),
+            Buffer::F64(v) => self.upload(v),
+            Buffer::F16(v) => self.upload(v),
+            Buffer::BF16(v) => self.upload(v),
+        }
     }
 
     /// Layer normalisation on the device (as [`crate::ops::layer_norm`]); returns the saved
@@ -615,8 +395,7 @@ impl CudaDevice {
                 let sp = launch::batch_norm_stats(dtype, order, n, c, s, self.sm_count());
                 let stats = self.empty_stats(dtype, c)?;
                 let workspace = self.alloc_bytes(sp.workspace_bytes)?;
-                let counters = self.alloc_bytes(sp.counters * 4)?;
-                self.memset_zero(counters.ptr, sp.counters * 4)?;
+                let counters = self.zeroed_bytes(sp.counters * 4)?;
                 apply.mean = stats.mean.ptr();
                 apply.rstd_or_var = stats.invstd.ptr();
                 let sparams = BatchNormStatsParams {
@@ -674,77 +453,44 @@ impl CudaDevice {
     }
 }
 
-fn poisoned() -> Error {
-    Error::new(
-        ErrorKind::Backend,
-        OP,
-        "kernel cache",
-        "an unpoisoned lock",
-        "poisoned",
-    )
-}
-
 impl Launcher for CudaDevice {
     fn sm_count(&self) -> u32 {
-        self.inner.info.sm_count
+        self.inner.sm_count()
     }
 
     unsafe fn launch_raw(&self, name: &str, config: LaunchConfig, params: &[u8]) -> Result<()> {
-        let f = self.function(name)?;
-        self.bind()?;
-        // The struct's bytes in 8-byte-aligned storage (the driver copies `sizeof` bytes).
-        let mut words: Vec<u64> = params
-            .chunks(8)
-            .map(|c| {
-                let mut b = [0u8; 8];
-                b[..c.len()].copy_from_slice(c);
-                u64::from_ne_bytes(b)
-            })
-            .collect();
-        let mut args = [words.as_mut_ptr().cast::<c_void>()];
-        let [gx, gy, gz] = config.grid;
-        let [bx, by, bz] = config.block;
-        // SAFETY: `f` is a loaded entry point of this device's context (bound above) taking
-        // one by-value parameter struct, whose bytes `args[0]` points to for the duration of
-        // the call (the driver copies them); the addresses inside are valid per this
-        // function's contract; the stream is valid for the device's lifetime.
-        unsafe {
-            result::launch_kernel(
-                f.cu_function(),
-                (gx, gy, gz),
-                (bx, by, bz),
-                0,
-                self.inner.stream.cu_stream(),
-                &mut args,
-            )
-        }
-        .map_err(|e| driver(OP, name, e))
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.inner.launch_raw(name, config, params) }
     }
+}
+
+/// The bytes of a slice of elements.
+fn as_bytes<T: Element>(s: &[T]) -> &[u8] {
+    // SAFETY: `Element` is sealed and implemented only for f32, f64, f16 and bf16: plain
+    // numbers without padding, so every byte of the slice is initialised; u8 has alignment 1
+    // and the length is the slice's size in bytes.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+}
+
+/// The bytes of a mutable slice of elements.
+fn as_bytes_mut<T: Element>(s: &mut [T]) -> &mut [u8] {
+    // SAFETY: as `as_bytes`; in addition every bit pattern is a valid f32, f64, f16 or bf16,
+    // so any bytes written through the view leave valid elements.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
 }
 
 /// Device memory freed (stream-ordered where allocated so) on drop.
 struct Allocation {
     ptr: u64,
     stream_ordered: bool,
-    dev: Arc<Inner>,
+    gpu: Arc<dyn GpuBackend>,
 }
 
 impl Drop for Allocation {
     fn drop(&mut self) {
-        if self.ptr == 0 {
-            return;
-        }
-        let _ = self.dev.ctx.bind_to_thread();
-        // SAFETY: `ptr` was allocated by this device and is freed once; a stream-ordered
-        // free runs after all work queued on the stream so far, which includes every use.
-        // Errors cannot be reported from drop; the driver keeps them for the next call.
-        let _ = unsafe {
-            if self.stream_ordered {
-                result::free_async(self.ptr, self.dev.stream.cu_stream())
-            } else {
-                result::free_sync(self.ptr)
-            }
-        };
+        // SAFETY: `ptr` was allocated by `gpu` with this flag and is freed once, here; every
+        // use of it was queued before the owner was dropped.
+        unsafe { self.gpu.free(self.ptr, self.stream_ordered) }
     }
 }
 
@@ -814,11 +560,19 @@ impl DeviceBuffer {
     pub fn view_channels_last(&self, shape: &[usize]) -> Result<DeviceTensor<'_>> {
         self.view_in(shape, Layout::ChannelsLast)
     }
+    /// A view with `shape` in `layout` (contiguous or channels-last).
+    pub fn view_as(&self, shape: &[usize], layout: Layout) -> Result<DeviceTensor<'_>> {
+        self.view_in(shape, layout)
+    }
     pub fn view_mut(&mut self, shape: &[usize]) -> Result<DeviceTensorMut<'_>> {
         self.view_mut_in(shape, Layout::Contiguous)
     }
     pub fn view_mut_channels_last(&mut self, shape: &[usize]) -> Result<DeviceTensorMut<'_>> {
         self.view_mut_in(shape, Layout::ChannelsLast)
+    }
+    /// A writable view with `shape` in `layout`.
+    pub fn view_mut_as(&mut self, shape: &[usize], layout: Layout) -> Result<DeviceTensorMut<'_>> {
+        self.view_mut_in(shape, layout)
     }
 
     /// Copies the buffer to the host, waiting for the stream (a documented copy-out).
@@ -832,32 +586,49 @@ impl DeviceBuffer {
             ));
         }
         let mut out = vec![T::default(); self.len];
-        if self.len == 0 {
-            return Ok(out);
-        }
-        self.alloc
-            .dev
-            .ctx
-            .bind_to_thread()
-            .map_err(|e| driver(OP, "context", e))?;
-        let stream = self.alloc.dev.stream.cu_stream();
-        // SAFETY: `out` has room for `len` elements of T = the buffer's dtype; the stream is
-        // synchronised before `out` is read or moved.
+        // SAFETY: the buffer holds `len` elements of T = the buffer's dtype, as many bytes as
+        // `out` has.
         unsafe {
-            result::memcpy_dtoh_async(&mut out, self.ptr(), stream)
-                .and_then(|_| result::stream::synchronize(stream))
-        }
-        .map_err(|e| driver(OP, "download", e))?;
+            self.alloc
+                .gpu
+                .download(self.ptr(), as_bytes_mut(&mut out))?
+        };
         Ok(out)
+    }
+
+    /// The buffer as a host [`Buffer`] of its dtype (waits for the stream).
+    pub fn to_buffer(&self) -> Result<Buffer> {
+        Ok(match self.dtype {
+            DType::F32 => Buffer::F32(self.download()?),
+            DType::F64 => Buffer::F64(self.download()?),
+            DType::F16 => Buffer::F16(self.download()?),
+            DType::BF16 => Buffer::BF16(self.download()?),
+        })
     }
 
     /// [`DeviceBuffer::download`] converted to f64, whatever the dtype.
     pub fn download_f64(&self) -> Result<Vec<f64>> {
-        crate::ops::with_element!(self.dtype, T => Ok(self
-            .download::<T>()?
-            .into_iter()
-            .map(Element::to_f64)
-            .collect()))
+        Ok(self.to_buffer()?.to_f64_vec())
+    }
+
+    /// Overwrites the buffer with `data` (same dtype and length; the copy is queued).
+    pub fn copy_from_host(&mut self, data: &Buffer) -> Result<()> {
+        if data.dtype() != self.dtype || data.len() != self.len {
+            return Err(Error::shape(
+                "DeviceBuffer::copy_from_host",
+                "data",
+                format!("{} elements of {}", self.len, self.dtype),
+                format!("{} elements of {}", data.len(), data.dtype()),
+            ));
+        }
+        let bytes = match data {
+            Buffer::F32(v) => as_bytes(v),
+            Buffer::F64(v) => as_bytes(v),
+            Buffer::F16(v) => as_bytes(v),
+            Buffer::BF16(v) => as_bytes(v),
+        };
+        // SAFETY: the buffer holds len elements of its dtype, exactly bytes.len() bytes.
+        unsafe { self.alloc.gpu.upload(self.ptr(), bytes) }
     }
 }
 

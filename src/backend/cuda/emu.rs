@@ -6,14 +6,19 @@
 //! and pass host addresses as "device" pointers. Used by tests/cuda_emulated.rs. Not a fast
 //! CPU backend.
 
+use super::device::GpuBackend;
 use super::kernels::{self, Launcher};
 use super::launch::{self, ChannelOrder, LaunchConfig};
 use super::params::{
     BatchNormApplyParams, BatchNormStatsParams, GroupNormParams, LayerNormParams, LrnParams,
 };
 use super::params::{LayerNormBwdParams, LrnBwdParams, NormBwdParams};
+use super::probe::CudaDeviceInfo;
 use crate::dtype::{Element, Real};
 use crate::error::{Error, ErrorKind, Result};
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::sync::Mutex;
 
 const OP: &str = "cuda_emu";
 
@@ -125,6 +130,163 @@ impl Launcher for EmuDevice {
             let _ = (name, config, params);
             Err(unavailable())
         }
+    }
+}
+
+/// The emulated device as a [`GpuBackend`] (behind [`CudaDevice::emulated`]): device memory is
+/// host memory registered here, so pointers that are not inside a live allocation are
+/// rejected like host pointers on a GPU; launches run synchronously.
+/// Live emulated allocations by base address: (storage, size in bytes).
+type Allocations = BTreeMap<u64, (Box<[u128]>, usize)>;
+
+pub struct EmuGpu {
+    device: EmuDevice,
+    info: CudaDeviceInfo,
+    /// Live allocations by base address: (storage, size in bytes).
+    allocations: Mutex<Allocations>,
+}
+
+impl EmuGpu {
+    pub fn new(device: EmuDevice) -> Result<EmuGpu> {
+        if !available() {
+            return Err(unavailable());
+        }
+        Ok(EmuGpu {
+            device,
+            info: CudaDeviceInfo {
+                ordinal: 0,
+                name: "normkit CUDA host emulation".into(),
+                compute_capability: (9, 0),
+                sm_count: device.sms,
+            },
+            allocations: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn allocations(&self) -> std::sync::MutexGuard<'_, Allocations> {
+        self.allocations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `[ptr, ptr + bytes)` lies inside one live allocation.
+    fn contains(&self, ptr: u64, bytes: usize) -> bool {
+        let a = self.allocations();
+        a.range(..=ptr)
+            .next_back()
+            .is_some_and(|(&base, &(_, size))| {
+                ptr.checked_add(bytes as u64)
+                    .is_some_and(|end| end <= base + size as u64)
+            })
+    }
+
+    fn range_error(&self, what: &str, ptr: u64, bytes: usize) -> Error {
+        Error::new(
+            ErrorKind::DeviceMismatch,
+            OP,
+            what,
+            "memory of the emulated device",
+            format!("{bytes} bytes at {ptr:#x} outside every emulated allocation"),
+        )
+    }
+}
+
+impl Launcher for EmuGpu {
+    fn sm_count(&self) -> u32 {
+        self.device.sms
+    }
+
+    unsafe fn launch_raw(&self, name: &str, config: LaunchConfig, params: &[u8]) -> Result<()> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.device.launch_raw(name, config, params) }
+    }
+}
+
+impl GpuBackend for EmuGpu {
+    fn info(&self) -> &CudaDeviceInfo {
+        &self.info
+    }
+    fn stream(&self) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+    fn has_borrowed_stream(&self) -> bool {
+        false
+    }
+    fn is_emulated(&self) -> bool {
+        true
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+    fn load_modules(&self, names: &[&str]) -> Result<()> {
+        // every kernel is compiled into the emulation; check the names all the same
+        for n in names {
+            if !super::modules::all().any(|m| m.name == *n) {
+                return Err(Error::invalid(
+                    OP,
+                    "module",
+                    "a kernel module of kernels/",
+                    *n,
+                ));
+            }
+        }
+        Ok(())
+    }
+    fn check_pointer(&self, op: &str, operand: &str, ptr: u64) -> Result<()> {
+        if ptr == 0 || self.contains(ptr, 1) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::DeviceMismatch,
+            op,
+            operand,
+            "memory of the emulated device",
+            format!("a host pointer {ptr:#x}"),
+        ))
+    }
+    fn alloc(&self, bytes: usize) -> Result<(u64, bool)> {
+        if bytes == 0 {
+            return Ok((0, false));
+        }
+        // 0xFF bytes: NaN in every float type, so reads of unwritten memory show up
+        let storage = vec![u128::MAX; bytes.div_ceil(16)].into_boxed_slice();
+        let ptr = storage.as_ptr() as u64;
+        self.allocations().insert(ptr, (storage, bytes));
+        Ok((ptr, false))
+    }
+    unsafe fn free(&self, ptr: u64, _stream_ordered: bool) {
+        self.allocations().remove(&ptr);
+    }
+    unsafe fn memset_zero(&self, ptr: u64, bytes: usize) -> Result<()> {
+        if !self.contains(ptr, bytes) {
+            return Err(self.range_error("memset", ptr, bytes));
+        }
+        // SAFETY: the range lies inside a live allocation (checked), which is host memory
+        // owned by this backend; nothing else accesses it during this synchronous call.
+        unsafe { std::ptr::write_bytes(ptr as *mut u8, 0, bytes) };
+        Ok(())
+    }
+    unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        if !self.contains(dst, src.len()) {
+            return Err(self.range_error("upload", dst, src.len()));
+        }
+        // SAFETY: the destination range lies inside a live allocation (checked) and cannot
+        // overlap `src`, a borrowed host slice outside this backend's allocations.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        Ok(())
+    }
+    unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        if !self.contains(src, dst.len()) {
+            return Err(self.range_error("download", src, dst.len()));
+        }
+        // SAFETY: the source range lies inside a live allocation (checked); `dst` is an
+        // exclusive host slice outside this backend's allocations.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
     }
 }
 
