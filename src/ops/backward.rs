@@ -80,6 +80,25 @@ pub struct LayerNormBackwardArgs<'a> {
     pub grads: Gradients<'a>,
 }
 
+/// Shapes and dtypes of the requested gradient outputs, for validation without their memory
+/// (the CUDA ops validate device gradients with the same checks).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct GradSpec<'s> {
+    pub input: Option<(&'s [usize], DType)>,
+    pub weight: Option<(usize, DType)>,
+    pub bias: Option<(usize, DType)>,
+}
+
+impl Gradients<'_> {
+    pub(crate) fn spec(&self) -> GradSpec<'_> {
+        GradSpec {
+            input: self.grad_input.as_ref().map(|t| (t.shape(), t.dtype())),
+            weight: self.grad_weight.as_ref().map(|t| (t.numel(), t.dtype())),
+            bias: self.grad_bias.as_ref().map(|t| (t.numel(), t.dtype())),
+        }
+    }
+}
+
 fn check_same(op: &str, operand: &str, x: &Tensor, shape: &[usize], dtype: DType) -> Result<()> {
     if shape != x.shape() {
         return Err(Error::shape(
@@ -124,33 +143,24 @@ fn check_grads(
     op: &str,
     x: &Tensor,
     g: &Tensor,
-    grads: &Gradients,
+    grads: &GradSpec,
     param_len: usize,
     weight: Option<DType>,
 ) -> Result<DType> {
     check_same(op, "grad_output", x, g.shape(), g.dtype())?;
-    if let Some(gi) = &grads.grad_input {
-        check_same(op, "grad_input", x, gi.shape(), gi.dtype())?;
+    if let Some((shape, dtype)) = grads.input {
+        check_same(op, "grad_input", x, shape, dtype)?;
     }
-    for (name, t) in [
-        ("grad_weight", &grads.grad_weight),
-        ("grad_bias", &grads.grad_bias),
-    ] {
-        check_numel(
-            op,
-            name,
-            t.as_ref().map(|t| t.numel()),
-            param_len,
-            "one per parameter",
-        )?;
+    for (name, t) in [("grad_weight", grads.weight), ("grad_bias", grads.bias)] {
+        check_numel(op, name, t.map(|t| t.0), param_len, "one per parameter")?;
     }
     check_param_dtypes(
         op,
         x.dtype(),
         &[
             ("weight", weight),
-            ("grad_weight", grads.grad_weight.as_ref().map(|t| t.dtype())),
-            ("grad_bias", grads.grad_bias.as_ref().map(|t| t.dtype())),
+            ("grad_weight", grads.weight.map(|t| t.1)),
+            ("grad_bias", grads.bias.map(|t| t.1)),
         ],
     )
 }
@@ -312,9 +322,14 @@ pub fn batch_norm_backward(
     mut args: NormBackwardArgs,
 ) -> Result<()> {
     const OP: &str = "batch_norm_backward";
-    check_min_rank(OP, x, 2, "(N, C, *)")?;
-    let geom = channel_geom(x.shape());
-    check_channel_args(OP, x, grad_output, &args, geom.c, geom.c)?;
+    let geom = validate_batch_norm(
+        OP,
+        grad_output,
+        x,
+        args.weight.as_ref(),
+        &args.stats,
+        &args.grads.spec(),
+    )?;
     let grouping = Grouping {
         geom,
         per_channel: true,
@@ -346,9 +361,14 @@ pub fn sync_batch_norm_backward(
     comm: &dyn Communicator,
 ) -> Result<()> {
     const OP: &str = "sync_batch_norm_backward";
-    check_min_rank(OP, x, 2, "(N, C, *)")?;
-    let geom = channel_geom(x.shape());
-    check_channel_args(OP, x, grad_output, &args, geom.c, geom.c)?;
+    let geom = validate_batch_norm(
+        OP,
+        grad_output,
+        x,
+        args.weight.as_ref(),
+        &args.stats,
+        &args.grads.spec(),
+    )?;
     if !matches!(args.stats, ForwardStats::Saved { .. }) || comm.world_size() < 2 {
         return batch_norm_backward(grad_output, x, args);
     }
@@ -374,23 +394,41 @@ pub fn sync_batch_norm_backward(
     )
 }
 
+/// Validates a BatchNorm backward; returns the channel geometry.
+pub(crate) fn validate_batch_norm(
+    op: &str,
+    g: &Tensor,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    stats: &ForwardStats,
+    grads: &GradSpec,
+) -> Result<Geom> {
+    check_min_rank(op, x, 2, "(N, C, *)")?;
+    let geom = channel_geom(x.shape());
+    check_channel_args(op, x, g, weight, stats, grads, geom.c, geom.c)?;
+    Ok(geom)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn check_channel_args(
     op: &str,
     x: &Tensor,
     g: &Tensor,
-    args: &NormBackwardArgs,
+    weight: Option<&Tensor>,
+    stats: &ForwardStats,
+    grads: &GradSpec,
     c: usize,
     stat_len: usize,
 ) -> Result<()> {
     check_numel(
         op,
         "weight",
-        args.weight.as_ref().map(|t| t.numel()),
+        weight.map(|t| t.numel()),
         c,
         "one per channel",
     )?;
     let sd = x.dtype().stat_dtype();
-    match &args.stats {
+    match stats {
         ForwardStats::Saved { mean, invstd } => {
             check_stat(op, "mean", mean, stat_len, sd)?;
             check_stat(op, "invstd", invstd, stat_len, sd)?;
@@ -402,22 +440,32 @@ fn check_channel_args(
                 op,
                 x.dtype(),
                 &[
-                    ("weight", args.weight.as_ref().map(|t| t.dtype())),
+                    ("weight", weight.map(|t| t.dtype())),
                     ("running_mean", Some(mean.dtype())),
                     ("running_var", Some(var.dtype())),
                 ],
             )?;
         }
     }
-    check_grads(
-        op,
-        x,
-        g,
-        &args.grads,
-        c,
-        args.weight.as_ref().map(|t| t.dtype()),
-    )?;
+    check_grads(op, x, g, grads, c, weight.map(|t| t.dtype()))?;
     Ok(())
+}
+
+/// Validates an InstanceNorm backward (saved statistics per `(n, c)`, running per `c`).
+pub(crate) fn validate_instance_norm(
+    g: &Tensor,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    stats: &ForwardStats,
+    grads: &GradSpec,
+) -> Result<Geom> {
+    const OP: &str = "instance_norm_backward";
+    check_min_rank(OP, x, 2, "(N, C, *)")?;
+    let geom = channel_geom(x.shape());
+    let training = matches!(stats, ForwardStats::Saved { .. });
+    let stat_len = if training { geom.n * geom.c } else { geom.c };
+    check_channel_args(OP, x, g, weight, stats, grads, geom.c, stat_len)?;
+    Ok(geom)
 }
 
 /// Backward of [`instance_norm`](super::instance_norm): per instance as the BatchNorm
@@ -429,11 +477,14 @@ pub fn instance_norm_backward(
     mut args: NormBackwardArgs,
 ) -> Result<()> {
     const OP: &str = "instance_norm_backward";
-    check_min_rank(OP, x, 2, "(N, C, *)")?;
-    let geom = channel_geom(x.shape());
+    let geom = validate_instance_norm(
+        grad_output,
+        x,
+        args.weight.as_ref(),
+        &args.stats,
+        &args.grads.spec(),
+    )?;
     let training = matches!(args.stats, ForwardStats::Saved { .. });
-    let stat_len = if training { geom.n * geom.c } else { geom.c };
-    check_channel_args(OP, x, grad_output, &args, geom.c, stat_len)?;
     let grouping = Grouping {
         geom,
         per_channel: !training,
@@ -451,17 +502,19 @@ pub fn instance_norm_backward(
     )
 }
 
-/// Backward of [`group_norm`](super::group_norm):
-/// `dx = r·(ĝ − mean_grp(ĝ) − x̂·mean_grp(ĝ·x̂))` with `ĝ = g·γ_c`.
-pub fn group_norm_backward(
-    grad_output: &Tensor,
+/// Validates a GroupNorm backward; returns the channel geometry.
+pub(crate) fn validate_group_norm(
+    g: &Tensor,
     x: &Tensor,
-    mut args: GroupNormBackwardArgs,
-) -> Result<()> {
+    num_groups: usize,
+    weight: Option<&Tensor>,
+    (mean, invstd): (&Tensor, &Tensor),
+    grads: &GradSpec,
+) -> Result<Geom> {
     const OP: &str = "group_norm_backward";
     check_min_rank(OP, x, 2, "(N, C, *)")?;
     let geom: Geom = channel_geom(x.shape());
-    let groups = args.num_groups;
+    let groups = num_groups;
     if groups == 0 || geom.c % groups != 0 {
         return Err(Error::invalid(
             OP,
@@ -473,21 +526,34 @@ pub fn group_norm_backward(
     check_numel(
         OP,
         "weight",
-        args.weight.as_ref().map(|t| t.numel()),
+        weight.map(|t| t.numel()),
         geom.c,
         "one per channel",
     )?;
     let sd = x.dtype().stat_dtype();
-    check_stat(OP, "mean", &args.mean, geom.n * groups, sd)?;
-    check_stat(OP, "invstd", &args.invstd, geom.n * groups, sd)?;
-    check_grads(
-        OP,
-        x,
+    check_stat(OP, "mean", mean, geom.n * groups, sd)?;
+    check_stat(OP, "invstd", invstd, geom.n * groups, sd)?;
+    check_grads(OP, x, g, grads, geom.c, weight.map(|t| t.dtype()))?;
+    Ok(geom)
+}
+
+/// Backward of [`group_norm`](super::group_norm):
+/// `dx = r·(ĝ − mean_grp(ĝ) − x̂·mean_grp(ĝ·x̂))` with `ĝ = g·γ_c`.
+pub fn group_norm_backward(
+    grad_output: &Tensor,
+    x: &Tensor,
+    mut args: GroupNormBackwardArgs,
+) -> Result<()> {
+    const OP: &str = "group_norm_backward";
+    let geom = validate_group_norm(
         grad_output,
-        &args.grads,
-        geom.c,
-        args.weight.as_ref().map(|t| t.dtype()),
+        x,
+        args.num_groups,
+        args.weight.as_ref(),
+        (&args.mean, &args.invstd),
+        &args.grads.spec(),
     )?;
+    let groups = args.num_groups;
     let stats = ForwardStats::Saved {
         mean: args.mean.clone(),
         invstd: args.invstd.clone(),
@@ -509,21 +575,22 @@ pub fn group_norm_backward(
     )
 }
 
-/// Backward of [`layer_norm`](super::layer_norm):
-/// `dx = r·(ĝ − mean_row(ĝ) − x̂·mean_row(ĝ·x̂))`, `ĝ = g ⊙ γ`; `dγ = Σ_rows g·x̂`, `dβ = Σ_rows g`.
-pub fn layer_norm_backward(
-    grad_output: &Tensor,
+/// Validates a LayerNorm backward; returns `(rows, cols)`.
+pub(crate) fn validate_layer_norm(
+    g: &Tensor,
     x: &Tensor,
-    mut args: LayerNormBackwardArgs,
-) -> Result<()> {
+    ns: &[usize],
+    weight: Option<&Tensor>,
+    (mean, invstd): (&Tensor, &Tensor),
+    grads: &GradSpec,
+) -> Result<(usize, usize)> {
     const OP: &str = "layer_norm_backward";
-    let ns = args.normalized_shape.clone();
     let shape = x.shape();
     if ns.is_empty() || shape.len() < ns.len() || shape[shape.len() - ns.len()..] != ns[..] {
         return Err(Error::shape(
             OP,
             "input",
-            format!("a shape ending in normalized_shape {}", fmt_shape(&ns)),
+            format!("a shape ending in normalized_shape {}", fmt_shape(ns)),
             format!("shape {}", fmt_shape(shape)),
         ));
     }
@@ -532,20 +599,32 @@ pub fn layer_norm_backward(
     check_numel(
         OP,
         "weight",
-        args.weight.as_ref().map(|t| t.numel()),
+        weight.map(|t| t.numel()),
         cols,
         "normalized_shape",
     )?;
     let sd = x.dtype().stat_dtype();
-    check_stat(OP, "mean", &args.mean, rows, sd)?;
-    check_stat(OP, "invstd", &args.invstd, rows, sd)?;
-    check_grads(
-        OP,
-        x,
+    check_stat(OP, "mean", mean, rows, sd)?;
+    check_stat(OP, "invstd", invstd, rows, sd)?;
+    check_grads(OP, x, g, grads, cols, weight.map(|t| t.dtype()))?;
+    Ok((rows, cols))
+}
+
+/// Backward of [`layer_norm`](super::layer_norm):
+/// `dx = r·(ĝ − mean_row(ĝ) − x̂·mean_row(ĝ·x̂))`, `ĝ = g ⊙ γ`; `dγ = Σ_rows g·x̂`, `dβ = Σ_rows g`.
+pub fn layer_norm_backward(
+    grad_output: &Tensor,
+    x: &Tensor,
+    mut args: LayerNormBackwardArgs,
+) -> Result<()> {
+    const OP: &str = "layer_norm_backward";
+    let (rows, cols) = validate_layer_norm(
         grad_output,
-        &args.grads,
-        cols,
-        args.weight.as_ref().map(|t| t.dtype()),
+        x,
+        &args.normalized_shape,
+        args.weight.as_ref(),
+        (&args.mean, &args.invstd),
+        &args.grads.spec(),
     )?;
     let accumulate = args.grads.accumulate;
     let (dw, db) = with_element!(x.dtype(), T => {
@@ -562,6 +641,23 @@ pub fn layer_norm_backward(
     Ok(())
 }
 
+/// Validates a LocalResponseNorm backward; false when there is nothing to compute.
+pub(crate) fn validate_local_response_norm(
+    g: &Tensor,
+    x: &Tensor,
+    grad_input: (&[usize], DType),
+    args: &LrnArgs,
+) -> Result<bool> {
+    const OP: &str = "local_response_norm_backward";
+    check_min_rank(OP, x, 3, "(N, C, *) with at least one spatial dim")?;
+    if args.size == 0 {
+        return Err(Error::invalid(OP, "size", "size > 0", "0"));
+    }
+    check_same(OP, "grad_output", x, g.shape(), g.dtype())?;
+    check_same(OP, "grad_input", x, grad_input.0, grad_input.1)?;
+    Ok(x.numel() > 0)
+}
+
 /// Backward of [`local_response_norm`](super::local_response_norm) (spec §8.5).
 pub fn local_response_norm_backward(
     grad_output: &Tensor,
@@ -570,19 +666,12 @@ pub fn local_response_norm_backward(
     args: LrnArgs,
 ) -> Result<()> {
     const OP: &str = "local_response_norm_backward";
-    check_min_rank(OP, x, 3, "(N, C, *) with at least one spatial dim")?;
-    if args.size == 0 {
-        return Err(Error::invalid(OP, "size", "size > 0", "0"));
-    }
-    check_same(
-        OP,
-        "grad_output",
+    if !validate_local_response_norm(
+        grad_output,
         x,
-        grad_output.shape(),
-        grad_output.dtype(),
-    )?;
-    check_same(OP, "grad_input", x, grad_input.shape(), grad_input.dtype())?;
-    if x.numel() == 0 {
+        (grad_input.shape(), grad_input.dtype()),
+        &args,
+    )? {
         return Ok(());
     }
     let geom = channel_geom(x.shape());

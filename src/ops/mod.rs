@@ -25,6 +25,13 @@ pub use backward::{
     batch_norm_backward, group_norm_backward, instance_norm_backward, layer_norm_backward,
     local_response_norm_backward, sync_batch_norm_backward,
 };
+pub(crate) use backward::{
+    GradSpec, validate_batch_norm as validate_batch_norm_backward,
+    validate_group_norm as validate_group_norm_backward,
+    validate_instance_norm as validate_instance_norm_backward,
+    validate_layer_norm as validate_layer_norm_backward,
+    validate_local_response_norm as validate_local_response_norm_backward,
+};
 pub use batch_norm::{BatchNormArgs, batch_norm, sync_batch_norm};
 pub use group_norm::{GroupNormArgs, group_norm};
 pub use instance_norm::{InstanceNormArgs, instance_norm};

@@ -167,13 +167,13 @@ impl CudaDevice {
             .try_for_each(|op| self.inner.load_modules(op.modules()))
     }
 
-    fn check_pointers(&self, op: &str, ptrs: &[(&str, u64)]) -> Result<()> {
+    pub(super) fn check_pointers(&self, op: &str, ptrs: &[(&str, u64)]) -> Result<()> {
         ptrs.iter()
             .filter(|(_, p)| *p != 0)
             .try_for_each(|&(name, p)| self.inner.check_pointer(op, name, p))
     }
 
-    fn alloc_bytes(&self, bytes: usize) -> Result<Allocation> {
+    pub(super) fn alloc_bytes(&self, bytes: usize) -> Result<Allocation> {
         let (ptr, stream_ordered) = self.inner.alloc(bytes)?;
         Ok(Allocation {
             ptr,
@@ -183,13 +183,24 @@ impl CudaDevice {
     }
 
     /// `bytes` zero bytes (the memset is queued).
-    fn zeroed_bytes(&self, bytes: usize) -> Result<Allocation> {
+    pub(super) fn zeroed_bytes(&self, bytes: usize) -> Result<Allocation> {
         let a = self.alloc_bytes(bytes)?;
         if bytes > 0 {
             // SAFETY: `a` was just allocated with `bytes` bytes on this device.
             unsafe { self.inner.memset_zero(a.ptr, bytes)? };
         }
         Ok(a)
+    }
+
+    /// Queues zeros over a device tensor.
+    pub(super) fn zero_tensor(&self, t: &DeviceTensorMut) -> Result<()> {
+        let bytes = t.numel() * t.dtype().size_in_bytes();
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: a DeviceTensorMut addresses numel elements of its dtype, writable, by its
+        // constructor's contract; the caller checked that it is this device's memory.
+        unsafe { self.inner.memset_zero(t.ptr(), bytes) }
     }
 
     /// `len` uninitialised elements of `dtype`.
@@ -480,8 +491,8 @@ fn as_bytes_mut<T: Element>(s: &mut [T]) -> &mut [u8] {
 }
 
 /// Device memory freed (stream-ordered where allocated so) on drop.
-struct Allocation {
-    ptr: u64,
+pub(super) struct Allocation {
+    pub(super) ptr: u64,
     stream_ordered: bool,
     gpu: Arc<dyn GpuBackend>,
 }

@@ -26,6 +26,7 @@ pub mod probe;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
 
+pub mod backward;
 pub mod device;
 
 #[cfg(feature = "cuda")]

@@ -27,11 +27,11 @@ pub const MAX_ELEMENTS: usize = 1 << 62;
 pub const MAX_CHANNELS: usize = i32::MAX as usize;
 
 #[derive(Clone, Debug)]
-struct Meta {
-    ptr: u64,
-    dtype: DType,
-    shape: Vec<usize>,
-    layout: Layout,
+pub(super) struct Meta {
+    pub(super) ptr: u64,
+    pub(super) dtype: DType,
+    pub(super) shape: Vec<usize>,
+    pub(super) layout: Layout,
 }
 
 impl Meta {
@@ -52,7 +52,7 @@ impl Meta {
             layout,
         })
     }
-    fn numel(&self) -> usize {
+    pub(super) fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 }
@@ -61,14 +61,14 @@ impl Meta {
 /// or channels-last for `(N, C, *S)`).
 #[derive(Clone, Debug)]
 pub struct DeviceTensor<'a> {
-    meta: Meta,
+    pub(super) meta: Meta,
     _borrow: PhantomData<&'a ()>,
 }
 
 /// A writable view of device memory.
 #[derive(Debug)]
 pub struct DeviceTensorMut<'a> {
-    meta: Meta,
+    pub(super) meta: Meta,
     _borrow: PhantomData<&'a mut ()>,
 }
 
@@ -208,7 +208,7 @@ static P_F16: [f16; 1] = [f16::ZERO];
 static P_BF16: [bf16; 1] = [bf16::ZERO];
 
 /// A host view with `m`'s shape and dtype over one element (zero strides), for validation.
-fn proxy(m: &Meta) -> Result<Tensor<'static>> {
+pub(super) fn proxy(m: &Meta) -> Result<Tensor<'static>> {
     let strides = vec![0; m.shape.len()];
     match m.dtype {
         DType::F32 => Tensor::with_strides(&P_F32[..], &m.shape, &strides),
@@ -240,7 +240,11 @@ fn ptr_of_mut(t: Option<&DeviceTensorMut>) -> u64 {
 }
 
 /// Parameters must be in the compute dtype (the kernels read f32, or f64 for f64 input).
-fn check_compute_dtype(op: &str, x: DType, params: &[(&str, Option<DType>)]) -> Result<()> {
+pub(super) fn check_compute_dtype(
+    op: &str,
+    x: DType,
+    params: &[(&str, Option<DType>)],
+) -> Result<()> {
     let want = x.stat_dtype();
     for (name, d) in params {
         if let Some(d) = d {
@@ -291,7 +295,7 @@ pub fn check_index_range(op: &str, shape: &[usize], channels: usize) -> Result<(
 }
 
 /// The kernel element order of `(N, C, *S)` input `x` and output `y`.
-fn channel_order(op: &str, x: &Meta, y: &Meta) -> Result<ChannelOrder> {
+pub(super) fn channel_order(op: &str, x: &Meta, y: &Meta) -> Result<ChannelOrder> {
     let s: usize = x.shape[2..].iter().product();
     if x.shape.len() < 3 || s == 1 {
         // (N, C, 1...) is both layouts at once
@@ -311,7 +315,7 @@ fn channel_order(op: &str, x: &Meta, y: &Meta) -> Result<ChannelOrder> {
     })
 }
 
-fn require_contiguous(op: &str, operand: &str, m: &Meta) -> Result<()> {
+pub(super) fn require_contiguous(op: &str, operand: &str, m: &Meta) -> Result<()> {
     let s: usize = m.shape.get(2..).map_or(1, |d| d.iter().product());
     if m.layout == Layout::ChannelsLast && m.shape.len() >= 3 && s > 1 {
         return Err(Error::layout(
@@ -324,7 +328,7 @@ fn require_contiguous(op: &str, operand: &str, m: &Meta) -> Result<()> {
     Ok(())
 }
 
-fn ncs(shape: &[usize]) -> (usize, usize, usize) {
+pub(super) fn ncs(shape: &[usize]) -> (usize, usize, usize) {
     (shape[0], shape[1], shape[2..].iter().product())
 }
 
