@@ -74,8 +74,8 @@
 #define NORMKIT_ABI_VERSION 1
 
 /**
- * device_type of a context config meaning "choose": CUDA when usable, else the CPU. This
- * build has no CUDA backend, so it always chooses the CPU.
+ * device_type of a context config meaning "choose": CUDA device 0 when usable (a library
+ * built with the `cuda` feature, a driver, a device and NVRTC), else the CPU.
  */
 #define NORMKIT_DEVICE_AUTO 0
 
@@ -1086,9 +1086,17 @@ normkit_status_t normkit_communicator_init(struct normkit_communicator_t *comm);
 normkit_status_t normkit_context_config_init(struct normkit_context_config_t *config);
 
 /**
- * Creates a context. CPU: always available. CUDA: the C ABI does not dispatch to the CUDA
- * backend yet, so NORMKIT_STATUS_DEVICE_UNAVAILABLE (the message includes what the CUDA probe
- * found). AUTO: the CPU (it will pick CUDA when the C ABI runs on CUDA).
+ * Creates a context. CPU: always available. CUDA: the device `config.device.device_id` on
+ * the borrowed `config.stream` (which must belong to the device's primary context, the one
+ * the CUDA runtime uses); NORMKIT_STATUS_DEVICE_UNAVAILABLE with what the CUDA probe found
+ * when there is no driver, device or NVRTC (or the library was built without `cuda`).
+ * AUTO: CUDA device 0 when that works, else the CPU (normkit_context_get_device tells which).
+ *
+ * On a CUDA context every functional op (forward and backward) runs on the device, on the
+ * context's stream, without synchronising the host: tensors must be device (or managed)
+ * memory of that device, contiguous or channels-last, element-aligned; parameters, running
+ * and saved statistics in the compute dtype (float32, float64 for float64 input);
+ * num_batches_tracked stays a host int64. Modules and SyncBatchNorm need a CPU context.
  *
  * Errors: NULL pointers (NULL_POINTER), struct_size too small (STRUCT_SIZE), abi_version
  * different from this library's (ABI_MISMATCH), an unknown device type, negative thread count
@@ -1104,8 +1112,9 @@ normkit_status_t normkit_context_create(const struct normkit_context_config_t *c
 void normkit_context_destroy(struct normkit_context_t *ctx);
 
 /**
- * Sets the borrowed CUDA stream the context launches on (NULL = legacy default stream).
- * Cheap, no synchronisation. CPU contexts store and ignore it.
+ * Sets the borrowed CUDA stream the context launches on (NULL = legacy default stream; it
+ * must belong to the device's primary context). No synchronisation: work already queued
+ * stays on the old stream. CPU contexts store and ignore it.
  */
 normkit_status_t normkit_context_set_stream(struct normkit_context_t *ctx, void *stream);
 

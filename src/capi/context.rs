@@ -5,9 +5,10 @@ use std::ffi::c_void;
 use super::error::{CResult, CapiError, boundary, normkit_status_t, normkit_status_t as S};
 use super::tensor::{NORMKIT_DEVICE_CPU, NORMKIT_DEVICE_CUDA, normkit_device_t};
 use super::{NORMKIT_ABI_VERSION, read_struct, write_out};
+use crate::backend::cuda::device::CudaDevice;
 
-/// device_type of a context config meaning "choose": CUDA when usable, else the CPU. This
-/// build has no CUDA backend, so it always chooses the CPU.
+/// device_type of a context config meaning "choose": CUDA device 0 when usable (a library
+/// built with the `cuda` feature, a driver, a device and NVRTC), else the CPU.
 pub const NORMKIT_DEVICE_AUTO: i32 = 0;
 
 /// Configuration of normkit_context_create. Initialise it with normkit_context_config_init.
@@ -56,6 +57,50 @@ pub struct normkit_context_t {
     device: normkit_device_t,
     stream: *mut c_void,
     threads: usize,
+    /// The CUDA device (on the context's stream) of a CUDA context.
+    cuda: Option<CudaDevice>,
+}
+
+/// A context on a CUDA device handle: the real GPU, or the host emulation for tests of the C
+/// ABI's CUDA path without a GPU (its tensors are then buffers of that emulated device, with
+/// device type NORMKIT_DEVICE_CUDA and id 0). Destroy it with normkit_context_destroy.
+/// Rust-only (not in the C header).
+#[doc(hidden)]
+pub fn context_for_cuda_device(dev: CudaDevice) -> *mut normkit_context_t {
+    Box::into_raw(Box::new(normkit_context_t {
+        device: normkit_device_t {
+            device_type: NORMKIT_DEVICE_CUDA,
+            device_id: dev.ordinal() as i32,
+        },
+        stream: dev.stream(),
+        threads: 0,
+        cuda: Some(dev),
+    }))
+}
+
+/// Opens CUDA device `ordinal` on the caller's stream.
+#[cfg(feature = "cuda")]
+fn open_cuda(ordinal: i32, stream: *mut c_void) -> CResult<CudaDevice> {
+    let i = usize::try_from(ordinal).map_err(|_| {
+        CapiError::invalid(
+            "config.device.device_id",
+            format!("must be >= 0, got {ordinal}"),
+        )
+    })?;
+    // SAFETY: the C contract of normkit_context_create / _set_stream: `stream` is NULL or a
+    // valid stream that outlives the context (and every call made with it).
+    Ok(unsafe { CudaDevice::with_borrowed_stream(i, stream) }?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(ordinal: i32, _stream: *mut c_void) -> CResult<CudaDevice> {
+    Err(CapiError::new(
+        S::NORMKIT_STATUS_DEVICE_UNAVAILABLE,
+        format!(
+            "config.device: CUDA device {ordinal} requested, but this libnormkit was built \
+             without the `cuda` feature"
+        ),
+    ))
 }
 
 impl normkit_context_t {
@@ -63,6 +108,11 @@ impl normkit_context_t {
     /// starts (callbacks such as a SyncBatchNorm communicator run on the calling thread).
     pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         crate::backend::cpu::threads::with_threads(self.threads, f)
+    }
+
+    /// The CUDA device of a CUDA context (`None` for a CPU context).
+    pub(crate) fn cuda(&self) -> Option<&CudaDevice> {
+        self.cuda.as_ref()
     }
 }
 
@@ -89,9 +139,17 @@ pub unsafe extern "C" fn normkit_context_config_init(
     })
 }
 
-/// Creates a context. CPU: always available. CUDA: the C ABI does not dispatch to the CUDA
-/// backend yet, so NORMKIT_STATUS_DEVICE_UNAVAILABLE (the message includes what the CUDA probe
-/// found). AUTO: the CPU (it will pick CUDA when the C ABI runs on CUDA).
+/// Creates a context. CPU: always available. CUDA: the device `config.device.device_id` on
+/// the borrowed `config.stream` (which must belong to the device's primary context, the one
+/// the CUDA runtime uses); NORMKIT_STATUS_DEVICE_UNAVAILABLE with what the CUDA probe found
+/// when there is no driver, device or NVRTC (or the library was built without `cuda`).
+/// AUTO: CUDA device 0 when that works, else the CPU (normkit_context_get_device tells which).
+///
+/// On a CUDA context every functional op (forward and backward) runs on the device, on the
+/// context's stream, without synchronising the host: tensors must be device (or managed)
+/// memory of that device, contiguous or channels-last, element-aligned; parameters, running
+/// and saved statistics in the compute dtype (float32, float64 for float64 input);
+/// num_batches_tracked stays a host int64. Modules and SyncBatchNorm need a CPU context.
 ///
 /// Errors: NULL pointers (NULL_POINTER), struct_size too small (STRUCT_SIZE), abi_version
 /// different from this library's (ABI_MISMATCH), an unknown device type, negative thread count
@@ -130,23 +188,26 @@ pub unsafe extern "C" fn normkit_context_create(
                 format!("must be >= 0 (0 = default), got {}", cfg.cpu_num_threads),
             )
         })?;
-        let device = match cfg.device.device_type {
-            NORMKIT_DEVICE_CPU | NORMKIT_DEVICE_AUTO => normkit_device_t {
-                device_type: NORMKIT_DEVICE_CPU,
-                device_id: 0,
+        let cpu = normkit_device_t {
+            device_type: NORMKIT_DEVICE_CPU,
+            device_id: 0,
+        };
+        let (device, cuda) = match cfg.device.device_type {
+            NORMKIT_DEVICE_CPU => (cpu, None),
+            NORMKIT_DEVICE_AUTO => match open_cuda(0, cfg.stream) {
+                Ok(d) => (
+                    normkit_device_t {
+                        device_type: NORMKIT_DEVICE_CUDA,
+                        device_id: 0,
+                    },
+                    Some(d),
+                ),
+                Err(_) => (cpu, None),
             },
-            NORMKIT_DEVICE_CUDA => {
-                return Err(CapiError::new(
-                    S::NORMKIT_STATUS_DEVICE_UNAVAILABLE,
-                    format!(
-                        "config.device: CUDA device {} requested, but the C ABI does not run on \
-                         CUDA yet (use NORMKIT_DEVICE_CPU or NORMKIT_DEVICE_AUTO); CUDA on this \
-                         machine: {}",
-                        cfg.device.device_id,
-                        crate::backend::cuda::probe()
-                    ),
-                ));
-            }
+            NORMKIT_DEVICE_CUDA => (
+                cfg.device,
+                Some(open_cuda(cfg.device.device_id, cfg.stream)?),
+            ),
             other => {
                 return Err(CapiError::invalid(
                     "config.device.device_type",
@@ -161,6 +222,7 @@ pub unsafe extern "C" fn normkit_context_create(
             device,
             stream: cfg.stream,
             threads,
+            cuda,
         });
         // SAFETY: out is non-NULL (checked) and writable (caller contract).
         unsafe { out.write(Box::into_raw(ctx)) };
@@ -180,8 +242,9 @@ pub unsafe extern "C" fn normkit_context_destroy(ctx: *mut normkit_context_t) {
     })
 }
 
-/// Sets the borrowed CUDA stream the context launches on (NULL = legacy default stream).
-/// Cheap, no synchronisation. CPU contexts store and ignore it.
+/// Sets the borrowed CUDA stream the context launches on (NULL = legacy default stream; it
+/// must belong to the device's primary context). No synchronisation: work already queued
+/// stays on the old stream. CPU contexts store and ignore it.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn normkit_context_set_stream(
     ctx: *mut normkit_context_t,
@@ -190,6 +253,11 @@ pub unsafe extern "C" fn normkit_context_set_stream(
     boundary!("normkit_context_set_stream", {
         // SAFETY: ctx is NULL or a live context used by this thread only (caller contract).
         let ctx = unsafe { ctx.as_mut() }.ok_or_else(|| CapiError::null("ctx"))?;
+        if let Some(dev) = &ctx.cuda {
+            if !dev.is_emulated() {
+                ctx.cuda = Some(open_cuda(ctx.device.device_id, stream)?);
+            }
+        }
         ctx.stream = stream;
         Ok(())
     })
@@ -235,6 +303,7 @@ mod tests {
             device: normkit_device_t::default(),
             stream: std::ptr::null_mut(),
             threads: 3,
+            cuda: None,
         };
         let kernels = || crate::backend::cpu::threads::install(None, rayon::current_num_threads);
         assert_eq!(ctx.install(kernels), 3);

@@ -20,6 +20,7 @@
 
 pub mod comm;
 pub mod context;
+mod cuda;
 pub mod error;
 pub mod module;
 pub mod ops;

@@ -100,7 +100,7 @@ fn momentum(cumulative: bool, m: f64) -> Option<f64> {
     (!cumulative).then_some(m)
 }
 
-/// Validates the context (CPU only for now), reads the config, builds the module, writes `out`.
+/// Validates the context (CPU contexts only: module state lives in host memory), reads the config, builds the module, writes `out`.
 ///
 /// # Safety
 /// ctx, config and out are NULL or valid (the caller's contract).
@@ -111,7 +111,9 @@ unsafe fn create<T: Copy>(
     build: impl FnOnce(&T) -> CResult<Inner>,
 ) -> CResult<()> {
     // SAFETY: ctx is NULL or live (caller contract).
-    unsafe { context_ref(ctx) }?;
+    if unsafe { context_ref(ctx) }?.cuda().is_some() {
+        return Err(super::ops::cpu_only("a module"));
+    }
     // SAFETY: config is NULL or readable (caller contract).
     let cfg = unsafe { read_struct("config", config) }?;
     if out.is_null() {

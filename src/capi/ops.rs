@@ -8,6 +8,7 @@
 
 use super::comm::{CCommunicator, normkit_communicator_t};
 use super::context::{context_ref, normkit_context_t};
+use super::cuda;
 use super::error::{CResult, CapiError, boundary, normkit_status_t, normkit_status_t as S};
 use super::tensor::{Io, Need, normkit_tensor_t, required};
 use super::{read_struct, write_out};
@@ -33,6 +34,13 @@ pub(crate) unsafe fn run_op<const N: usize, const M: usize>(
     outputs: [In; M],
     f: impl for<'a> FnOnce([Option<Tensor<'a>>; N], [Option<TensorMut<'a>>; M]) -> CResult<()> + Send,
 ) -> CResult<()> {
+    if ctx.cuda().is_some() {
+        return Err(CapiError::new(
+            S::NORMKIT_STATUS_DEVICE_MISMATCH,
+            "ctx: this call runs on CPU contexts only (on a CUDA context use the functional \
+             forward and backward ops)",
+        ));
+    }
     // SAFETY: forwarded contract.
     let mut io = unsafe { Io::new(&inputs, &outputs) }?;
     {
@@ -180,6 +188,13 @@ unsafe fn batch_norm_call(
     let ctx = unsafe { context_ref(ctx) }?;
     // SAFETY: args is NULL or readable (caller contract).
     let a = unsafe { read_struct("args", args) }?;
+    if let Some(dev) = ctx.cuda() {
+        if let BnMode::Sync(_) = mode {
+            return Err(cpu_only("SyncBatchNorm"));
+        }
+        // SAFETY: the tensor and counter contract, forwarded.
+        return unsafe { cuda::batch_norm(dev, &a, training) };
+    }
     let mut counter = if training && !a.num_batches_tracked.is_null() {
         // SAFETY: non-NULL and readable (caller contract); read_unaligned needs no alignment.
         Some(unsafe { a.num_batches_tracked.read_unaligned() })
@@ -390,6 +405,10 @@ pub unsafe extern "C" fn normkit_instance_norm_forward(
         let ctx = unsafe { context_ref(ctx) }?;
         // SAFETY: args is NULL or readable (caller contract).
         let a = unsafe { read_struct("args", args) }?;
+        if let Some(dev) = ctx.cuda() {
+            // SAFETY: the tensor contract, forwarded.
+            return unsafe { cuda::instance_norm(dev, &a) };
+        }
         let (use_input_stats, momentum, eps) = (a.use_input_stats, a.momentum, a.eps);
         // SAFETY: the tensor contract, forwarded.
         unsafe {
@@ -501,6 +520,10 @@ pub unsafe extern "C" fn normkit_group_norm_forward(
         // SAFETY: args is NULL or readable (caller contract).
         let a = unsafe { read_struct("args", args) }?;
         let groups = to_usize("args.num_groups", a.num_groups)?;
+        if let Some(dev) = ctx.cuda() {
+            // SAFETY: the tensor contract, forwarded.
+            return unsafe { cuda::group_norm(dev, &a, groups) };
+        }
         let eps = a.eps;
         let t = RowTensors::of(&a);
         // SAFETY: the tensor contract, forwarded.
@@ -589,6 +612,10 @@ pub unsafe extern "C" fn normkit_layer_norm_forward(
         let ctx = unsafe { context_ref(ctx) }?;
         // SAFETY: args is NULL or readable (caller contract).
         let a = unsafe { read_struct("args", args) }?;
+        if let Some(dev) = ctx.cuda() {
+            // SAFETY: the tensor contract, forwarded.
+            return unsafe { cuda::layer_norm(dev, &a) };
+        }
         let (nd, eps) = (a.normalized_ndim, a.eps);
         let t = RowTensors::of(&a);
         // SAFETY: the tensor contract, forwarded.
@@ -617,16 +644,7 @@ pub unsafe extern "C" fn normkit_layer_norm_forward(
 
 /// x's last `nd` dims are normalised: checks 1 <= nd <= x's rank.
 fn normalized_dims(x: &Tensor, nd: i32) -> CResult<usize> {
-    let rank = x.rank();
-    usize::try_from(nd)
-        .ok()
-        .filter(|&n| n >= 1 && n <= rank)
-        .ok_or_else(|| {
-            CapiError::new(
-                S::NORMKIT_STATUS_SHAPE_MISMATCH,
-                format!("args.normalized_ndim: must be in [1, x.ndim = {rank}], got {nd}"),
-            )
-        })
+    cuda::normalized_dims(x.rank(), nd)
 }
 
 /// The tensors of a forward with one saved statistic per row (GroupNorm, LayerNorm).
@@ -776,6 +794,10 @@ pub unsafe extern "C" fn normkit_local_response_norm_forward(
         // SAFETY: args is NULL or readable (caller contract).
         let a = unsafe { read_struct("args", args) }?;
         let p = lrn_args(a.size, a.alpha, a.beta, a.k)?;
+        if let Some(dev) = ctx.cuda() {
+            // SAFETY: the tensor contract, forwarded.
+            return unsafe { cuda::local_response_norm(dev, &a, p) };
+        }
         // SAFETY: the tensor contract, forwarded.
         unsafe {
             run_op(
@@ -879,6 +901,35 @@ struct BackwardTensors {
     grad_bias: *mut normkit_tensor_t,
     accumulate: bool,
     saved: Need,
+}
+
+impl BackwardTensors {
+    /// The same tensors for the CUDA path (`running`: the running statistics pair).
+    fn device_args(&self, running: bool, eps: f64) -> cuda::BackwardArgs {
+        let stats = if running {
+            [self.running_mean, self.running_var]
+        } else {
+            [self.save_mean, self.save_invstd]
+        };
+        cuda::BackwardArgs {
+            x: self.x,
+            grad_output: self.grad_output,
+            weight: self.weight,
+            stats,
+            running,
+            eps,
+            grads: [self.grad_input, self.grad_weight, self.grad_bias],
+            accumulate: self.accumulate,
+        }
+    }
+}
+
+/// An op that needs a CPU context.
+pub(crate) fn cpu_only(what: &str) -> CapiError {
+    CapiError::new(
+        S::NORMKIT_STATUS_DEVICE_MISMATCH,
+        format!("ctx: {what} runs on CPU contexts only (a CUDA context was given)"),
+    )
 }
 
 /// Views of [`BackwardTensors`] for one call.
@@ -1009,6 +1060,15 @@ unsafe fn channel_backward(
         accumulate: a.accumulate,
         saved: OPT,
     };
+    if let Some(dev) = ctx.cuda() {
+        let op = match op {
+            ChannelOp::Batch => cuda::ChannelBackward::Batch,
+            ChannelOp::Instance => cuda::ChannelBackward::Instance,
+            ChannelOp::SyncBatch(..) => return Err(cpu_only("SyncBatchNorm")),
+        };
+        // SAFETY: the tensor contract, forwarded.
+        return unsafe { cuda::channel_backward(dev, &t.device_args(!saved, eps), op) };
+    }
     // SAFETY: the tensor contract, forwarded.
     unsafe {
         run_backward(ctx, t, move |v| {
@@ -1240,6 +1300,11 @@ pub unsafe extern "C" fn normkit_group_norm_backward(
         // SAFETY: args is NULL or readable (caller contract).
         let a = unsafe { read_struct("args", args) }?;
         let num_groups = to_usize("args.num_groups", a.num_groups)?;
+        if let Some(dev) = ctx.cuda() {
+            let b = a.backward_tensors().device_args(false, 0.0);
+            // SAFETY: the tensor contract, forwarded.
+            return unsafe { cuda::group_norm_backward(dev, &b, num_groups) };
+        }
         // SAFETY: the tensor contract, forwarded.
         unsafe {
             run_backward(ctx, a.backward_tensors(), move |v| {
@@ -1270,6 +1335,11 @@ pub unsafe extern "C" fn normkit_layer_norm_backward(
         // SAFETY: args is NULL or readable (caller contract).
         let a = unsafe { read_struct("args", args) }?;
         let nd = a.normalized_ndim;
+        if let Some(dev) = ctx.cuda() {
+            let b = a.backward_tensors().device_args(false, 0.0);
+            // SAFETY: the tensor contract, forwarded.
+            return unsafe { cuda::layer_norm_backward(dev, &b, nd) };
+        }
         // SAFETY: the tensor contract, forwarded.
         unsafe {
             run_backward(ctx, a.backward_tensors(), move |v| {
@@ -1357,6 +1427,10 @@ pub unsafe extern "C" fn normkit_local_response_norm_backward(
         // SAFETY: args is NULL or readable (caller contract).
         let a = unsafe { read_struct("args", args) }?;
         let p = lrn_args(a.size, a.alpha, a.beta, a.k)?;
+        if let Some(dev) = ctx.cuda() {
+            // SAFETY: the tensor contract, forwarded.
+            return unsafe { cuda::local_response_norm_backward(dev, &a, p) };
+        }
         // SAFETY: the tensor contract, forwarded.
         unsafe {
             run_op(

@@ -125,6 +125,14 @@ fn dtype_of(name: &str, d: normkit_dtype_t) -> CResult<Elem> {
     }
 }
 
+/// Which memory a context's ops read and write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Memory {
+    Host,
+    /// Device memory (or managed memory) of this CUDA ordinal.
+    Cuda(i32),
+}
+
 /// A validated description of a C tensor: element type, shape, strides and the memory span.
 #[derive(Debug)]
 pub(crate) struct Desc {
@@ -151,13 +159,44 @@ impl Desc {
     /// # Safety
     /// `t.shape` and `t.strides`, when non-NULL, point to `t.ndim` readable `int64_t`s.
     pub unsafe fn from_c(name: &'static str, t: &normkit_tensor_t) -> CResult<Desc> {
+        // SAFETY: forwarded contract.
+        unsafe { Desc::from_c_on(name, t, Memory::Host) }
+    }
+
+    /// Validates the tensor struct `t` for a context whose ops read `memory`.
+    ///
+    /// # Safety
+    /// As [`Desc::from_c`].
+    pub unsafe fn from_c_on(
+        name: &'static str,
+        t: &normkit_tensor_t,
+        memory: Memory,
+    ) -> CResult<Desc> {
         let dev = t.device;
-        if dev.device_type != NORMKIT_DEVICE_CPU && dev.device_type != NORMKIT_DEVICE_CUDA_HOST {
+        let ok = match memory {
+            Memory::Host => {
+                dev.device_type == NORMKIT_DEVICE_CPU || dev.device_type == NORMKIT_DEVICE_CUDA_HOST
+            }
+            Memory::Cuda(ordinal) => {
+                (dev.device_type == NORMKIT_DEVICE_CUDA
+                    || dev.device_type == NORMKIT_DEVICE_CUDA_MANAGED)
+                    && dev.device_id == ordinal
+            }
+        };
+        if !ok {
+            let expected = match memory {
+                Memory::Host => "host memory, the context runs on the CPU (expected \
+                                 NORMKIT_DEVICE_CPU or NORMKIT_DEVICE_CUDA_HOST)"
+                    .to_string(),
+                Memory::Cuda(i) => format!(
+                    "memory of CUDA device {i}, the context runs there (expected \
+                     {{NORMKIT_DEVICE_CUDA or NORMKIT_DEVICE_CUDA_MANAGED, {i}}})"
+                ),
+            };
             return Err(CapiError::new(
                 S::NORMKIT_STATUS_DEVICE_MISMATCH,
                 format!(
-                    "{name}: device {{type {}, id {}}} is not host memory, but the context runs \
-                     on the CPU (expected NORMKIT_DEVICE_CPU or NORMKIT_DEVICE_CUDA_HOST)",
+                    "{name}: device {{type {}, id {}}} is not {expected}",
                     dev.device_type, dev.device_id
                 ),
             ));
@@ -245,6 +284,51 @@ impl Desc {
 
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// The address, dtype and dense layout of a device tensor: contiguous or channels-last
+    /// (strides of size-1 dims are ignored, as every framework does), element-aligned.
+    pub fn device_parts(&self) -> CResult<(u64, DType, crate::tensor::Layout)> {
+        use crate::tensor::{Layout, channels_last_strides, contiguous_strides};
+        let dtype = self.dtype()?;
+        let same = |want: &[usize]| {
+            self.shape
+                .iter()
+                .zip(want.iter().zip(&self.strides))
+                .all(|(&d, (&w, &s))| d <= 1 || w == s)
+        };
+        let layout = if same(&contiguous_strides(&self.shape)) {
+            Layout::Contiguous
+        } else if self.shape.len() >= 3 && same(&channels_last_strides(&self.shape)) {
+            Layout::ChannelsLast
+        } else {
+            return Err(CapiError::new(
+                S::NORMKIT_STATUS_UNSUPPORTED_LAYOUT,
+                format!(
+                    "{}: CUDA ops need a contiguous or channels-last tensor, got strides {:?} \
+                     for shape {:?}",
+                    self.name, self.strides, self.shape
+                ),
+            ));
+        };
+        if !self.aligned() {
+            return Err(CapiError::new(
+                S::NORMKIT_STATUS_UNSUPPORTED_LAYOUT,
+                format!(
+                    "{}: device address {:#x} is not aligned to its {}-byte elements (CUDA \
+                     tensors cannot be staged on the host)",
+                    self.name,
+                    self.base as usize,
+                    self.elem.size()
+                ),
+            ));
+        }
+        Ok((self.base as u64, dtype, layout))
+    }
+
+    /// Whether two views address overlapping memory (`same_view`: exactly the same view).
+    pub fn overlap_with(&self, other: &Desc) -> (bool, bool) {
+        (self.overlaps(other), self.same_view(other))
     }
 
     fn bytes(&self) -> usize {
@@ -442,17 +526,18 @@ pub(crate) enum Need {
 
 /// # Safety
 /// `t` is NULL or points to a valid `normkit_tensor_t` whose shape/strides arrays are valid.
-unsafe fn describe(
+pub(crate) unsafe fn describe(
     name: &'static str,
     t: *const normkit_tensor_t,
     need: Need,
+    memory: Memory,
 ) -> CResult<Option<Desc>> {
     // SAFETY: `t` is NULL or valid (function contract); as_ref handles NULL.
     match unsafe { t.as_ref() } {
         None if need == Need::Required => Err(CapiError::null(name)),
         None => Ok(None),
         // SAFETY: shape/strides valid per the function contract.
-        Some(t) => unsafe { Desc::from_c(name, t) }.map(Some),
+        Some(t) => unsafe { Desc::from_c_on(name, t, memory) }.map(Some),
     }
 }
 
@@ -472,12 +557,12 @@ impl Io {
         };
         for &(name, t, need) in inputs {
             // SAFETY: forwarded contract.
-            let desc = unsafe { describe(name, t, need) }?;
+            let desc = unsafe { describe(name, t, need, Memory::Host) }?;
             io.inputs.push(Arg { desc, copy: None });
         }
         for &(name, t, need) in outputs {
             // SAFETY: forwarded contract.
-            let desc = unsafe { describe(name, t, need) }?;
+            let desc = unsafe { describe(name, t, need, Memory::Host) }?;
             io.outputs.push(Arg { desc, copy: None });
         }
         io.prepare()?;

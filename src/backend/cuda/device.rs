@@ -59,6 +59,12 @@ pub trait GpuBackend: Launcher + Send + Sync {
     /// # Safety
     /// `dst` addresses `src.len()` writable bytes of this device.
     unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<()>;
+    /// Queues a device-to-device copy of `bytes` bytes.
+    ///
+    /// # Safety
+    /// `src` and `dst` address `bytes` bytes of this device (readable, writable), not
+    /// overlapping.
+    unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
     /// Copies `dst.len()` bytes from `src`, waiting for the stream first.
     ///
     /// # Safety
@@ -201,6 +207,27 @@ impl CudaDevice {
         // SAFETY: a DeviceTensorMut addresses numel elements of its dtype, writable, by its
         // constructor's contract; the caller checked that it is this device's memory.
         unsafe { self.inner.memset_zero(t.ptr(), bytes) }
+    }
+
+    /// Queues a copy of `src` into the device tensor `dst` (same dtype and element count).
+    pub fn copy_to(&self, op: &str, dst: &mut DeviceTensorMut, src: &DeviceBuffer) -> Result<()> {
+        if dst.dtype() != src.dtype() || dst.numel() != src.len() {
+            return Err(Error::dtype(
+                op,
+                "output",
+                format!("{} elements of {}", src.len(), src.dtype()),
+                format!("{} elements of {}", dst.numel(), dst.dtype()),
+            ));
+        }
+        self.check_pointers(op, &[("output", dst.ptr())])?;
+        let bytes = src.len() * src.dtype().size_in_bytes();
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: `src` is a live buffer of this device with `bytes` bytes; `dst` addresses as
+        // many writable bytes (DeviceTensorMut contract, same dtype and count checked) of this
+        // device (checked) and cannot overlap a normkit-owned buffer it does not view.
+        unsafe { self.inner.copy_dtod(dst.ptr(), src.ptr(), bytes) }
     }
 
     /// `len` uninitialised elements of `dtype`.

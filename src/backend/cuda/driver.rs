@@ -429,6 +429,17 @@ impl GpuBackend for DriverGpu {
             .map_err(|e| driver(OP, "upload", e))
     }
 
+    unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: per this function's contract both ranges are `bytes` bytes of this device
+        // and do not overlap; the copy is ordered on the stream.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.cu_stream()) }
+            .map_err(|e| driver(OP, "copy", e))
+    }
+
     unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
         if dst.is_empty() {
             return Ok(());

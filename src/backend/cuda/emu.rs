@@ -276,6 +276,18 @@ impl GpuBackend for EmuGpu {
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
         Ok(())
     }
+    unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        if !self.contains(dst, bytes) || !self.contains(src, bytes) {
+            return Err(self.range_error("copy", dst, bytes));
+        }
+        // SAFETY: both ranges lie inside live allocations (checked); `copy` tolerates overlap.
+        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+        Ok(())
+    }
+
     unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
         if dst.is_empty() {
             return Ok(());
