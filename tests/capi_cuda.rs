@@ -136,21 +136,7 @@ impl Pair {
     /// Device values against host values, in the host tensor's element order.
     fn check(&self, what: &str) {
         let got = self.dev.download_f64().unwrap();
-        let want = self.host.to_f64_vec();
-        let d = self.host.dtype();
-        let tol = match d {
-            DType::F64 => 1e-9,
-            DType::F32 => 5e-5,
-            DType::F16 => 4e-3,
-            DType::BF16 => 3e-2,
-        };
-        let scale = want.iter().fold(1.0f64, |m, w| m.max(w.abs()));
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= tol * scale || (g.is_nan() && w.is_nan()),
-                "{what} [{d}] element {i}: cuda {g}, cpu {w}"
-            );
-        }
+        emu_common::close(what, self.host.dtype(), &got, &self.host.to_f64_vec());
     }
 }
 

@@ -34,40 +34,7 @@ fn devices() -> Vec<CudaDevice> {
         .collect()
 }
 
-fn tol(d: DType) -> f64 {
-    match d {
-        DType::F64 => 1e-9,
-        DType::F32 => 5e-5,
-        DType::F16 => 4e-3,
-        DType::BF16 => 3e-2,
-    }
-}
-
-/// Elementwise closeness relative to the largest magnitude of `want` (sums of many terms).
-fn close(what: &str, d: DType, got: &[f64], want: &[f64]) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1.0f64, |m, w| m.max(w.abs()));
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol(d) * scale,
-            "{what} [{d}] element {i}: device {g}, cpu {w} (scale {scale})"
-        );
-    }
-}
-
-fn host<'a>(b: &'a Buffer, shape: &[usize], lay: Layout) -> Tensor<'a> {
-    match lay {
-        Layout::ChannelsLast => Tensor::channels_last(b.as_data(), shape).unwrap(),
-        _ => Tensor::new(b.as_data(), shape).unwrap(),
-    }
-}
-
-fn host_mut<'a>(b: &'a mut Buffer, shape: &[usize], lay: Layout) -> TensorMut<'a> {
-    match lay {
-        Layout::ChannelsLast => TensorMut::channels_last(b.as_data_mut(), shape).unwrap(),
-        _ => TensorMut::new(b.as_data_mut(), shape).unwrap(),
-    }
-}
+use emu_common::{close, host, host_mut};
 
 /// Host and device copies of the operands of one backward case.
 struct Operands {

@@ -140,39 +140,49 @@ impl BatchNorm {
     }
 }
 
-impl Module for BatchNorm {
-    fn name(&self) -> &'static str {
-        match (self.kind, self.lazy && !self.is_initialized()) {
-            (BatchNormKind::BatchNorm1d, false) => "BatchNorm1d",
-            (BatchNormKind::BatchNorm2d, false) => "BatchNorm2d",
-            (BatchNormKind::BatchNorm3d, false) => "BatchNorm3d",
-            (BatchNormKind::BatchNorm1d, true) => "LazyBatchNorm1d",
-            (BatchNormKind::BatchNorm2d, true) => "LazyBatchNorm2d",
-            (BatchNormKind::BatchNorm3d, true) => "LazyBatchNorm3d",
-            (BatchNormKind::SyncBatchNorm, _) => "SyncBatchNorm",
-        }
-    }
+/// What a BatchNorm forward does, decided by the module (see [`BatchNorm::plan_forward`]).
+pub(crate) struct BatchNormPlan {
+    /// Normalise with batch statistics (training, or no running statistics).
+    pub use_batch_stats: bool,
+    /// Hand the running statistics to the op (read in eval, updated in training).
+    pub pass_buffers: bool,
+    /// The running-statistics factor (cumulative average already resolved).
+    pub momentum: f64,
+    /// SyncBatchNorm's group when the step is synchronised.
+    pub group: Option<Arc<dyn Communicator>>,
+    /// The counter before this step moved it (restored when the step fails collectively).
+    pub counter_before: i64,
+}
 
-    fn forward(&mut self, x: &Tensor, y: &mut TensorMut) -> Result<()> {
+impl BatchNorm {
+    /// PyTorch's module-level rules for a forward of an input of `shape`, wherever the
+    /// tensors live: lazy materialisation, the rank check of the kind, the counter increment
+    /// (before validation, as PyTorch) and the momentum, which statistics normalise and
+    /// whether the step is synchronised. Clears the previous forward's record.
+    pub(crate) fn plan_forward(&mut self, shape: &[usize]) -> Result<BatchNormPlan> {
         self.state.saved = None;
-        if let Some(c) = self.state.materialize(self.name(), x, self.config.dtype)? {
+        if let Some(c) = self
+            .state
+            .materialize(self.name(), shape, self.config.dtype)?
+        {
             self.config.num_features = c;
         }
         let name = self.name();
+        let rank = shape.len();
         match self.kind {
-            BatchNormKind::BatchNorm1d => check_rank(name, x, &[2, 3], "2D or 3D input")?,
-            BatchNormKind::BatchNorm2d => check_rank(name, x, &[4], "4D input")?,
-            BatchNormKind::BatchNorm3d => check_rank(name, x, &[5], "5D input")?,
+            BatchNormKind::BatchNorm1d => check_rank(name, rank, &[2, 3], "2D or 3D input")?,
+            BatchNormKind::BatchNorm2d => check_rank(name, rank, &[4], "4D input")?,
+            BatchNormKind::BatchNorm3d => check_rank(name, rank, &[5], "5D input")?,
             BatchNormKind::SyncBatchNorm => {
-                if x.rank() < 2 {
+                if rank < 2 {
                     return Err(Error::shape(
                         name,
                         "input",
                         "at least 2D input",
-                        format!("{}D input", x.rank()),
+                        format!("{rank}D input"),
                     ));
                 }
-                if x.shape()[1] == 0 {
+                if shape[1] == 0 {
                     return Err(Error::shape(
                         name,
                         "input",
@@ -192,10 +202,47 @@ impl Module for BatchNorm {
                 factor = self.config.momentum.unwrap_or(1.0 / *n as f64);
             }
         }
-        let use_batch_stats = self.training || !self.state.has_running_stats();
-        let pass_buffers = !self.training || tracking;
+        let group = match (&self.process_group, self.kind) {
+            (Some(pg), BatchNormKind::SyncBatchNorm) if self.training && pg.world_size() > 1 => {
+                Some(pg.clone())
+            }
+            _ => None,
+        };
+        Ok(BatchNormPlan {
+            use_batch_stats: self.training || !self.state.has_running_stats(),
+            pass_buffers: !self.training || tracking,
+            momentum: factor,
+            group,
+            counter_before,
+        })
+    }
+
+    /// Puts the counter back (a step that failed on every rank).
+    pub(crate) fn restore_counter(&mut self, before: i64) {
+        if let Some(n) = self.state.num_batches_tracked.as_mut() {
+            *n = before;
+        }
+    }
+}
+
+impl Module for BatchNorm {
+    fn name(&self) -> &'static str {
+        match (self.kind, self.lazy && !self.is_initialized()) {
+            (BatchNormKind::BatchNorm1d, false) => "BatchNorm1d",
+            (BatchNormKind::BatchNorm2d, false) => "BatchNorm2d",
+            (BatchNormKind::BatchNorm3d, false) => "BatchNorm3d",
+            (BatchNormKind::BatchNorm1d, true) => "LazyBatchNorm1d",
+            (BatchNormKind::BatchNorm2d, true) => "LazyBatchNorm2d",
+            (BatchNormKind::BatchNorm3d, true) => "LazyBatchNorm3d",
+            (BatchNormKind::SyncBatchNorm, _) => "SyncBatchNorm",
+        }
+    }
+
+    fn forward(&mut self, x: &Tensor, y: &mut TensorMut) -> Result<()> {
+        let plan = self.plan_forward(x.shape())?;
+        let name = self.name();
         let st = &mut self.state;
-        let (running_mean, running_var) = if pass_buffers {
+        let (running_mean, running_var) = if plan.pass_buffers {
             (st.running_mean.view_mut(), st.running_var.view_mut())
         } else {
             (None, None)
@@ -206,19 +253,14 @@ impl Module for BatchNorm {
             running_mean,
             running_var,
             num_batches_tracked: None,
-            training: use_batch_stats,
-            momentum: Some(factor),
+            training: plan.use_batch_stats,
+            momentum: Some(plan.momentum),
             eps: self.config.eps,
         };
-        let group = match (&self.process_group, self.kind) {
-            (Some(pg), BatchNormKind::SyncBatchNorm) if self.training && pg.world_size() > 1 => {
-                Some(pg.clone())
-            }
-            _ => None,
-        };
-        let Some(group) = group else {
+        let Some(group) = plan.group else {
             let stats = batch_norm(x, y, args).map_err(|e| e.in_op(name))?;
-            self.state.remember(x, use_batch_stats.then_some(stats));
+            self.state
+                .remember(x, plan.use_batch_stats.then_some(stats));
             return Ok(());
         };
         match sync_batch_norm(x, y, args, group.as_ref()) {
@@ -232,9 +274,7 @@ impl Module for BatchNorm {
             Err(e) => {
                 // A failed exchange leaves the state as it was (the counter included).
                 if e.kind() == ErrorKind::Communication {
-                    if let Some(n) = self.state.num_batches_tracked.as_mut() {
-                        *n = counter_before;
-                    }
+                    self.restore_counter(plan.counter_before);
                 }
                 Err(e.in_op(name))
             }

@@ -116,6 +116,62 @@ impl InstanceNorm {
     }
 }
 
+/// What an InstanceNorm forward does (see [`InstanceNorm::plan_forward`]).
+pub(crate) struct InstanceNormPlan {
+    /// The input has no batch dim (it is normalised as a batch of one).
+    pub unbatched: bool,
+    pub use_input_stats: bool,
+    pub momentum: f64,
+}
+
+impl InstanceNorm {
+    /// PyTorch's module-level rules for a forward of an input of `shape` (lazy
+    /// materialisation, accepted ranks, the num_features check with affine, which statistics
+    /// normalise). Clears the previous forward's record.
+    pub(crate) fn plan_forward(&mut self, shape: &[usize]) -> Result<InstanceNormPlan> {
+        self.state.saved = None;
+        // PyTorch infers num_features from dim 1 even for unbatched input (spec §5.2).
+        if let Some(c) = self
+            .state
+            .materialize(self.name(), shape, self.config.dtype)?
+        {
+            self.config.num_features = c;
+        }
+        let name = self.name();
+        let ub = self.kind.unbatched_rank();
+        check_rank(
+            name,
+            shape.len(),
+            &[ub, ub + 1],
+            &format!("{ub}D or {}D input", ub + 1),
+        )?;
+        let unbatched = shape.len() == ub;
+        let feature_dim = if unbatched { 0 } else { 1 };
+        let c = shape[feature_dim];
+        if c != self.config.num_features && self.config.affine {
+            return Err(Error::shape(
+                name,
+                "input",
+                format!(
+                    "size {} at dim {feature_dim} (num_features)",
+                    self.config.num_features
+                ),
+                format!("size {c}"),
+            ));
+        }
+        Ok(InstanceNormPlan {
+            unbatched,
+            use_input_stats: self.training || !self.config.track_running_stats,
+            momentum: self.config.momentum.unwrap_or(0.0),
+        })
+    }
+
+    /// Whether an input of this rank has no batch dim.
+    pub(crate) fn is_unbatched(&self, rank: usize) -> bool {
+        rank == self.kind.unbatched_rank()
+    }
+}
+
 impl Module for InstanceNorm {
     fn name(&self) -> &'static str {
         match (self.kind, self.lazy && !self.is_initialized()) {
@@ -129,51 +185,26 @@ impl Module for InstanceNorm {
     }
 
     fn forward(&mut self, x: &Tensor, y: &mut TensorMut) -> Result<()> {
-        self.state.saved = None;
-        // PyTorch infers num_features from dim 1 even for unbatched input (spec §5.2).
-        if let Some(c) = self.state.materialize(self.name(), x, self.config.dtype)? {
-            self.config.num_features = c;
-        }
+        let plan = self.plan_forward(x.shape())?;
         let name = self.name();
-        let ub = self.kind.unbatched_rank();
-        check_rank(
-            name,
-            x,
-            &[ub, ub + 1],
-            &format!("{ub}D or {}D input", ub + 1),
-        )?;
-        let unbatched = x.rank() == ub;
-        let feature_dim = if unbatched { 0 } else { 1 };
-        let c = x.shape()[feature_dim];
-        if c != self.config.num_features && self.config.affine {
-            return Err(Error::shape(
-                name,
-                "input",
-                format!(
-                    "size {} at dim {feature_dim} (num_features)",
-                    self.config.num_features
-                ),
-                format!("size {c}"),
-            ));
-        }
         let st = &mut self.state;
         let args = InstanceNormArgs {
             weight: st.weight.view(),
             bias: st.bias.view(),
             running_mean: st.running_mean.view_mut(),
             running_var: st.running_var.view_mut(),
-            use_input_stats: self.training || !self.config.track_running_stats,
-            momentum: self.config.momentum.unwrap_or(0.0),
+            use_input_stats: plan.use_input_stats,
+            momentum: plan.momentum,
             eps: self.config.eps,
         };
-        let use_input_stats = args.use_input_stats;
-        let stats = if unbatched {
+        let stats = if plan.unbatched {
             instance_norm(&x.unsqueeze0(), &mut y.unsqueeze0(), args)
         } else {
             instance_norm(x, y, args)
         }
         .map_err(|e| e.in_op(name))?;
-        self.state.remember(x, use_input_stats.then_some(stats));
+        self.state
+            .remember(x, plan.use_input_stats.then_some(stats));
         Ok(())
     }
 
@@ -192,7 +223,7 @@ impl Module for InstanceNorm {
             self.state.running_mean.buffer().cloned(),
             self.state.running_var.buffer().cloned(),
         );
-        let unbatched = x.rank() == self.kind.unbatched_rank();
+        let unbatched = self.is_unbatched(x.rank());
         let mut gi = grad_input.map(|g| {
             if unbatched {
                 g.unsqueeze0()

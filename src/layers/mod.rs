@@ -14,12 +14,14 @@
 //! Every module implements [`Module`].
 
 mod batch_norm;
+mod device;
 mod group_norm;
 mod instance_norm;
 mod layer_norm;
 mod local_response_norm;
 
 pub use batch_norm::{BatchNorm, BatchNormConfig, BatchNormKind, convert_sync_batchnorm};
+pub use device::{AnyModule, CudaModule};
 pub use group_norm::{GroupNorm, GroupNormConfig};
 pub use instance_norm::{InstanceNorm, InstanceNormConfig, InstanceNormKind};
 pub use layer_norm::{LayerNorm, LayerNormConfig};
@@ -271,7 +273,24 @@ pub(crate) fn check_saved<'a>(
     saved: Option<&'a SavedForward>,
     x: &Tensor,
 ) -> Result<&'a SavedForward> {
-    let Some(s) = saved else {
+    check_forward_record(
+        module,
+        saved.map(|s| (s.shape.as_slice(), s.dtype)),
+        x.shape(),
+        x.dtype(),
+    )?;
+    saved.ok_or_else(|| Error::invalid(module, "backward", "a forward record", "none"))
+}
+
+/// Checks a backward's input (`shape`, `dtype`) against the last forward's (`saved`, none
+/// when there was no successful forward).
+pub(crate) fn check_forward_record(
+    module: &str,
+    saved: Option<(&[usize], DType)>,
+    shape: &[usize],
+    dtype: DType,
+) -> Result<()> {
+    let Some((s_shape, s_dtype)) = saved else {
         return Err(Error::invalid(
             module,
             "backward",
@@ -279,31 +298,31 @@ pub(crate) fn check_saved<'a>(
             "none",
         ));
     };
-    if s.shape != x.shape() || s.dtype != x.dtype() {
+    if s_shape != shape || s_dtype != dtype {
         return Err(Error::shape(
             module,
             "input",
             format!(
                 "the last forward's input ({} {})",
-                s.dtype,
-                crate::error::fmt_shape(&s.shape)
+                s_dtype,
+                crate::error::fmt_shape(s_shape)
             ),
-            format!("{} {}", x.dtype(), crate::error::fmt_shape(x.shape())),
+            format!("{} {}", dtype, crate::error::fmt_shape(shape)),
         ));
     }
-    Ok(s)
+    Ok(())
 }
 
 /// Checks that the input's rank is one of `ranks` and reports `expected` otherwise.
-pub(crate) fn check_rank(module: &str, x: &Tensor, ranks: &[usize], expected: &str) -> Result<()> {
-    if ranks.contains(&x.rank()) {
+pub(crate) fn check_rank(module: &str, rank: usize, ranks: &[usize], expected: &str) -> Result<()> {
+    if ranks.contains(&rank) {
         Ok(())
     } else {
         Err(Error::shape(
             module,
             "input",
             expected,
-            format!("{}D input", x.rank()),
+            format!("{rank}D input"),
         ))
     }
 }
@@ -442,7 +461,7 @@ impl NormState {
     pub(crate) fn materialize(
         &mut self,
         module: &str,
-        x: &Tensor,
+        shape: &[usize],
         dtype: DType,
     ) -> Result<Option<usize>> {
         if self.is_initialized() {
@@ -457,15 +476,15 @@ impl NormState {
                 "a partially loaded lazy module",
             ));
         }
-        if x.rank() < 2 {
+        if shape.len() < 2 {
             return Err(Error::shape(
                 module,
                 "input",
                 "at least 2 dims (num_features is inferred from dim 1)",
-                format!("{}D input", x.rank()),
+                format!("{}D input", shape.len()),
             ));
         }
-        let c = x.shape()[1];
+        let c = shape[1];
         self.weight.fill(dtype, c, 1.0);
         self.bias.fill(dtype, c, 0.0);
         self.running_mean.fill(dtype, c, 0.0);

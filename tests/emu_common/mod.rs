@@ -51,3 +51,55 @@ pub fn data(len: usize, seed: u64, offset: f64) -> Vec<f64> {
 pub fn cast<T: Element>(v: &[f64]) -> Vec<T> {
     v.iter().map(|&x| T::from_f64(x)).collect()
 }
+
+/// Tolerance per dtype for device-vs-CPU comparisons (relative to the largest magnitude).
+pub fn tol(d: normkit::DType) -> f64 {
+    use normkit::DType;
+    match d {
+        DType::F64 => 1e-9,
+        DType::F32 => 5e-5,
+        DType::F16 => 4e-3,
+        DType::BF16 => 3e-2,
+    }
+}
+
+/// Elementwise closeness relative to the largest magnitude of `want` (sums of many terms);
+/// NaN matches NaN.
+pub fn close(what: &str, d: normkit::DType, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1.0f64, |m, w| m.max(w.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol(d) * scale || (g.is_nan() && w.is_nan()),
+            "{what} [{d}] element {i}: device {g}, cpu {w} (scale {scale})"
+        );
+    }
+}
+
+/// A host view of `b` in `lay`.
+pub fn host<'a>(
+    b: &'a normkit::Buffer,
+    shape: &[usize],
+    lay: normkit::Layout,
+) -> normkit::Tensor<'a> {
+    match lay {
+        normkit::Layout::ChannelsLast => {
+            normkit::Tensor::channels_last(b.as_data(), shape).unwrap()
+        }
+        _ => normkit::Tensor::new(b.as_data(), shape).unwrap(),
+    }
+}
+
+/// A writable host view of `b` in `lay`.
+pub fn host_mut<'a>(
+    b: &'a mut normkit::Buffer,
+    shape: &[usize],
+    lay: normkit::Layout,
+) -> normkit::TensorMut<'a> {
+    match lay {
+        normkit::Layout::ChannelsLast => {
+            normkit::TensorMut::channels_last(b.as_data_mut(), shape).unwrap()
+        }
+        _ => normkit::TensorMut::new(b.as_data_mut(), shape).unwrap(),
+    }
+}

@@ -55,6 +55,23 @@ impl Meta {
     pub(super) fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    fn unsqueeze0(&self) -> Result<Meta> {
+        if self.layout == Layout::ChannelsLast {
+            return Err(Error::layout(
+                "unsqueeze0",
+                "input",
+                "a contiguous unbatched tensor",
+                "channels-last",
+            ));
+        }
+        let mut shape = vec![1];
+        shape.extend_from_slice(&self.shape);
+        Ok(Meta {
+            shape,
+            layout: Layout::Contiguous,
+            ..self.clone()
+        })
+    }
 }
 
 /// A read-only view of device memory: address, dtype, shape and a dense layout (contiguous,
@@ -117,6 +134,17 @@ impl<'a> DeviceTensor<'a> {
     }
 }
 
+impl<'a> DeviceTensor<'a> {
+    /// The same contiguous memory viewed with a leading dim of 1 (an unbatched input as a
+    /// batch of one).
+    pub fn unsqueeze0(&self) -> Result<DeviceTensor<'a>> {
+        Ok(DeviceTensor {
+            meta: self.meta.unsqueeze0()?,
+            _borrow: PhantomData,
+        })
+    }
+}
+
 impl<'a> DeviceTensorMut<'a> {
     /// A writable view of caller-owned device memory.
     ///
@@ -133,6 +161,23 @@ impl<'a> DeviceTensorMut<'a> {
             meta: Meta::new("DeviceTensorMut::from_raw", ptr, dtype, shape, layout)?,
             _borrow: PhantomData,
         })
+    }
+
+    /// The same contiguous memory viewed with a leading dim of 1 (an unbatched input as a
+    /// batch of one), borrowing this view.
+    pub fn unsqueeze0(&mut self) -> Result<DeviceTensorMut<'_>> {
+        Ok(DeviceTensorMut {
+            meta: self.meta.unsqueeze0()?,
+            _borrow: PhantomData,
+        })
+    }
+
+    /// A shorter-lived writable view of the same memory (a reborrow).
+    pub fn as_mut_view(&mut self) -> DeviceTensorMut<'_> {
+        DeviceTensorMut {
+            meta: self.meta.clone(),
+            _borrow: PhantomData,
+        }
     }
 
     /// A read-only view of the same memory, borrowing this one.
