@@ -5,27 +5,13 @@
 
 mod emu_common;
 
-use std::sync::Arc;
-
 use normkit::backend::cuda::device::CudaDevice;
-use normkit::comm::{Communicator, LocalCommunicator};
 use normkit::layers::{
     AnyModule, BatchNorm, BatchNormConfig, BatchNormKind, CudaModule, GroupNorm, GroupNormConfig,
     InstanceNorm, InstanceNormConfig, InstanceNormKind, LayerNorm, LayerNormConfig,
     LocalResponseNorm, Module, State,
 };
 use normkit::{Buffer, DType, ErrorKind, Layout};
-
-fn device() -> Option<CudaDevice> {
-    #[cfg(feature = "cuda")]
-    if normkit::backend::cuda::probe().is_available() {
-        return Some(CudaDevice::new(0).expect("probe found a GPU"));
-    }
-    if !emu_common::ready() {
-        return None;
-    }
-    Some(CudaDevice::emulated(emu_common::DEVICES[0]).unwrap())
-}
 
 use emu_common::{close, host, host_mut};
 
@@ -141,7 +127,9 @@ const TRAIN_EVAL: [bool; 3] = [true, true, false];
 
 #[test]
 fn batch_norm_modules_match_the_cpu() {
-    let Some(dev) = device() else { return };
+    let Some(dev) = emu_common::device() else {
+        return;
+    };
     for (d, pd) in [
         (DType::F32, DType::F32),
         (DType::BF16, DType::F32),
@@ -181,7 +169,9 @@ fn batch_norm_modules_match_the_cpu() {
 
 #[test]
 fn instance_group_layer_and_lrn_modules_match_the_cpu() {
-    let Some(dev) = device() else { return };
+    let Some(dev) = emu_common::device() else {
+        return;
+    };
     for (d, pd) in [
         (DType::F32, DType::F32),
         (DType::F16, DType::F32),
@@ -226,7 +216,9 @@ fn instance_group_layer_and_lrn_modules_match_the_cpu() {
 
 #[test]
 fn device_module_state_and_errors() {
-    let Some(dev) = device() else { return };
+    let Some(dev) = emu_common::device() else {
+        return;
+    };
     let mut m = CudaModule::new(
         BatchNorm::lazy(BatchNormKind::BatchNorm1d, BatchNormConfig::new(0)),
         &dev,
@@ -277,19 +269,6 @@ fn device_module_state_and_errors() {
         .forward(&x.view(&[6]).unwrap(), &mut y.view_mut(&[6]).unwrap())
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::ShapeMismatch);
-    // SyncBatchNorm in a group of several ranks runs on the CPU only; the counter is restored
-    let group: Vec<Arc<dyn Communicator>> = LocalCommunicator::group(2)
-        .into_iter()
-        .map(|c| Arc::new(c) as Arc<dyn Communicator>)
-        .collect();
-    let sync = BatchNorm::new(BatchNormKind::SyncBatchNorm, BatchNormConfig::new(2))
-        .into_sync(Some(group[0].clone()));
-    let mut s = CudaModule::new(sync, &dev).unwrap();
-    let e = s
-        .forward(&x.view(&[3, 2]).unwrap(), &mut y.view_mut(&[3, 2]).unwrap())
-        .unwrap_err();
-    assert_eq!(e.kind, ErrorKind::DeviceUnavailable, "{e}");
-    assert_eq!(s.state("num_batches_tracked").unwrap(), State::Counter(0));
     // bf16 parameters are not the compute dtype on CUDA: a clear error
     let mut c = BatchNormConfig::new(2);
     c.dtype = DType::BF16;

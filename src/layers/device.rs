@@ -9,6 +9,7 @@
 //! the device. The host module keeps the configuration, the mode and `num_batches_tracked`
 //! (a host integer, as the cumulative momentum is computed on the host); its tensor state is
 //! only the initial values (uploaded on construction, materialisation, load and reset).
+//! SyncBatchNorm in a group runs [`CudaDevice::sync_batch_norm`] (host-side collectives).
 
 use crate::backend::cuda::backward::{
     CudaGroupNormBackwardArgs, CudaLayerNormBackwardArgs, CudaNormBackwardArgs, DeviceForwardStats,
@@ -84,13 +85,15 @@ struct DeviceSaved {
     dtype: DType,
     /// Batch statistics, or `None` when the running statistics normalised.
     stats: Option<DeviceSavedStats>,
+    /// SyncBatchNorm: the global element count per channel of a synchronised forward.
+    sync_count: Option<f64>,
 }
 
 /// A module whose state lives on a CUDA device (see the module docs). Forward and backward
 /// take device tensors; state is read and written by `state_dict` name, as [`Module`].
 ///
 /// Parameters and running statistics must be in the compute dtype of the input (f32, or f64
-/// for f64 input), as every device op requires. SyncBatchNorm runs on the CPU only.
+/// for f64 input), as every device op requires.
 #[derive(Debug)]
 pub struct CudaModule {
     dev: CudaDevice,
@@ -249,16 +252,6 @@ impl CudaModule {
             AnyModule::BatchNorm(bn) => {
                 let plan = bn.plan_forward(&shape)?;
                 let name = bn.name();
-                if plan.group.is_some() {
-                    bn.restore_counter(plan.counter_before);
-                    return Err(Error::new(
-                        ErrorKind::DeviceUnavailable,
-                        name,
-                        "device",
-                        "a CPU module (SyncBatchNorm runs on the CPU only)",
-                        "a CUDA module in a group of several ranks",
-                    ));
-                }
                 let eps = bn.config.eps;
                 self.upload_missing()?;
                 let [w, b, rm, rv] = &mut self.tensors;
@@ -277,8 +270,36 @@ impl CudaModule {
                     momentum: Some(plan.momentum),
                     eps,
                 };
-                let s = dev.batch_norm(x, y, args).map_err(|e| e.in_op(name))?;
-                plan.use_batch_stats.then_some(s)
+                let Some(group) = &plan.group else {
+                    let s = dev.batch_norm(x, y, args).map_err(|e| e.in_op(name))?;
+                    self.saved = Some(DeviceSaved {
+                        shape,
+                        dtype: x.dtype(),
+                        stats: plan.use_batch_stats.then_some(s),
+                        sync_count: None,
+                    });
+                    return Ok(());
+                };
+                match dev.sync_batch_norm(x, y, args, group.as_ref()) {
+                    Ok((s, count)) => {
+                        self.saved = Some(DeviceSaved {
+                            shape,
+                            dtype: x.dtype(),
+                            stats: Some(s),
+                            sync_count: Some(count),
+                        });
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        // A failed exchange leaves the state as it was (the counter included).
+                        if let (ErrorKind::Communication, AnyModule::BatchNorm(bn)) =
+                            (e.kind(), &mut self.module)
+                        {
+                            bn.restore_counter(plan.counter_before);
+                        }
+                        return Err(e.in_op(name));
+                    }
+                }
             }
             AnyModule::InstanceNorm(m) => {
                 let plan = m.plan_forward(&shape)?;
@@ -339,6 +360,7 @@ impl CudaModule {
             shape,
             dtype: x.dtype(),
             stats,
+            sync_count: None,
         });
         Ok(())
     }
@@ -417,7 +439,12 @@ impl CudaModule {
                     stats: channel_stats(bn.config.eps)?,
                     grads: grads(gi.as_deref_mut().map(|g| g.as_mut_view()))?,
                 };
-                dev.batch_norm_backward(grad_output, x, args)
+                match (saved.sync_count, bn.process_group()) {
+                    (Some(count), Some(group)) => {
+                        dev.sync_batch_norm_backward(grad_output, x, args, count, group.as_ref())
+                    }
+                    _ => dev.batch_norm_backward(grad_output, x, args),
+                }
             }
             AnyModule::InstanceNorm(m) => {
                 let unbatched = m.is_unbatched(x.shape().len());

@@ -318,23 +318,41 @@ fn run_typed<T: crate::tensor::ElementData>(
             cpu::apply_channel(xs, ys, g, lay, &k);
         })?;
     }
-    if count >= 1.0 {
-        if let Some(rm) = args.running_mean.as_mut() {
-            for (c, &mu) in mean.iter().enumerate() {
-                let old = rm.get_linear_f64(c);
-                rm.set_linear_f64(c, ema(pdt, old, mu, factor));
-            }
-        }
-        if let Some(rv) = args.running_var.as_mut() {
-            for (c, &m) in m2.iter().enumerate() {
-                let unbiased = <T::Compute as Real>::from_f64(m).to_f64() / (count - 1.0);
-                let unbiased = <T::Compute as Real>::from_f64(unbiased).to_f64();
-                let old = rv.get_linear_f64(c);
-                rv.set_linear_f64(c, ema(pdt, old, unbiased, factor));
-            }
+    update_running::<T::Compute>(
+        pdt,
+        (args.running_mean.as_mut(), args.running_var.as_mut()),
+        (&mean, &m2, count),
+        factor,
+    );
+    Ok((SavedStats::from_parts(&mean, rstd), count))
+}
+
+/// The running-statistics update of a training step from the (global) per-channel `mean`
+/// and `m2` over `count` values: `rm ← ema(rm, mean)`, `rv ← ema(rv, m2/(count − 1))`, with
+/// PyTorch's roundings (`C` is the compute type). Nothing happens for an empty batch.
+pub(crate) fn update_running<C: Real>(
+    pdt: DType,
+    (rm, rv): (Option<&mut TensorMut>, Option<&mut TensorMut>),
+    (mean, m2, count): (&[f64], &[f64], f64),
+    factor: f64,
+) {
+    if count < 1.0 {
+        return;
+    }
+    if let Some(rm) = rm {
+        for (c, &mu) in mean.iter().enumerate() {
+            let old = rm.get_linear_f64(c);
+            rm.set_linear_f64(c, ema(pdt, old, mu, factor));
         }
     }
-    Ok((SavedStats::from_parts(&mean, rstd), count))
+    if let Some(rv) = rv {
+        for (c, &m) in m2.iter().enumerate() {
+            let unbiased = C::from_f64(m).to_f64() / (count - 1.0);
+            let unbiased = C::from_f64(unbiased).to_f64();
+            let old = rv.get_linear_f64(c);
+            rv.set_linear_f64(c, ema(pdt, old, unbiased, factor));
+        }
+    }
 }
 
 /// Normalises `x` into `y` with running statistics (BatchNorm and InstanceNorm inference):

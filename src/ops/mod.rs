@@ -32,6 +32,7 @@ pub(crate) use backward::{
     validate_layer_norm as validate_layer_norm_backward,
     validate_local_response_norm as validate_local_response_norm_backward,
 };
+pub(crate) use batch_norm::update_running;
 pub use batch_norm::{BatchNormArgs, batch_norm, sync_batch_norm};
 pub use group_norm::{GroupNormArgs, group_norm};
 pub use instance_norm::{InstanceNormArgs, instance_norm};

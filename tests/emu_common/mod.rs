@@ -103,3 +103,17 @@ pub fn host_mut<'a>(
         _ => normkit::TensorMut::new(b.as_data_mut(), shape).unwrap(),
     }
 }
+
+/// The GPU (feature `cuda`, when the probe finds one), else the host emulation; `None` (with
+/// the reason printed) when neither exists.
+pub fn device() -> Option<normkit::backend::cuda::device::CudaDevice> {
+    use normkit::backend::cuda::device::CudaDevice;
+    #[cfg(feature = "cuda")]
+    if normkit::backend::cuda::probe().is_available() {
+        return Some(CudaDevice::new(0).expect("probe found a GPU"));
+    }
+    if !ready() {
+        return None;
+    }
+    Some(CudaDevice::emulated(DEVICES[0]).unwrap())
+}

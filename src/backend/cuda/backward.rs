@@ -468,7 +468,7 @@ pub fn plan_local_response_norm_backward(
 }
 
 impl CudaDevice {
-    fn grad_pointers(&self, op: &str, p: &NormBwdParams) -> Result<()> {
+    pub(super) fn grad_pointers(&self, op: &str, p: &NormBwdParams) -> Result<()> {
         self.check_pointers(
             op,
             &[

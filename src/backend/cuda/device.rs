@@ -20,7 +20,7 @@ use super::ops::{
     DeviceTensor, DeviceTensorMut, InstanceNormPlan, plan_batch_norm, plan_group_norm,
     plan_instance_norm, plan_layer_norm, plan_local_response_norm,
 };
-use super::params::BatchNormStatsParams;
+use super::params::{BatchNormApplyParams, BatchNormStatsParams};
 use super::probe::CudaDeviceInfo;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, ErrorKind, Result};
@@ -230,6 +230,52 @@ impl CudaDevice {
         unsafe { self.inner.copy_dtod(dst.ptr(), src.ptr(), bytes) }
     }
 
+    /// Copies a device tensor to a host buffer (waits for the stream).
+    pub fn read_tensor(&self, op: &str, operand: &str, t: &DeviceTensor) -> Result<Buffer> {
+        self.check_pointers(op, &[(operand, t.ptr())])?;
+        let mut b = Buffer::filled(t.dtype(), t.numel(), 0.0);
+        if t.numel() > 0 {
+            let bytes = match &mut b {
+                Buffer::F32(v) => as_bytes_mut(v),
+                Buffer::F64(v) => as_bytes_mut(v),
+                Buffer::F16(v) => as_bytes_mut(v),
+                Buffer::BF16(v) => as_bytes_mut(v),
+            };
+            // SAFETY: a DeviceTensor addresses numel elements of its dtype (its constructor's
+            // contract), as many bytes as the host buffer has; this device's memory (checked).
+            unsafe { self.inner.download(t.ptr(), bytes)? };
+        }
+        Ok(b)
+    }
+
+    /// Queues a copy of `data` (same dtype and length) into a device tensor.
+    pub fn write_tensor(
+        &self,
+        op: &str,
+        operand: &str,
+        t: &mut DeviceTensorMut,
+        data: &Buffer,
+    ) -> Result<()> {
+        if data.dtype() != t.dtype() || data.len() != t.numel() {
+            return Err(Error::dtype(
+                op,
+                operand,
+                format!("{} elements of {}", t.numel(), t.dtype()),
+                format!("{} elements of {}", data.len(), data.dtype()),
+            ));
+        }
+        self.check_pointers(op, &[(operand, t.ptr())])?;
+        let bytes = match data {
+            Buffer::F32(v) => as_bytes(v),
+            Buffer::F64(v) => as_bytes(v),
+            Buffer::F16(v) => as_bytes(v),
+            Buffer::BF16(v) => as_bytes(v),
+        };
+        // SAFETY: a DeviceTensorMut addresses numel writable elements of its dtype (same dtype
+        // and count as `data`, checked), this device's memory (checked).
+        unsafe { self.inner.upload(t.ptr(), bytes) }
+    }
+
     /// `len` uninitialised elements of `dtype`.
     pub fn alloc(&self, dtype: DType, len: usize) -> Result<DeviceBuffer> {
         let bytes = len.checked_mul(dtype.size_in_bytes()).ok_or_else(|| {
@@ -418,44 +464,22 @@ impl CudaDevice {
                 running_var,
                 momentum,
             } => {
-                self.check_pointers(
-                    OP,
-                    &[
-                        ("input", apply.x),
-                        ("output", apply.y),
-                        ("running_mean", running_mean),
-                        ("running_var", running_var),
-                        ("weight", apply.weight),
-                        ("bias", apply.bias),
-                    ],
-                )?;
-                let (n, c, s) = (apply.n as usize, apply.c as usize, apply.s as usize);
-                let sp = launch::batch_norm_stats(dtype, order, n, c, s, self.sm_count());
-                let stats = self.empty_stats(dtype, c)?;
-                let workspace = self.alloc_bytes(sp.workspace_bytes)?;
-                let counters = self.zeroed_bytes(sp.counters * 4)?;
+                self.check_train_pointers(OP, &apply, (running_mean, running_var))?;
+                let stats = self.empty_stats(dtype, apply.c as usize)?;
                 apply.mean = stats.mean.ptr();
                 apply.rstd_or_var = stats.invstd.ptr();
-                let sparams = BatchNormStatsParams {
-                    x: apply.x,
-                    mean: apply.mean,
-                    rstd: apply.rstd_or_var,
-                    running_mean,
-                    running_var,
-                    workspace: workspace.ptr,
-                    counters: counters.ptr,
-                    n: n as i64,
-                    c: c as i64,
-                    s: s as i64,
-                    splits: 0, // set from the same plan by kernels::batch_norm_train
-                    eps: apply.eps,
+                self.bn_stats(
+                    dtype,
+                    order,
+                    &apply,
+                    (running_mean, running_var),
+                    apply.eps,
                     momentum,
-                };
-                // SAFETY: x, y hold n·c·s elements, per-channel operands c compute values
-                // (plan), all this device's memory (check_pointers); mean/rstd, workspace
-                // and zeroed counters were allocated above from the plan for this shape and
-                // this device's SM count, and are freed stream-ordered after the launches.
-                unsafe { kernels::batch_norm_train(self, dtype, order, &sparams, &apply)? };
+                )?;
+                // SAFETY: x, y hold n·c·s elements, weight/bias c compute values or 0 (plan),
+                // all this device's memory (checked); mean/rstd were just written by the
+                // statistics launch on this stream.
+                unsafe { kernels::batch_norm_apply(self, dtype, order, &apply)? };
                 stats
             }
         };
@@ -463,6 +487,64 @@ impl CudaDevice {
             *n += 1;
         }
         Ok(stats)
+    }
+
+    /// Checks the operands of a BatchNorm training step against this device.
+    pub(super) fn check_train_pointers(
+        &self,
+        op: &str,
+        apply: &BatchNormApplyParams,
+        (running_mean, running_var): (u64, u64),
+    ) -> Result<()> {
+        self.check_pointers(
+            op,
+            &[
+                ("input", apply.x),
+                ("output", apply.y),
+                ("running_mean", running_mean),
+                ("running_var", running_var),
+                ("weight", apply.weight),
+                ("bias", apply.bias),
+            ],
+        )
+    }
+
+    /// The BatchNorm statistics launch: per-channel mean and 1/sqrt(var + eps) of `apply.x`
+    /// into `apply.mean` / `apply.rstd_or_var`, and the running-statistics update with
+    /// `momentum` when `running` is non-zero. The operands must have been checked.
+    pub(super) fn bn_stats(
+        &self,
+        dtype: DType,
+        order: super::launch::ChannelOrder,
+        apply: &BatchNormApplyParams,
+        (running_mean, running_var): (u64, u64),
+        eps: f64,
+        momentum: f64,
+    ) -> Result<()> {
+        let (n, c, s) = (apply.n as usize, apply.c as usize, apply.s as usize);
+        let sp = launch::batch_norm_stats(dtype, order, n, c, s, self.sm_count());
+        let workspace = self.alloc_bytes(sp.workspace_bytes)?;
+        let counters = self.zeroed_bytes(sp.counters * 4)?;
+        let sparams = BatchNormStatsParams {
+            x: apply.x,
+            mean: apply.mean,
+            rstd: apply.rstd_or_var,
+            running_mean,
+            running_var,
+            workspace: workspace.ptr,
+            counters: counters.ptr,
+            n: n as i64,
+            c: c as i64,
+            s: s as i64,
+            splits: 0, // set from the same plan by kernels::batch_norm_stats
+            eps,
+            momentum,
+        };
+        // SAFETY: x holds n·c·s elements and mean/rstd (and the running statistics when
+        // given) c compute values of this device (the caller's checks and allocations); the
+        // workspace and the zeroed counters come from the plan for this shape and SM count
+        // and are freed stream-ordered after the launch.
+        unsafe { kernels::batch_norm_stats(self, dtype, order, &sparams) }
     }
 
     /// LocalResponseNorm on the device (as [`crate::ops::local_response_norm`]).
@@ -480,6 +562,14 @@ impl CudaDevice {
         // SAFETY: x, y hold n·c·s elements (plan), are distinct (plan) and are this
         // device's memory (check_pointers); the launch is ordered on this stream.
         unsafe { kernels::lrn_fwd(self, plan.dtype, plan.order, &plan.params) }
+    }
+
+    /// Two uninitialised buffers of `len` values of the statistics dtype `sd`.
+    pub(super) fn empty_stats_of(&self, sd: DType, len: usize) -> Result<DeviceSavedStats> {
+        Ok(DeviceSavedStats {
+            mean: self.alloc(sd, len)?,
+            invstd: self.alloc(sd, len)?,
+        })
     }
 
     fn empty_stats(&self, x: DType, len: usize) -> Result<DeviceSavedStats> {

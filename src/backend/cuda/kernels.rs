@@ -84,6 +84,22 @@ pub unsafe fn batch_norm_train(
     stats: &BatchNormStatsParams,
     apply: &BatchNormApplyParams,
 ) -> Result<()> {
+    // SAFETY: the caller upholds the buffer contract above, which is the kernels'.
+    unsafe { batch_norm_stats(l, dtype, order, stats)? };
+    // SAFETY: as above; mean/rstd were written by the stats launch on the same stream.
+    unsafe { batch_norm_apply(l, dtype, order, apply) }
+}
+
+/// BatchNorm statistics only (the first launch of [`batch_norm_train`]).
+///
+/// # Safety
+/// As [`batch_norm_train`] for `stats`.
+pub unsafe fn batch_norm_stats(
+    l: &dyn Launcher,
+    dtype: DType,
+    order: ChannelOrder,
+    stats: &BatchNormStatsParams,
+) -> Result<()> {
     let plan = launch::batch_norm_stats(
         dtype,
         order,
@@ -96,12 +112,25 @@ pub unsafe fn batch_norm_train(
         splits: plan.splits as i64,
         ..*stats
     };
-    // SAFETY: the caller upholds the buffer contract above, which is the kernels'.
-    unsafe { launch(l, &plan.launch.kernel, plan.launch.config, &stats)? };
-    let total = (apply.n * apply.c * apply.s) as usize;
+    // SAFETY: the caller upholds the buffer contract, which is the kernel's.
+    unsafe { launch(l, &plan.launch.kernel, plan.launch.config, &stats) }
+}
+
+/// BatchNorm normalisation with given batch statistics (`p.mean`, `p.rstd_or_var` = rstd):
+/// the second launch of [`batch_norm_train`].
+///
+/// # Safety
+/// `x`, `y`: n·c·s elements; mean, rstd: c compute values; weight, bias: c compute values or 0.
+pub unsafe fn batch_norm_apply(
+    l: &dyn Launcher,
+    dtype: DType,
+    order: ChannelOrder,
+    p: &BatchNormApplyParams,
+) -> Result<()> {
+    let total = (p.n * p.c * p.s) as usize;
     let a = launch::batch_norm_apply(dtype, order, total, false, l.sm_count());
-    // SAFETY: as above; mean/rstd were written by the stats launch on the same stream.
-    unsafe { launch(l, &a.kernel, a.config, apply) }
+    // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
+    unsafe { launch(l, &a.kernel, a.config, p) }
 }
 
 /// BatchNorm inference from running statistics (`p.mean` = running mean,
@@ -204,6 +233,36 @@ pub unsafe fn batch_norm_bwd(
         unsafe { launch(l, &plan.input.kernel, plan.input.config, &p)? };
     }
     Ok(())
+}
+
+/// The dx launch of a BatchNorm training backward alone, from coefficients already in the
+/// workspace (`coef` at `2·splits·c` compute values, p/q/o per channel; SyncBatchNorm writes
+/// them from the all-reduced sums). `p.splits` is set from [`launch::batch_norm_bwd`].
+///
+/// # Safety
+/// `x`, `dy`, `dx`: n·c·s elements, dx apart from both; `mean`: c compute values; `workspace`
+/// of `workspace_bytes` bytes holding the coefficients.
+pub unsafe fn batch_norm_bwd_input(
+    l: &dyn Launcher,
+    dtype: DType,
+    order: ChannelOrder,
+    p: &NormBwdParams,
+) -> Result<()> {
+    let plan = launch::batch_norm_bwd(
+        dtype,
+        order,
+        p.n as usize,
+        p.c as usize,
+        p.s as usize,
+        l.sm_count(),
+    );
+    let p = NormBwdParams {
+        splits: plan.splits as i64,
+        training: 1,
+        ..*p
+    };
+    // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
+    unsafe { launch(l, &plan.input.kernel, plan.input.config, &p) }
 }
 
 /// GroupNorm / InstanceNorm backward with saved statistics (`p.groups` divides `p.c`;

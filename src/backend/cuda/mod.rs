@@ -22,6 +22,7 @@ pub mod modules;
 pub mod ops;
 pub mod params;
 pub mod probe;
+pub mod sync;
 
 #[cfg(feature = "cuda")]
 pub mod nvrtc;

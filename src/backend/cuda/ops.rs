@@ -660,7 +660,27 @@ pub fn plan_batch_norm(
     y: &DeviceTensorMut,
     args: &CudaBatchNormArgs,
 ) -> Result<BatchNormPlan> {
-    const OP: &str = "batch_norm";
+    plan_batch_norm_in("batch_norm", x, y, args, false)
+}
+
+/// Validates one rank's SyncBatchNorm training step on device tensors: as
+/// [`plan_batch_norm`], but an empty or one-value local batch takes part (the global batch
+/// decides), so it is never [`BatchNormPlan::Empty`].
+pub fn plan_sync_batch_norm(
+    x: &DeviceTensor,
+    y: &DeviceTensorMut,
+    args: &CudaBatchNormArgs,
+) -> Result<BatchNormPlan> {
+    plan_batch_norm_in("sync_batch_norm", x, y, args, true)
+}
+
+fn plan_batch_norm_in(
+    op: &str,
+    x: &DeviceTensor,
+    y: &DeviceTensorMut,
+    args: &CudaBatchNormArgs,
+    distributed: bool,
+) -> Result<BatchNormPlan> {
     let (mut rm, mut rv) = (
         mut_proxy(args.running_mean.as_ref()),
         mut_proxy(args.running_var.as_ref()),
@@ -676,7 +696,13 @@ pub fn plan_batch_norm(
         momentum: args.momentum,
         eps: args.eps,
     };
-    let checked = batch_norm::validate(OP, &proxy(&x.meta)?, (y.shape(), y.dtype()), &host, false)?;
+    let checked = batch_norm::validate(
+        op,
+        &proxy(&x.meta)?,
+        (y.shape(), y.dtype()),
+        &host,
+        distributed,
+    )?;
     let updates = match checked {
         batch_norm::Checked::Empty => {
             return Ok(BatchNormPlan::Empty {
@@ -686,7 +712,7 @@ pub fn plan_batch_norm(
         batch_norm::Checked::Run { updates, .. } => updates,
     };
     check_compute_dtype(
-        OP,
+        op,
         x.dtype(),
         &param_dtypes(
             args.weight.as_ref(),
@@ -696,7 +722,7 @@ pub fn plan_batch_norm(
         ),
     )?;
     let infer = infer_plan(
-        OP,
+        op,
         x,
         y,
         args.weight.as_ref(),
