@@ -20,8 +20,8 @@
 //!   folded `x·α + (β − μ·α)`, which keeps precision for inputs with a large mean; results
 //!   differ from PyTorch by rounding only.
 
-// `unsafe` is allowed only in the C ABI (`capi`) and the CUDA launch/raw-pointer layer
-// (`backend::cuda`).
+// `unsafe` is allowed only in the C ABI (`capi`), the CUDA launch/raw-pointer layer
+// (`backend::cuda`) and the NCCL binding (`nccl`).
 #![deny(unsafe_code)]
 
 pub mod backend;
@@ -34,6 +34,9 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod layers;
+#[cfg(feature = "nccl")]
+#[allow(unsafe_code)] // the NCCL binding: every block has a `// SAFETY:` comment
+pub mod nccl;
 pub mod ops;
 pub mod tensor;
 

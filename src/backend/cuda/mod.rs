@@ -25,6 +25,8 @@ pub mod probe;
 pub mod sync;
 
 #[cfg(feature = "cuda")]
+pub(crate) mod libsearch;
+#[cfg(feature = "cuda")]
 pub mod nvrtc;
 
 pub mod backward;

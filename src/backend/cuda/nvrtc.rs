@@ -21,6 +21,7 @@ use std::sync::{Mutex, OnceLock};
 
 use cudarc::nvrtc::{result, sys};
 
+use super::libsearch;
 use crate::error::{Error, ErrorKind, Result};
 
 const OP: &str = "nvrtc";
@@ -66,42 +67,18 @@ fn preload(lib: &Path) -> std::result::Result<(), String> {
 }
 
 fn search() -> std::result::Result<String, String> {
-    let mut tried = Vec::new();
-    if let Some(p) = std::env::var_os("NORMKIT_NVRTC_PATH") {
-        let p = PathBuf::from(p);
-        let files = if p.is_dir() {
-            candidates_in(&p)
-        } else {
-            vec![p.clone()]
-        };
-        for f in &files {
-            match preload(f) {
-                Ok(()) => return Ok(f.display().to_string()),
-                Err(e) => tried.push(e),
-            }
-        }
-        return Err(format!(
-            "NORMKIT_NVRTC_PATH={}: {}",
-            p.display(),
-            tried.join("; ")
-        ));
+    if let Some(r) = libsearch::from_env("NORMKIT_NVRTC_PATH", candidates_in, |f| {
+        preload(f).map(|()| f.display().to_string())
+    }) {
+        return r;
     }
+    let mut tried = Vec::new();
     // SAFETY: a dlopen probe over cudarc's candidate names; no symbol is called.
     if unsafe { sys::is_culib_present() } {
         return Ok("the dynamic loader's search path".into());
     }
     tried.push("libnvrtc.so{,.13,.12,.11} on the dynamic loader's search path".into());
-    let mut dirs = Vec::new();
-    for var in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Some(v) = std::env::var_os(var) {
-            dirs.push(PathBuf::from(v).join("lib64"));
-        }
-    }
-    dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
-    if let Ok(cwd) = std::env::current_dir() {
-        dirs.push(cwd.join(".cuda-deps/nvidia/cuda_nvrtc/lib"));
-        dirs.push(cwd.join(".cuda-deps/nvidia/cu13/lib"));
-    }
+    let dirs = libsearch::toolkit_dirs(&["nvidia/cuda_nvrtc/lib", "nvidia/cu13/lib"]);
     for d in dirs {
         for f in candidates_in(&d) {
             if f.is_file() && preload(&f).is_ok() {
