@@ -670,8 +670,7 @@ impl Communicator for NcclCommunicator {
                 OP,
                 call,
                 format!(
-                    "recv of {} values (world size {} × payload {})",
-                    send.len() * self.size,
+                    "recv of world size {} × payload {} values",
                     self.size,
                     send.len()
                 ),
