@@ -39,9 +39,16 @@ pub fn build_library(profile: &Path) {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CARGO_TARGET_DIR", target_dir);
     // Same features as this test build (CI runs `cargo test --all-features`), so the nested
-    // build reuses the test build's artifacts instead of rebuilding with other features.
-    if cfg!(feature = "cuda") {
-        cmd.args(["--features", "cuda"]);
+    // build reuses the test build's artifacts instead of rebuilding with other features (the
+    // lib's file names carry no feature hash: a different set would replace the rlib that the
+    // doctests link).
+    for (feature, on) in [
+        ("cuda", cfg!(feature = "cuda")),
+        ("nccl", cfg!(feature = "nccl")),
+    ] {
+        if on {
+            cmd.args(["--features", feature]);
+        }
     }
     if profile.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
