@@ -1,5 +1,7 @@
 //! Communicators for SyncBatchNorm: the collective operations normkit needs from whatever
 //! process group the caller runs (threads in one process, MPI, NCCL, gloo, ...).
+//! [`LocalCommunicator`] is the in-process group; feature `nccl` adds
+//! `normkit::nccl::NcclCommunicator` over an NCCL communicator.
 //!
 //! SyncBatchNorm makes one collective call per step and direction:
 //! * forward: [`Communicator::all_gather`] of one f64 payload per rank,
