@@ -8,6 +8,7 @@
 //   InstanceNorm: r = 0 when var == 0 and eps == 0       (zero_var_rule = 1)
 // Variants by layout: nchw (each group is one contiguous run of cg·s elements) and nhwc
 // (element (n, s, c) at (n·s + s)·c + c; a group is cg channels of every pixel).
+// With p.m2, the group's M2 = Σ (x − μ)² goes out too (InstanceNorm's running variance).
 // Host preconditions: n, c, s >= 1, groups >= 1 divides c, blockDim.x a multiple of 32.
 #include "common/compat.cuh"
 #include "common/types.cuh"
@@ -63,8 +64,48 @@ NK_DEVICE void group_norm_fwd(const GroupNormParams p) {
         if (threadIdx.x == 0) {
             if (p.mean) static_cast<C*>(p.mean)[ng] = mean;
             if (p.rstd) static_cast<C*>(p.rstd)[ng] = rstd;
+            if (p.m2) static_cast<C*>(p.m2)[ng] = acc.m2;
         }
         __syncthreads();  // in place: all reads of this group finish before the next group
+    }
+}
+
+// ---- InstanceNorm running statistics -------------------------------------------------------
+// instance_norm_running_{f32,f64} (compute type): after group_norm_fwd with groups = c wrote
+// the instance mean and M2 = Σ (x − μ)² per (n, c), PyTorch's update of N tiled copies of the
+// running statistics, averaged: for each channel, in n order,
+//   running_mean_c ← (1/N)·Σ_n [f·μ_nc + (1 − f)·rm_c]
+//   running_var_c  ← (1/N)·Σ_n [f·(M2_nc / (s − 1)) + (1 − f)·rv_c]
+// each term in the compute type (as the CPU op's ema), the sum in f64. The unbiased variance
+// comes from M2 directly (not from rstd), so small variances keep their digits. One thread per
+// channel, grid-stride; deterministic (no atomics, fixed order).
+template <class C>
+NK_DEVICE void instance_norm_running(const InstanceNormRunningParams p) {
+    const C* mean = static_cast<const C*>(p.mean);
+    const C* m2 = static_cast<const C*>(p.m2);
+    C* rm = static_cast<C*>(p.running_mean);
+    C* rv = static_cast<C*>(p.running_var);
+    const C f = (C)p.momentum;
+    const C keep = (C)1 - f;
+    const double count = (double)p.n;
+    const double dof = (double)(p.s - 1);
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x; c < p.c; c += stride) {
+        if (rm) {
+            const C old = rm[c];
+            double sum = 0.0;
+            for (i64 n = 0; n < p.n; ++n) sum += (double)(f * mean[n * p.c + c] + keep * old);
+            rm[c] = (C)(sum / count);
+        }
+        if (rv) {
+            const C old = rv[c];
+            double sum = 0.0;
+            for (i64 n = 0; n < p.n; ++n) {
+                const C unbiased = (C)((double)m2[n * p.c + c] / dof);
+                sum += (double)(f * unbiased + keep * old);
+            }
+            rv[c] = (C)(sum / count);
+        }
     }
 }
 
@@ -166,6 +207,8 @@ NK_ENTRY(group_norm_fwd_nhwc_f32, GroupNormParams, group_norm_fwd<float, true>)
 NK_ENTRY(group_norm_fwd_nhwc_f64, GroupNormParams, group_norm_fwd<double, true>)
 NK_ENTRY(group_norm_fwd_nhwc_f16, GroupNormParams, group_norm_fwd<f16, true>)
 NK_ENTRY(group_norm_fwd_nhwc_bf16, GroupNormParams, group_norm_fwd<bf16, true>)
+NK_ENTRY(instance_norm_running_f32, InstanceNormRunningParams, instance_norm_running<float>)
+NK_ENTRY(instance_norm_running_f64, InstanceNormRunningParams, instance_norm_running<double>)
 NK_ENTRY(group_norm_bwd_nchw_f32, NormBwdParams, group_norm_bwd<float, false>)
 NK_ENTRY(group_norm_bwd_nchw_f64, NormBwdParams, group_norm_bwd<double, false>)
 NK_ENTRY(group_norm_bwd_nchw_f16, NormBwdParams, group_norm_bwd<f16, false>)

@@ -10,8 +10,8 @@ use normkit::backend::cuda::device::{CudaDevice, CudaOp, DeviceBuffer};
 use normkit::backend::cuda::emu::EmuDevice;
 use normkit::backend::cuda::ops::{
     CudaBatchNormArgs, CudaGroupNormArgs, CudaInstanceNormArgs, CudaLayerNormArgs, DeviceTensor,
-    DeviceTensorMut, plan_batch_norm, plan_group_norm, plan_instance_norm, plan_layer_norm,
-    plan_local_response_norm,
+    DeviceTensorMut, InstanceNormPlan, plan_batch_norm, plan_group_norm, plan_instance_norm,
+    plan_layer_norm, plan_local_response_norm,
 };
 use normkit::backend::cuda::{CudaAvailability, nvrtc, probe};
 use normkit::device::{Device, DeviceRequest, select_device};
@@ -296,22 +296,46 @@ fn device_only_checks() {
     )
     .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Overflow);
-    // InstanceNorm's running-stat update has no kernel yet: an error, not a silent skip
-    let e = plan_instance_norm(
+    // InstanceNorm with input statistics and running statistics plans the forward plus the
+    // running-stat update
+    let plan = plan_instance_norm(
         &dt(DType::F32, &[2, 4, 3], c, FAKE),
         &dtm(DType::F32, &[2, 4, 3], c, FAKE + 4096),
         &CudaInstanceNormArgs {
             weight: None,
             bias: None,
             running_mean: Some(dtm(DType::F32, &[4], c, FAKE + 8192)),
-            running_var: Some(dtm(DType::F32, &[4], c, FAKE + 8192 + 64)),
+            running_var: None,
+            use_input_stats: true,
+            momentum: 0.25,
+            eps: 1e-5,
+        },
+    )
+    .unwrap();
+    let Some(InstanceNormPlan::InputStats {
+        running: Some(r), ..
+    }) = plan
+    else {
+        panic!("expected input statistics with a running-stat update, got {plan:?}");
+    };
+    assert_eq!((r.running_mean, r.running_var), (FAKE + 8192, 0));
+    assert_eq!((r.n, r.c, r.s, r.momentum), (2, 4, 3, 0.25));
+    // ... in the compute dtype, like every parameter
+    let e = plan_instance_norm(
+        &dt(DType::F16, &[2, 4, 3], c, FAKE),
+        &dtm(DType::F16, &[2, 4, 3], c, FAKE + 4096),
+        &CudaInstanceNormArgs {
+            weight: None,
+            bias: None,
+            running_mean: None,
+            running_var: Some(dtm(DType::F16, &[4], c, FAKE + 8192)),
             use_input_stats: true,
             momentum: 0.1,
             eps: 1e-5,
         },
     )
     .unwrap_err();
-    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert_eq!(e.kind, ErrorKind::UnsupportedDType, "{e}");
 }
 
 // ---------------------------------------------------------------- on a GPU
@@ -576,6 +600,135 @@ fn group_and_instance_norm_match_cpu() {
                 &yd.download_f64().unwrap(),
                 &yb.to_f64_vec(),
             );
+        }
+    }
+}
+
+/// InstanceNorm training with running statistics: two steps (momentum 0.1, then 0.25) on the
+/// device against the CPU op: running mean and variance (unbiased instance variances, averaged
+/// over N), outputs and saved statistics; N = 1, 3, 7, S = 2, 13, 97, every dtype, both
+/// layouts. Channel scales from 1e-3 to 2 (variances down to ~1e-7, far below eps = 1e-5), and
+/// the running statistics are compared relative to the channel's own scale, so a variance
+/// recovered from rstd would fail. Also: only one of the two running statistics given.
+#[test]
+fn instance_norm_running_stats_match_cpu() {
+    let Some(dev) = gpu("instance_norm_running_stats_match_cpu") else {
+        return;
+    };
+    const C: usize = 4;
+    let scales = [1e-3, 1.0, 0.05, 2.0];
+    for d in DType::ALL {
+        for lay in LAYOUTS {
+            for n in [1usize, 3, 7] {
+                for s in [2usize, 13, 97] {
+                    let which = match (n, s) {
+                        (3, 13) => (true, false),
+                        (7, 2) => (false, true),
+                        _ => (true, true),
+                    };
+                    let what = format!("instance_norm running {d} {lay:?} N={n} S={s} {which:?}");
+                    instance_norm_running_case(&dev, d, lay, [n, C, s], &scales, which, &what);
+                }
+            }
+        }
+    }
+}
+
+fn instance_norm_running_case(
+    dev: &CudaDevice,
+    d: DType,
+    lay: Layout,
+    shape: [usize; 3],
+    scales: &[f64],
+    (with_mean, with_var): (bool, bool),
+    what: &str,
+) {
+    let [n, c, s] = shape;
+    let len = n * c * s;
+    let sd = d.stat_dtype();
+    let scale = |i: usize| scales[i % c];
+    let rm0: Vec<f64> = values(c, 21)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * scale(i))
+        .collect();
+    let rv0: Vec<f64> = values(c, 22)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.abs() + 0.5) * scale(i) * scale(i))
+        .collect();
+    let (mut rmh, mut rvh) = (Buffer::from_f64(sd, &rm0), Buffer::from_f64(sd, &rv0));
+    let (mut rmd, mut rvd) = (upload(dev, &rmh), upload(dev, &rvh));
+    for (step, momentum) in [(0u64, 0.1), (1, 0.25)] {
+        // element (n, c, s) of the logical shape, in the layout's memory order
+        let logical = values(len, 30 + step);
+        let mut xs = vec![0.0; len];
+        for (i, v) in logical.iter().enumerate() {
+            let (ni, ci, si) = (i / (c * s), i / s % c, i % s);
+            let off = match lay {
+                Layout::ChannelsLast => (ni * s + si) * c + ci,
+                _ => i,
+            };
+            xs[off] = (v + 0.5) * scale(ci);
+        }
+        let xb = Buffer::from_f64(d, &xs);
+        let xd = upload(dev, &xb);
+        let mut yb = Buffer::filled(d, len, 0.0);
+        let cpu = instance_norm(
+            &host(&xb, &shape, lay),
+            &mut host_mut(&mut yb, &shape, lay),
+            InstanceNormArgs {
+                running_mean: with_mean.then(|| rmh.view_mut()),
+                running_var: with_var.then(|| rvh.view_mut()),
+                momentum,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut yd = dev.alloc(d, len).unwrap();
+        let stats = dev
+            .instance_norm(
+                &dview(&xd, &shape, lay),
+                &mut dview_mut(&mut yd, &shape, lay),
+                CudaInstanceNormArgs {
+                    weight: None,
+                    bias: None,
+                    running_mean: with_mean.then(|| rmd.view_mut(&[c]).unwrap()),
+                    running_var: with_var.then(|| rvd.view_mut(&[c]).unwrap()),
+                    use_input_stats: true,
+                    momentum,
+                    eps: 1e-5,
+                },
+            )
+            .unwrap();
+        let what = format!("{what} step {step}");
+        close(&what, d, &yd.download_f64().unwrap(), &yb.to_f64_vec());
+        let mean = stats.mean.download_f64().unwrap();
+        let cpu_mean = cpu.mean.to_f64_vec();
+        for (i, (g, w)) in mean.iter().zip(&cpu_mean).enumerate() {
+            let ok = (g - w).abs() <= tol(d) * (w.abs() + scale(i));
+            assert!(ok, "{what}: saved mean {i}: cuda {g}, cpu {w}");
+        }
+        // running statistics, relative to the channel's scale (variance: scale²)
+        for (name, given, dev_buf, cpu_buf, power) in [
+            ("running_mean", with_mean, &rmd, &rmh, 1),
+            ("running_var", with_var, &rvd, &rvh, 2),
+        ] {
+            let (got, want) = (dev_buf.download_f64().unwrap(), cpu_buf.to_f64_vec());
+            for ch in 0..c {
+                let (g, w) = (got[ch], want[ch]);
+                let unit = scale(ch).powi(power);
+                let ok = (g - w).abs() <= tol(d) * (w.abs() + unit);
+                assert!(
+                    ok,
+                    "{what}: {name}[{ch}]: cuda {g}, cpu {w} (scale {unit:e})"
+                );
+                if !given {
+                    let init = if power == 1 { &rm0 } else { &rv0 };
+                    let untouched = Buffer::from_f64(sd, &init[ch..=ch]).to_f64_vec()[0];
+                    assert_eq!(g, untouched, "{what}: {name} not given but changed");
+                }
+            }
         }
     }
 }

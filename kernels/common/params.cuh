@@ -31,6 +31,7 @@ struct GroupNormParams {
     const void* bias;
     void* mean;   // n·groups, or null
     void* rstd;   // n·groups, or null
+    void* m2;     // n·groups, or null: Σ (x − mean)² of the group (InstanceNorm running var)
     i64 n;
     i64 c;
     i64 s;
@@ -39,7 +40,22 @@ struct GroupNormParams {
     int clamp_var;      // GroupNorm: 1 (var = max(var, 0))
     int zero_var_rule;  // InstanceNorm: 1 (var == 0 && eps == 0 -> rstd 0)
 };
-static_assert(sizeof(GroupNormParams) == 96, "GroupNormParams layout");
+static_assert(sizeof(GroupNormParams) == 104, "GroupNormParams layout");
+
+// InstanceNorm running-statistic update from the instance statistics of a training forward:
+// mean and m2 (n·c compute values, written by group_norm_fwd with groups = c); running_mean /
+// running_var: c compute values, either may be null. Each (n, c) plane has s >= 2 elements.
+struct InstanceNormRunningParams {
+    const void* mean;
+    const void* m2;
+    void* running_mean;
+    void* running_var;
+    i64 n;
+    i64 c;
+    i64 s;
+    double momentum;  // f: new = f·instance + (1 − f)·old, averaged over n
+};
+static_assert(sizeof(InstanceNormRunningParams) == 64, "InstanceNormRunningParams layout");
 
 // BatchNorm training statistics: per-channel (count, mean, M2) partials of `splits` blocks per
 // channel (tile), merged in split order by the last block to arrive, which also writes

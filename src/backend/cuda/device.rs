@@ -369,10 +369,17 @@ impl CudaDevice {
         let Some(plan) = plan_group_norm(x, y, &args)? else {
             return self.empty_stats(x.dtype(), 0);
         };
-        self.run_group(plan, "group_norm")
+        self.run_group(plan, "group_norm", 0)
     }
 
-    fn run_group(&self, mut plan: super::ops::GroupNormPlan, op: &str) -> Result<DeviceSavedStats> {
+    /// The GroupNorm forward launch; `m2` (0 for none): n·groups compute values of device
+    /// memory for the groups' M2.
+    fn run_group(
+        &self,
+        mut plan: super::ops::GroupNormPlan,
+        op: &str,
+        m2: u64,
+    ) -> Result<DeviceSavedStats> {
         let p = &mut plan.params;
         self.check_pointers(
             op,
@@ -386,26 +393,57 @@ impl CudaDevice {
         let stats = self.empty_stats(plan.dtype, (p.n * p.groups) as usize)?;
         p.mean = stats.mean.ptr();
         p.rstd = stats.invstd.ptr();
+        p.m2 = m2;
         // SAFETY: x, y hold n·c·s elements in `order` (shapes checked by the plan, memory by
         // check_pointers); weight/bias c compute values; mean/rstd freshly allocated with
-        // n·groups compute values; everything is ordered on this stream.
+        // n·groups compute values, m2 likewise by the caller (or 0); everything is ordered on
+        // this stream.
         unsafe { kernels::group_norm_fwd(self, plan.dtype, plan.order, &plan.params)? };
         Ok(stats)
     }
 
-    /// Instance normalisation on the device (as [`crate::ops::instance_norm`]); running
-    /// statistics are read (use_input_stats false) but not updated on CUDA.
+    /// Instance normalisation on the device (as [`crate::ops::instance_norm`]): with input
+    /// statistics and running statistics, the running statistics are updated on the device
+    /// (from each instance's mean and M2, averaged over the batch as PyTorch does); with
+    /// use_input_stats false they are read.
     pub fn instance_norm(
         &self,
         x: &DeviceTensor,
         y: &mut DeviceTensorMut,
         args: CudaInstanceNormArgs,
     ) -> Result<DeviceSavedStats> {
+        const OP: &str = "instance_norm";
         match plan_instance_norm(x, y, &args)? {
             None => self.empty_stats(x.dtype(), 0),
-            Some(InstanceNormPlan::InputStats(p)) => self.run_group(p, "instance_norm"),
+            Some(InstanceNormPlan::InputStats {
+                group,
+                running: None,
+            }) => self.run_group(group, OP, 0),
+            Some(InstanceNormPlan::InputStats {
+                group,
+                running: Some(mut rp),
+            }) => {
+                self.check_pointers(
+                    OP,
+                    &[
+                        ("running_mean", rp.running_mean),
+                        ("running_var", rp.running_var),
+                    ],
+                )?;
+                let dtype = group.dtype;
+                let m2 = self.alloc(dtype.stat_dtype(), group.stats_len())?;
+                let stats = self.run_group(group, OP, m2.ptr())?;
+                (rp.mean, rp.m2) = (stats.mean.ptr(), m2.ptr());
+                // SAFETY: mean and m2 hold n·c compute values written by the forward just
+                // queued on this stream; the running statistics are c compute values of this
+                // device (plan: the CPU op's checks and the compute dtype; check_pointers);
+                // s >= 2 (the CPU op's check for input statistics); m2 is freed (stream-ordered)
+                // after the launch.
+                unsafe { kernels::instance_norm_running(self, dtype, &rp)? };
+                Ok(stats)
+            }
             Some(InstanceNormPlan::RunningStats(p)) => {
-                self.run_infer(&p, "instance_norm")?;
+                self.run_infer(&p, OP)?;
                 self.empty_stats(x.dtype(), 0)
             }
         }

@@ -446,6 +446,7 @@ impl EmuDevice {
             bias: opt_ptr(bias, "bias", c)?,
             mean: mean.as_mut_ptr() as u64,
             rstd: rstd.as_mut_ptr() as u64,
+            m2: 0,
             n: n as i64,
             c: c as i64,
             s: s as i64,

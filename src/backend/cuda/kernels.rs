@@ -7,8 +7,8 @@
 
 use super::launch::{self, ChannelOrder, LaunchConfig};
 use super::params::{
-    BatchNormApplyParams, BatchNormStatsParams, GroupNormParams, KernelParams, LayerNormParams,
-    LrnParams,
+    BatchNormApplyParams, BatchNormStatsParams, GroupNormParams, InstanceNormRunningParams,
+    KernelParams, LayerNormParams, LrnParams,
 };
 use super::params::{LayerNormBwdParams, LrnBwdParams, NormBwdParams};
 use crate::dtype::DType;
@@ -65,6 +65,22 @@ pub unsafe fn group_norm_fwd(
     p: &GroupNormParams,
 ) -> Result<()> {
     let plan = launch::group_norm_fwd(dtype, order, p.n as usize, p.groups as usize, l.sm_count());
+    // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
+    unsafe { launch(l, &plan.kernel, plan.config, p) }
+}
+
+/// InstanceNorm running-statistic update (after [`group_norm_fwd`] with groups = c wrote the
+/// instance mean and M2), for input of `dtype` (the kernel runs in its compute type).
+///
+/// # Safety
+/// `mean`, `m2`: n·c compute values (written by work already queued on this stream);
+/// `running_mean`, `running_var`: c compute values or 0; `p.s` ≥ 2.
+pub unsafe fn instance_norm_running(
+    l: &dyn Launcher,
+    dtype: DType,
+    p: &InstanceNormRunningParams,
+) -> Result<()> {
+    let plan = launch::instance_norm_running(dtype, p.c as usize, l.sm_count());
     // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
     unsafe { launch(l, &plan.kernel, plan.config, p) }
 }

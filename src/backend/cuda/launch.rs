@@ -117,6 +117,15 @@ pub fn group_norm_fwd(
     }
 }
 
+/// InstanceNorm running-statistic update: one thread per channel, grid-stride (the kernel
+/// is per compute type: f64 for f64 input, f32 otherwise).
+pub fn instance_norm_running(dtype: DType, c: usize, sms: u32) -> Launch {
+    Launch {
+        kernel: format!("instance_norm_running_{}", dtype_suffix(dtype.stat_dtype())),
+        config: elementwise(c, sms),
+    }
+}
+
 /// Plan of the BatchNorm training statistics launch and the scratch memory it needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchNormStatsPlan {
@@ -379,6 +388,13 @@ mod tests {
         assert_eq!(l.kernel, "batch_norm_infer_nchw_f32");
         let l = group_norm_fwd(DType::F16, ChannelOrder::Nchw, 2, 3, 132);
         assert_eq!(l.config.grid, [6, 1, 1]);
+        let l = instance_norm_running(DType::BF16, 1000, 132);
+        assert_eq!(l.kernel, "instance_norm_running_f32");
+        assert_eq!(l.config.grid, [4, 1, 1]);
+        assert_eq!(
+            instance_norm_running(DType::F64, 1, 1).kernel,
+            "instance_norm_running_f64"
+        );
     }
 
     #[test]
@@ -390,6 +406,7 @@ mod tests {
                     layer_norm_fwd(dt, 1, 1, 1).kernel,
                     layer_norm_fwd(dt, 1, 5000, 1).kernel,
                     group_norm_fwd(dt, order, 1, 1, 1).kernel,
+                    instance_norm_running(dt, 1, 1).kernel,
                     batch_norm_stats(dt, order, 1, 1, 2, 1).launch.kernel,
                     batch_norm_apply(dt, order, 1, false, 1).kernel,
                     batch_norm_apply(dt, order, 1, true, 1).kernel,

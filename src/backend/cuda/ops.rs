@@ -11,7 +11,9 @@
 use std::marker::PhantomData;
 
 use super::launch::ChannelOrder;
-use super::params::{BatchNormApplyParams, GroupNormParams, LayerNormParams, LrnParams};
+use super::params::{
+    BatchNormApplyParams, GroupNormParams, InstanceNormRunningParams, LayerNormParams, LrnParams,
+};
 use crate::dtype::DType;
 use crate::error::{Error, ErrorKind, Result, fmt_shape};
 use crate::ops::{
@@ -472,6 +474,7 @@ fn group_plan(
             bias: ptr_of(bias),
             mean: 0,
             rstd: 0,
+            m2: 0,
             n: n as i64,
             c: c as i64,
             s: s as i64,
@@ -518,14 +521,18 @@ pub fn plan_group_norm(
 /// What an InstanceNorm runs on the device.
 #[derive(Clone, Debug)]
 pub enum InstanceNormPlan {
-    /// Each instance's own statistics (the GroupNorm kernels with G = C).
-    InputStats(GroupNormPlan),
+    /// Each instance's own statistics (the GroupNorm kernels with G = C); with running
+    /// statistics, then their update from the instance mean and M2 (`running`: `mean` and
+    /// `m2` left 0 for the device to fill).
+    InputStats {
+        group: GroupNormPlan,
+        running: Option<InstanceNormRunningParams>,
+    },
     /// Running statistics (the BatchNorm inference kernels).
     RunningStats(BatchNormInferPlan),
 }
 
-/// Validates an InstanceNorm on device tensors; `None` for an empty input. Updating running
-/// statistics from instance statistics has no kernel yet: that case is an error.
+/// Validates an InstanceNorm on device tensors; `None` for an empty input.
 pub fn plan_instance_norm(
     x: &DeviceTensor,
     y: &DeviceTensorMut,
@@ -559,17 +566,8 @@ pub fn plan_instance_norm(
         ),
     )?;
     if args.use_input_stats {
-        if args.running_mean.is_some() || args.running_var.is_some() {
-            return Err(Error::invalid(
-                OP,
-                "running_mean",
-                "no running statistics with use_input_stats on CUDA (their update from \
-                 instance statistics has no kernel yet; use the CPU op)",
-                "running statistics",
-            ));
-        }
         let c = x.shape()[1];
-        return group_plan(
+        let group = group_plan(
             x,
             y,
             args.weight.as_ref(),
@@ -577,8 +575,23 @@ pub fn plan_instance_norm(
             c,
             args.eps,
             true,
-        )
-        .map(|p| Some(InstanceNormPlan::InputStats(p)));
+        )?;
+        let (rm, rv) = (
+            ptr_of_mut(args.running_mean.as_ref()),
+            ptr_of_mut(args.running_var.as_ref()),
+        );
+        let p = &group.params;
+        let running = (rm != 0 || rv != 0).then_some(InstanceNormRunningParams {
+            mean: 0,
+            m2: 0,
+            running_mean: rm,
+            running_var: rv,
+            n: p.n,
+            c: p.c,
+            s: p.s,
+            momentum: args.momentum,
+        });
+        return Ok(Some(InstanceNormPlan::InputStats { group, running }));
     }
     infer_plan(
         OP,

@@ -39,11 +39,19 @@ params_struct!(
 });
 
 params_struct!(
-    /// `GroupNormParams`: (n, c, s) in NCHW or NHWC order, statistics per (n, group).
-    GroupNormParams, 96, {
-    x: u64, y: u64, weight: u64, bias: u64, mean: u64, rstd: u64,
+    /// `GroupNormParams`: (n, c, s) in NCHW or NHWC order, statistics per (n, group)
+    /// (mean, rstd, and M2 for InstanceNorm's running variance).
+    GroupNormParams, 104, {
+    x: u64, y: u64, weight: u64, bias: u64, mean: u64, rstd: u64, m2: u64,
     n: i64, c: i64, s: i64, groups: i64, eps: f64,
     clamp_var: i32, zero_var_rule: i32,
+});
+
+params_struct!(
+    /// `InstanceNormRunningParams`: running-statistic update from per-(n, c) mean and M2.
+    InstanceNormRunningParams, 64, {
+    mean: u64, m2: u64, running_mean: u64, running_var: u64,
+    n: i64, c: i64, s: i64, momentum: f64,
 });
 
 params_struct!(
@@ -107,6 +115,7 @@ mod tests {
         assert_eq!(&b[0..8], &1u64.to_ne_bytes());
         assert_eq!(&b[40..48], &5i64.to_ne_bytes());
         assert_eq!(&b[64..72], &2.0f64.to_ne_bytes());
-        assert_eq!(GroupNormParams::default().to_bytes().len(), 96);
+        assert_eq!(GroupNormParams::default().to_bytes().len(), 104);
+        assert_eq!(InstanceNormRunningParams::default().to_bytes().len(), 64);
     }
 }
