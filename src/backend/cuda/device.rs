@@ -22,6 +22,7 @@ use super::ops::{
 };
 use super::params::{BatchNormApplyParams, BatchNormStatsParams};
 use super::probe::CudaDeviceInfo;
+use super::timer::StreamTimer;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::LrnArgs;
@@ -70,6 +71,11 @@ pub trait GpuBackend: Launcher + Send + Sync {
     /// # Safety
     /// `src` addresses `dst.len()` readable bytes of this device.
     unsafe fn download(&self, src: u64, dst: &mut [u8]) -> Result<()>;
+    /// A timer recording events on the stream, if the backend has them (the GPU); `None`
+    /// makes [`CudaDevice::timer`] fall back to the host wall clock.
+    fn event_timer(&self) -> Result<Option<Box<dyn StreamTimer>>> {
+        Ok(None)
+    }
 }
 
 /// Which ops a workload will run, for [`CudaDevice::prepare`].
@@ -171,6 +177,10 @@ impl CudaDevice {
     pub fn prepare(&self, ops: &[CudaOp]) -> Result<()> {
         ops.iter()
             .try_for_each(|op| self.inner.load_modules(op.modules()))
+    }
+
+    pub(super) fn event_timer(&self) -> Result<Option<Box<dyn StreamTimer>>> {
+        self.inner.event_timer()
     }
 
     pub(super) fn check_pointers(&self, op: &str, ptrs: &[(&str, u64)]) -> Result<()> {

@@ -17,7 +17,7 @@ use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, result, sys};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaStream, result, sys};
 use cudarc::nvrtc::Ptx;
 
 use super::device::{CudaDevice, GpuBackend};
@@ -26,6 +26,7 @@ use super::launch::LaunchConfig;
 use super::modules;
 use super::nvrtc;
 use super::probe::{CudaAvailability, CudaDeviceInfo, panic_text, probe};
+use super::timer::{StreamTimer, not_started};
 use crate::error::{Error, ErrorKind, Result};
 
 const OP: &str = "cuda";
@@ -417,6 +418,13 @@ impl GpuBackend for DriverGpu {
             .map_err(|e| driver(OP, "memset", e))
     }
 
+    fn event_timer(&self) -> Result<Option<Box<dyn StreamTimer>>> {
+        Ok(Some(Box::new(EventTimer {
+            stream: self.stream.clone(),
+            start: None,
+        })))
+    }
+
     unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
         if src.is_empty() {
             return Ok(());
@@ -453,5 +461,40 @@ impl GpuBackend for DriverGpu {
                 .and_then(|_| result::stream::synchronize(stream))
         }
         .map_err(|e| driver(OP, "download", e))
+    }
+}
+
+/// CUDA events (timing enabled) recorded on the device's stream around the timed work: the
+/// GPU time between the two marks, without host launch overheads (cudarc's safe event API).
+struct EventTimer {
+    stream: Arc<CudaStream>,
+    start: Option<CudaEvent>,
+}
+
+impl EventTimer {
+    fn record(&self) -> Result<CudaEvent> {
+        self.stream
+            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| driver("StreamTimer", "event", e))
+    }
+}
+
+impl StreamTimer for EventTimer {
+    fn source(&self) -> &'static str {
+        "cuda-events"
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.start = Some(self.record()?);
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<f64> {
+        let start = self.start.take().ok_or_else(not_started)?;
+        let end = self.record()?;
+        start
+            .elapsed_ms(&end)
+            .map(f64::from)
+            .map_err(|e| driver("StreamTimer", "elapsed time", e))
     }
 }

@@ -12,6 +12,8 @@
 //! * [`device`]: [`device::CudaDevice`], device buffers and every op on device tensors,
 //!   over a [`device::GpuBackend`]: the real GPU (`driver`, feature `cuda`) or the host
 //!   emulation ([`emu::EmuGpu`]), so the device ops run in CI without a GPU.
+//! * [`timer`]: [`timer::StreamTimer`], timing work on a device's stream (CUDA events on a
+//!   GPU, the host wall clock on the emulation), for `normkit bench --device`.
 //! * `driver` and `nvrtc` (feature `cuda`): driver probe that never panics, NVRTC library
 //!   search, compile cache, launches on borrowed raw streams.
 
@@ -31,6 +33,7 @@ pub mod nvrtc;
 
 pub mod backward;
 pub mod device;
+pub mod timer;
 
 #[cfg(feature = "cuda")]
 mod driver;
