@@ -7,7 +7,9 @@
 #                               hash suffix dropped) except the build-machine tests (c_header,
 #                               capi_link, capi_boundary: they need the source tree, cbindgen, cc)
 #   bin/bench-<name>           the criterion bench executables
-#   bin/normkit                 the normkit binary (info, bench --device cuda)
+#   bin/normkit                 the normkit binary: `info`, and `bench --device cuda --json`, which
+#                               the runner runs last (the bench_device test runs it too, found
+#                               through NORMKIT_BIN)
 #   lib/                        libnvrtc.so.12 + libnvrtc-builtins (NVRTC 12.8 from PyPI, which a
 #                               CUDA 12.8+/13.x driver accepts); left out with --no-nvrtc, the
 #                               runner then uses the machine's NVRTC (NORMKIT_NVRTC_PATH or the
@@ -59,6 +61,9 @@ for line in open(src):
     print(f"  bin/{name}")
 PY
 cp target/release/normkit "$out/bin/normkit"
+# smoke test of the device bench path the runner will take (on the host emulation here)
+target/release/normkit bench --device emu --json --reps 1 --warmup 0 --max-elements 1024 \
+    --dtype f32 --filter LayerNorm/8192 >/dev/null
 for f in "$out"/bin/*; do strip --strip-debug "$f"; done
 cp -r kernels "$out/tree/kernels"
 cp -r tests/golden "$out/tree/tests/golden"

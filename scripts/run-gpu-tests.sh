@@ -3,7 +3,8 @@
 # needed): every test executable with NORMKIT_REQUIRE_CUDA=1 (a missing GPU or NVRTC fails
 # instead of skipping), then compute-sanitizer memcheck/racecheck/synccheck on the CUDA device
 # tests if compute-sanitizer is installed, then `normkit info` and
-# `normkit bench --device cuda --json`. Logs go to $NORMKIT_GPU_LOGS (default: ./gpu-logs).
+# `normkit bench --device cuda --json` (every standard case on the GPU, CUDA-event timing; one
+# JSON object per case in bench.json). Logs go to $NORMKIT_GPU_LOGS (default: ./gpu-logs).
 # Exit status: non-zero if any step failed. Usage: gpu-bundle/run-gpu-tests.sh
 set -uo pipefail
 bundle="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,6 +25,8 @@ else
     echo "NVRTC: the machine's (${NORMKIT_NVRTC_PATH:-dynamic loader search path})"
 fi
 export NORMKIT_KERNEL_CACHE_DIR="${NORMKIT_KERNEL_CACHE_DIR:-$logs/kernel-cache}"
+# tests that run the normkit executable (bench_device) find the bundled one
+export NORMKIT_BIN="$here/bin/normkit"
 
 # Tests that read fixtures use the build machine's CARGO_MANIFEST_DIR; point it at the bundle.
 baked="$(cat "$here/manifest-dir" 2>/dev/null || true)"
@@ -72,8 +75,15 @@ else
     echo "=== compute-sanitizer: not installed, skipped"
 fi
 
-step bench "$here/bin/normkit" bench --device cuda --json
-echo "bench JSON: $logs/bench.log"
+# the GPU benchmark: JSON lines to bench.json, progress and failures to bench.log
+echo "=== bench (normkit bench --device cuda --json)"
+if "$here/bin/normkit" bench --device cuda --json >"$logs/bench.json" 2>"$logs/bench.log"; then
+    echo "    ok ($(wc -l <"$logs/bench.json") cases in $logs/bench.json)"
+else
+    echo "    FAILED (see $logs/bench.log)"
+    grep -v '^\[' "$logs/bench.log" | tail -20 | sed 's/^/    | /'
+    failed+=(bench)
+fi
 
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "FAILED: ${failed[*]}"

@@ -23,6 +23,8 @@ use crate::{Buffer, DType, Tensor, TensorMut};
 use std::collections::HashMap;
 use std::time::Instant;
 
+pub mod device;
+
 /// The standard cases file, embedded at build time.
 pub const CASES_JSON: &str = include_str!("../benches/cases.json");
 
@@ -197,6 +199,34 @@ impl Case {
 
     pub fn is_backward(&self) -> bool {
         self.mode == "bwd"
+    }
+
+    /// The case shrunk to at most `max_elements` elements where it can be, for smoke runs
+    /// (`--max-elements`): the batch dimension first (at least 1), then the largest spatial
+    /// dimension halved (rounding up, never below 2); channels, groups and LayerNorm's
+    /// normalized dimensions stay, so a case may remain above the cap.
+    pub fn shrunk(&self, max_elements: usize) -> Case {
+        let mut c = self.clone();
+        let n = c.shape.first().copied().unwrap_or(1).max(1);
+        let per_sample = (c.numel() / n).max(1);
+        if let Some(b) = c.shape.first_mut() {
+            *b = (max_elements / per_sample).clamp(1, n);
+        }
+        let first_spatial = if c.layer == "LayerNorm" {
+            c.shape.len()
+        } else {
+            2
+        };
+        while c.numel() > max_elements {
+            let Some(i) = (first_spatial..c.shape.len())
+                .filter(|&i| c.shape[i] > 2)
+                .max_by_key(|&i| c.shape[i])
+            else {
+                break;
+            };
+            c.shape[i] = c.shape[i].div_ceil(2);
+        }
+        c
     }
 
     fn channels_last(&self) -> bool {
@@ -981,6 +1011,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn shrunk_cases_keep_channels_and_normalized_dims() {
+        let s = Suite::standard().unwrap();
+        let cases = s.cases(&[DType::F32]);
+        let find = |prefix: &str| cases.iter().find(|c| c.name().starts_with(prefix)).unwrap();
+        let bn = find("BatchNorm2d/").shrunk(1 << 14);
+        assert_eq!(bn.shape, vec![1, 64, 14, 14]);
+        let ln = find("LayerNorm/4096x4096").shrunk(1 << 14);
+        assert_eq!(ln.shape, vec![4, 4096]);
+        // a cap below one LayerNorm row keeps the row
+        assert_eq!(find("LayerNorm/8192x768").shrunk(100).shape, vec![1, 768]);
+        let bn1 = find("BatchNorm1d/").shrunk(5000);
+        assert_eq!(bn1.shape, vec![4, 1024]);
+        let gn = find("GroupNorm/").shrunk(1);
+        assert_eq!(gn.shape, vec![1, 256, 2, 2]);
+        // big enough: unchanged
+        assert_eq!(
+            find("LocalResponseNorm/").shrunk(usize::MAX),
+            *find("LocalResponseNorm/")
+        );
     }
 
     #[test]

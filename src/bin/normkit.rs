@@ -4,21 +4,30 @@
 
 use normkit::DType;
 use normkit::backend::cpu::{simd_level, threads::effective_threads};
-use normkit::bench::{Bandwidth, Measurement, Prepared, Suite, bandwidth};
+use normkit::bench::device::{DevicePrepared, DeviceSpec, measure_device};
+use normkit::bench::{Bandwidth, Case, Measurement, Prepared, Suite, bandwidth};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
   normkit info
-  normkit bench [--device cpu|cuda|auto] [--json] [--threads N] [--dtype f32|bf16|...]
-                [--filter SUBSTR] [--reps N | --quick] [--bandwidth]
+  normkit bench [--device cpu|cuda|cuda:N|emu|auto] [--json] [--threads N]
+                [--dtype f32|bf16|...] [--filter SUBSTR] [--reps N | --quick] [--warmup N]
+                [--max-elements N] [--bandwidth]
   normkit bandwidth [--threads N] [--size-mib N] [--reps N]
 
 bench runs every standard case (benches/cases.json, embedded) and checks a sample of outputs
 against a float64 reference. --filter matches Layer/AxBxC/LAYOUT/mode/dtype, e.g.
 'LayerNorm/4096x4096' or '/NHWC/'. --bandwidth also measures this machine's memory bandwidth
-and prints each case's share of it. bandwidth measures read, write and scale (b = s*a) streams
-over two buffers (default 1024 MiB each) at 1 and 2 threads (or --threads N).";
+and prints each case's share of it (CPU only). bandwidth measures read, write and scale
+(b = s*a) streams over two buffers (default 1024 MiB each) at 1 and 2 threads (or --threads N).
+
+--device cuda[:N] runs the cases on GPU N (feature cuda), timed with CUDA events on the
+device's stream after --warmup runs (default 3); a DeviceUnavailable error with the probe's
+reason when there is no usable GPU. --device emu runs them on the host emulation of the CUDA
+kernels, timed by the host clock (a smoke test of the device path, not a GPU timing).
+--max-elements N shrinks every case to about N elements (batch first, then spatial dims;
+--filter matches the full-size names).";
 
 #[derive(Debug)]
 struct Opts {
@@ -28,6 +37,8 @@ struct Opts {
     dtypes: Option<Vec<DType>>,
     filter: Option<String>,
     reps: usize,
+    warmup: usize,
+    max_elements: Option<usize>,
     bandwidth: bool,
     size_mib: usize,
 }
@@ -40,6 +51,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         dtypes: None,
         filter: None,
         reps: 15,
+        warmup: 3,
+        max_elements: None,
         bandwidth: false,
         size_mib: 1024,
     };
@@ -68,21 +81,21 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--filter" => o.filter = Some(value("--filter")?),
             "--reps" => o.reps = count("--reps", value("--reps")?)?,
             "--quick" => o.reps = 5,
+            "--warmup" => {
+                let v = value("--warmup")?;
+                o.warmup = v
+                    .parse()
+                    .map_err(|_| format!("--warmup: expected a non-negative integer, got '{v}'"))?;
+            }
+            "--max-elements" => {
+                o.max_elements = Some(count("--max-elements", value("--max-elements")?)?)
+            }
             "--bandwidth" => o.bandwidth = true,
             "--size-mib" => o.size_mib = count("--size-mib", value("--size-mib")?)?,
             other => return Err(format!("unknown argument '{other}'\n\n{USAGE}")),
         }
     }
     Ok(o)
-}
-
-fn cuda_status() -> String {
-    let probe = normkit::backend::cuda::probe();
-    if probe.is_available() {
-        format!("{probe}; CUDA benchmarks are not implemented yet")
-    } else {
-        probe.to_string()
-    }
 }
 
 fn simd_features() -> Vec<(&'static str, bool)> {
@@ -160,6 +173,14 @@ struct Progress {
 }
 
 impl Progress {
+    fn new(total: usize, tty: bool) -> Progress {
+        Progress {
+            total,
+            done: 0,
+            tty,
+        }
+    }
+
     fn step(&mut self, what: &str) {
         self.done += 1;
         let width = 30;
@@ -181,66 +202,101 @@ impl Progress {
     }
 }
 
+/// Where the cases run.
+enum Target {
+    Cpu { threads: Vec<usize> },
+    Device(DeviceSpec),
+}
+
 fn run_bench(o: &Opts) -> Result<bool, String> {
-    match o.device.as_str() {
-        "cpu" | "auto" => {}
-        "cuda" => return Err(format!("--device cuda: {}", cuda_status())),
-        other => {
-            return Err(format!(
-                "--device: expected cpu, cuda or auto, got '{other}'"
-            ));
-        }
-    }
     let suite = Suite::standard()?;
+    let target = match o.device.as_str() {
+        "cpu" | "auto" => Target::Cpu {
+            threads: o.threads.map_or(suite.threads.clone(), |t| vec![t]),
+        },
+        other => Target::Device(DeviceSpec::parse(other).ok_or_else(|| {
+            format!("--device: expected cpu, cuda, cuda:N, emu or auto, got '{other}'")
+        })?),
+    };
     let dtypes = o.dtypes.clone().unwrap_or_else(|| suite.dtypes.clone());
-    let threads = o.threads.map_or(suite.threads.clone(), |t| vec![t]);
-    let cases: Vec<_> = suite
+    let cases: Vec<Case> = suite
         .cases(&dtypes)
         .into_iter()
         .filter(|c| o.filter.as_deref().is_none_or(|f| c.name().contains(f)))
+        .map(|c| match o.max_elements {
+            Some(m) => c.shrunk(m),
+            None => c,
+        })
         .collect();
     if cases.is_empty() {
         return Err("no case matches the filter".into());
     }
-    let bw: Vec<Bandwidth> = if o.bandwidth {
-        eprintln!("measuring memory bandwidth ({} MiB buffers)...", o.size_mib);
-        threads
-            .iter()
-            .map(|&t| bandwidth(t, o.size_mib << 20, 3))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let total = cases.iter().len() * threads.len();
-    let mut progress = Progress {
-        total,
-        done: 0,
-        tty: std::io::stderr().is_terminal(),
-    };
     let mut results: Vec<Measurement> = Vec::new();
     let mut failures = Vec::new();
-    for case in &cases {
-        let mut prep = match Prepared::new(case, &suite) {
-            Ok(p) => p,
-            Err(e) => {
-                failures.push(e);
-                continue;
+    let mut record = |m: Result<Measurement, String>| match m {
+        Ok(m) => {
+            if o.json {
+                println!("{}", m.to_json());
             }
-        };
-        for &t in &threads {
-            progress.step(&format!("{} threads={t}", case.name()));
-            match normkit::bench::measure(&mut prep, t, o.reps) {
-                Ok(m) => {
-                    if o.json {
-                        println!("{}", m.to_json());
+            results.push(m);
+        }
+        Err(e) => failures.push(e),
+    };
+    let tty = std::io::stderr().is_terminal();
+    let mut bw: Vec<Bandwidth> = Vec::new();
+    match target {
+        Target::Cpu { threads } => {
+            if o.bandwidth {
+                eprintln!("measuring memory bandwidth ({} MiB buffers)...", o.size_mib);
+                bw = threads
+                    .iter()
+                    .map(|&t| bandwidth(t, o.size_mib << 20, 3))
+                    .collect();
+            }
+            let mut progress = Progress::new(cases.len() * threads.len(), tty);
+            for case in &cases {
+                let mut prep = match Prepared::new(case, &suite) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        record(Err(e));
+                        continue;
                     }
-                    results.push(m);
+                };
+                for &t in &threads {
+                    progress.step(&format!("{} threads={t}", case.name()));
+                    record(normkit::bench::measure(&mut prep, t, o.reps));
                 }
-                Err(e) => failures.push(e),
             }
+            progress.finish();
+        }
+        Target::Device(spec) => {
+            if o.bandwidth {
+                eprintln!("note: --bandwidth measures host memory; ignored with --device");
+            }
+            let dev = spec
+                .open()
+                .map_err(|e| format!("--device {}: {:?}: {e}", o.device, e.kind))?;
+            normkit::bench::device::prepare(&dev)
+                .map_err(|e| format!("--device {}: {e}", o.device))?;
+            let mut timer = dev.timer().map_err(|e| format!("timer: {e}"))?;
+            eprintln!(
+                "device {} ({}), timing: {}, {} warm-up run(s), median of {}",
+                spec.name(),
+                dev.info().name,
+                timer.source(),
+                o.warmup,
+                o.reps
+            );
+            let mut progress = Progress::new(cases.len(), tty);
+            for case in &cases {
+                progress.step(&case.name());
+                record(DevicePrepared::new(&dev, case, &suite).and_then(|mut p| {
+                    measure_device(&mut p, timer.as_mut(), &spec.name(), o.warmup, o.reps)
+                }));
+            }
+            progress.finish();
         }
     }
-    progress.finish();
     if !o.json {
         print_table(&results, &bw);
     }
@@ -277,7 +333,11 @@ fn print_table(results: &[Measurement], bw: &[Bandwidth]) {
             m.case.layout,
             m.case.mode,
             normkit::bench::dtype_name(m.case.dtype),
-            m.threads,
+            if m.threads == 0 {
+                "-".to_string()
+            } else {
+                m.threads.to_string()
+            },
             m.median_ms,
             m.gbps(),
         );
