@@ -552,3 +552,89 @@ fn cuda_context_errors() {
     );
     assert!(m.is_null());
 }
+
+use normkit::capi::comm::{normkit_communicator_init, normkit_communicator_t};
+
+/// all_gather of a mirrored 2-rank group: the other rank sent the same payload.
+unsafe extern "C" fn mirror_gather(
+    _: *mut c_void,
+    send: *const f64,
+    recv: *mut f64,
+    n: usize,
+) -> i32 {
+    // SAFETY: normkit passes `n` readable doubles at `send` and 2·n writable ones at `recv`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(send, recv, n);
+        std::ptr::copy_nonoverlapping(send, recv.add(n), n);
+    }
+    0
+}
+
+/// all_reduce_sum of a mirrored 2-rank group: twice this rank's values.
+unsafe extern "C" fn mirror_reduce(_: *mut c_void, data: *mut f64, n: usize) -> i32 {
+    // SAFETY: normkit passes `n` writable doubles at `data`.
+    let d = unsafe { std::slice::from_raw_parts_mut(data, n) };
+    d.iter_mut().for_each(|v| *v *= 2.0);
+    0
+}
+
+#[test]
+fn sync_batch_norm_on_a_cuda_context_matches_the_cpu_context() {
+    let Some(c) = contexts() else { return };
+    let mut comm: normkit_communicator_t = init!(normkit_communicator_init);
+    comm.world_size = 2;
+    comm.rank = 0;
+    comm.all_gather = Some(mirror_gather);
+    comm.all_reduce_sum = Some(mirror_reduce);
+    for lay in LAYOUTS {
+        let d = DType::F32;
+        let shape = [2, 3, 5, 2];
+        let mut x = Pair::data(&c.dev, d, &shape, lay, 21, 3.0);
+        let mut g = Pair::data(&c.dev, d, &shape, lay, 22, 0.0);
+        let mut y = Pair::zeros(&c.dev, d, &shape, lay);
+        let mut dx = Pair::zeros(&c.dev, d, &shape, lay);
+        let mut w = Pair::data(&c.dev, d, &[3], Layout::Contiguous, 23, 1.0);
+        let mut rm = Pair::zeros(&c.dev, d, &[3], Layout::Contiguous);
+        let mut rv = Pair::new(&c.dev, Buffer::filled(d, 3, 1.0), &[3], Layout::Contiguous);
+        let mut sm = Pair::zeros(&c.dev, d, &[3], Layout::Contiguous);
+        let mut si = Pair::zeros(&c.dev, d, &[3], Layout::Contiguous);
+        let mut dw = Pair::zeros(&c.dev, d, &[3], Layout::Contiguous);
+        let mut counts = [0.0f64; 2];
+        for (k, (ctx, on)) in [(c.cpu, false), (c.cuda, true)].into_iter().enumerate() {
+            let t = |p: &mut Pair| if on { p.d() } else { p.h() };
+            let mut a = unsafe_default_bn();
+            (a.x, a.y, a.weight) = (t(&mut x), t(&mut y), t(&mut w));
+            (a.running_mean, a.running_var) = (t(&mut rm), t(&mut rv));
+            (a.save_mean, a.save_invstd) = (t(&mut sm), t(&mut si));
+            // SAFETY: every tensor and the table outlive the call.
+            ok("sync forward", unsafe {
+                normkit_sync_batch_norm_forward(ctx, &a, &comm, &mut counts[k])
+            });
+            let mut b: normkit_norm_backward_args_t = init!(normkit_norm_backward_args_init);
+            (b.x, b.grad_output, b.weight) = (t(&mut x), t(&mut g), t(&mut w));
+            (b.save_mean, b.save_invstd) = (t(&mut sm), t(&mut si));
+            (b.grad_input, b.grad_weight) = (t(&mut dx), t(&mut dw));
+            // SAFETY: as above.
+            ok("sync backward", unsafe {
+                normkit_sync_batch_norm_backward(ctx, &b, &comm, counts[k])
+            });
+        }
+        assert_eq!(counts[0], counts[1]);
+        assert_eq!(
+            counts[0],
+            2.0 * 2.0 * 10.0,
+            "the mirrored group doubles the batch"
+        );
+        for (p, n) in [
+            (&y, "y"),
+            (&rm, "running_mean"),
+            (&rv, "running_var"),
+            (&sm, "save_mean"),
+            (&si, "save_invstd"),
+            (&dx, "dx"),
+            (&dw, "dw"),
+        ] {
+            p.check(&format!("sync_batch_norm {lay:?} {n}"));
+        }
+    }
+}

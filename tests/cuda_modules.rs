@@ -190,6 +190,20 @@ fn instance_group_layer_and_lrn_modules_match_the_cpu() {
             Layout::ChannelsLast,
             &[true, false],
         );
+        // tracked running statistics (updated on the device in training, used in eval)
+        let make = || -> AnyModule {
+            let mut c = InstanceNormConfig::new(4);
+            (c.dtype, c.affine, c.track_running_stats) = (pd, true, true);
+            InstanceNorm::new(InstanceNormKind::InstanceNorm2d, c).into()
+        };
+        run(
+            &dev,
+            &make,
+            d,
+            &[3, 4, 5, 2],
+            Layout::Contiguous,
+            &TRAIN_EVAL,
+        );
         // unbatched (C, L) input
         let make = || -> AnyModule {
             let mut c = InstanceNormConfig::new(3);

@@ -23,6 +23,7 @@ use crate::backend::cuda::ops::{
     CudaBatchNormArgs, CudaGroupNormArgs, CudaInstanceNormArgs, CudaLayerNormArgs, DeviceTensor,
     DeviceTensorMut,
 };
+use crate::comm::Communicator;
 use crate::ops::LrnArgs;
 
 pub(crate) type In = (&'static str, *const normkit_tensor_t, Need);
@@ -238,6 +239,7 @@ pub(crate) unsafe fn batch_norm(
     dev: &CudaDevice,
     a: &normkit_batch_norm_args_t,
     training: bool,
+    comm: Option<&dyn Communicator>,
 ) -> CResult<f64> {
     const OP: &str = "batch_norm";
     let mut counter = if training && !a.num_batches_tracked.is_null() {
@@ -264,20 +266,23 @@ pub(crate) unsafe fn batch_norm(
         check_saved(&x, &sm, "save_mean", c)?;
         check_saved(&x, &si, "save_invstd", c)?;
     }
-    let stats = dev.batch_norm(
-        &x,
-        &mut y,
-        CudaBatchNormArgs {
-            weight,
-            bias,
-            running_mean,
-            running_var,
-            num_batches_tracked: counter.as_mut(),
-            training,
-            momentum: (!a.momentum_cumulative).then_some(a.momentum),
-            eps: a.eps,
-        },
-    )?;
+    let args = CudaBatchNormArgs {
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        num_batches_tracked: counter.as_mut(),
+        training,
+        momentum: (!a.momentum_cumulative).then_some(a.momentum),
+        eps: a.eps,
+    };
+    let (stats, count) = match comm {
+        Some(comm) => dev.sync_batch_norm(&x, &mut y, args, comm)?,
+        None => (
+            dev.batch_norm(&x, &mut y, args)?,
+            (x.numel() / c.max(1)) as f64,
+        ),
+    };
     if training {
         write_saved(dev, OP, &stats, sm, si)?;
     }
@@ -285,7 +290,7 @@ pub(crate) unsafe fn batch_norm(
         // SAFETY: non-NULL (Some only then) and writable host memory (caller contract).
         unsafe { a.num_batches_tracked.write_unaligned(n) };
     }
-    Ok((x.numel() / c.max(1)) as f64)
+    Ok(count)
 }
 
 /// InstanceNorm forward on a CUDA context.
@@ -495,10 +500,12 @@ pub(crate) unsafe fn local_response_norm(
 }
 
 /// Which channel backward a CUDA call runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ChannelBackward {
+#[derive(Clone, Copy)]
+pub(crate) enum ChannelBackward<'c> {
     Batch,
     Instance,
+    /// SyncBatchNorm with its group and the forward's global count.
+    SyncBatch(&'c dyn Communicator, f64),
 }
 
 /// The tensors of a backward call, in the order of [`backward_io`].
@@ -603,6 +610,9 @@ pub(crate) unsafe fn channel_backward(
     match op {
         ChannelBackward::Batch => dev.batch_norm_backward(&v.g, &v.x, args)?,
         ChannelBackward::Instance => dev.instance_norm_backward(&v.g, &v.x, args)?,
+        ChannelBackward::SyncBatch(comm, n) => {
+            dev.sync_batch_norm_backward(&v.g, &v.x, args, n, comm)?
+        }
     }
     Ok(())
 }

@@ -189,11 +189,12 @@ unsafe fn batch_norm_call(
     // SAFETY: args is NULL or readable (caller contract).
     let a = unsafe { read_struct("args", args) }?;
     if let Some(dev) = ctx.cuda() {
-        if let BnMode::Sync(_) = mode {
-            return Err(cpu_only("SyncBatchNorm"));
-        }
+        let comm: Option<&dyn crate::comm::Communicator> = match mode {
+            BnMode::Sync(c) => Some(c),
+            _ => None,
+        };
         // SAFETY: the tensor and counter contract, forwarded.
-        return unsafe { cuda::batch_norm(dev, &a, training) };
+        return unsafe { cuda::batch_norm(dev, &a, training, comm) };
     }
     let mut counter = if training && !a.num_batches_tracked.is_null() {
         // SAFETY: non-NULL and readable (caller contract); read_unaligned needs no alignment.
@@ -1064,7 +1065,7 @@ unsafe fn channel_backward(
         let op = match op {
             ChannelOp::Batch => cuda::ChannelBackward::Batch,
             ChannelOp::Instance => cuda::ChannelBackward::Instance,
-            ChannelOp::SyncBatch(..) => return Err(cpu_only("SyncBatchNorm")),
+            ChannelOp::SyncBatch(comm, n) => cuda::ChannelBackward::SyncBatch(comm, n),
         };
         // SAFETY: the tensor contract, forwarded.
         return unsafe { cuda::channel_backward(dev, &t.device_args(!saved, eps), op) };
