@@ -1097,7 +1097,8 @@ normkit_status_t normkit_context_config_init(struct normkit_context_config_t *co
  * memory of that device, contiguous or channels-last, element-aligned; parameters, running
  * and saved statistics in the compute dtype (float32, float64 for float64 input);
  * num_batches_tracked stays a host int64. SyncBatchNorm runs too (its communicator callbacks
- * receive host payloads, so each step waits for the device). Modules need a CPU context.
+ * receive host payloads, so each step waits for the device). Modules created with a CUDA
+ * context keep their state on its device.
  *
  * Errors: NULL pointers (NULL_POINTER), struct_size too small (STRUCT_SIZE), abi_version
  * different from this library's (ABI_MISMATCH), an unknown device type, negative thread count

@@ -540,17 +540,24 @@ fn cuda_context_errors() {
         S::NORMKIT_STATUS_UNSUPPORTED_DTYPE,
         "save_mean dtype",
     );
-    // modules need a CPU context
+    // a module created on the CUDA context lives there: the CPU context is refused
     let mut cfg: normkit_layer_norm_config_t = init!(normkit_layer_norm_config_init);
     cfg.normalized_shape[0] = 4;
     cfg.normalized_ndim = 1;
     let mut m = null_mut();
+    ok("module on cuda", unsafe {
+        normkit_layer_norm_create(c.cuda, &cfg, &mut m)
+    });
     status(
-        unsafe { normkit_layer_norm_create(c.cuda, &cfg, &mut m) },
+        unsafe { normkit_module_forward(c.cpu, m, x.h(), y.h()) },
         S::NORMKIT_STATUS_DEVICE_MISMATCH,
-        "module on cuda",
+        "cuda module, cpu ctx",
     );
-    assert!(m.is_null());
+    ok("cuda module forward", unsafe {
+        normkit_module_forward(c.cuda, m, x.d(), y.d())
+    });
+    // SAFETY: created above, destroyed once.
+    unsafe { normkit_module_destroy(m) };
 }
 
 use normkit::capi::comm::{normkit_communicator_init, normkit_communicator_t};
@@ -636,5 +643,130 @@ fn sync_batch_norm_on_a_cuda_context_matches_the_cpu_context() {
         ] {
             p.check(&format!("sync_batch_norm {lay:?} {n}"));
         }
+    }
+}
+
+#[test]
+fn modules_on_a_cuda_context_match_the_cpu_context() {
+    let Some(c) = contexts() else { return };
+    let d = DType::F32;
+    let shape = [3, 4, 5, 2];
+    let lay = Layout::ChannelsLast;
+    let mut cfg: normkit_batch_norm_config_t = init!(normkit_batch_norm_config_init);
+    (cfg.kind, cfg.num_features, cfg.momentum_cumulative) = (NORMKIT_KIND_2D, 4, true);
+    let (mut mh, mut md) = (null_mut(), null_mut());
+    // SAFETY: valid config and out-pointers.
+    unsafe {
+        ok(
+            "create cpu",
+            normkit_batch_norm_create(c.cpu, &cfg, &mut mh),
+        );
+        ok(
+            "create cuda",
+            normkit_batch_norm_create(c.cuda, &cfg, &mut md),
+        );
+    }
+    let mut y = Pair::zeros(&c.dev, d, &shape, lay);
+    let mut dx = Pair::zeros(&c.dev, d, &shape, lay);
+    let mut w = Pair::data(&c.dev, d, &[4], Layout::Contiguous, 31, 1.0);
+    let name = std::ffi::CString::new("weight").unwrap();
+    // SAFETY: the weight tensors outlive the calls.
+    unsafe {
+        ok(
+            "set weight cpu",
+            normkit_module_set_state(c.cpu, mh, name.as_ptr(), w.h()),
+        );
+        ok(
+            "set weight cuda",
+            normkit_module_set_state(c.cuda, md, name.as_ptr(), w.d()),
+        );
+    }
+    for (k, training) in [true, true, false].into_iter().enumerate() {
+        let mut x = Pair::data(&c.dev, d, &shape, lay, 90 + k as u64, 2.0);
+        let mut g = Pair::data(&c.dev, d, &shape, lay, 95 + k as u64, 0.0);
+        for (ctx, m, on) in [(c.cpu, mh, false), (c.cuda, md, true)] {
+            let t = |p: &mut Pair| if on { p.d() } else { p.h() };
+            // SAFETY: every tensor outlives the calls; the module is live.
+            unsafe {
+                ok("set_training", normkit_module_set_training(m, training));
+                ok(
+                    "module forward",
+                    normkit_module_forward(ctx, m, t(&mut x), t(&mut y)),
+                );
+                ok(
+                    "module backward",
+                    normkit_module_backward(ctx, m, t(&mut x), t(&mut g), t(&mut dx)),
+                );
+            }
+        }
+        y.check(&format!("module step {k} y"));
+        dx.check(&format!("module step {k} dx"));
+    }
+    // state read into device memory (CUDA context) vs host memory (CPU context)
+    for entry in ["running_mean", "running_var", "weight", "bias"] {
+        let n = std::ffi::CString::new(entry).unwrap();
+        let mut s = Pair::zeros(&c.dev, d, &[4], Layout::Contiguous);
+        // SAFETY: the tensors outlive the calls.
+        unsafe {
+            ok(
+                "get_state cpu",
+                normkit_module_get_state(c.cpu, mh, n.as_ptr(), s.h()),
+            );
+            ok(
+                "get_state cuda",
+                normkit_module_get_state(c.cuda, md, n.as_ptr(), s.d()),
+            );
+        }
+        s.check(&format!("module state {entry}"));
+    }
+    // gradients (host memory for both)
+    for entry in ["weight", "bias"] {
+        let n = std::ffi::CString::new(entry).unwrap();
+        let (mut a, mut b) = (Buffer::filled(d, 4, 0.0), Buffer::filled(d, 4, 0.0));
+        let mut ta = ctensor(host_ptr(&mut a), NORMKIT_DEVICE_CPU, d, &[4], &[1]);
+        let mut tb = ctensor(host_ptr(&mut b), NORMKIT_DEVICE_CPU, d, &[4], &[1]);
+        // SAFETY: the buffers outlive the calls.
+        unsafe {
+            ok(
+                "get_grad cpu",
+                normkit_module_get_grad(mh, n.as_ptr(), &mut ta.t),
+            );
+            ok(
+                "get_grad cuda",
+                normkit_module_get_grad(md, n.as_ptr(), &mut tb.t),
+            );
+        }
+        emu_common::close(
+            &format!("module grad {entry}"),
+            d,
+            &b.to_f64_vec(),
+            &a.to_f64_vec(),
+        );
+    }
+    let mut counts = [0i64; 2];
+    let cn = std::ffi::CString::new("num_batches_tracked").unwrap();
+    for (i, m) in [mh, md].into_iter().enumerate() {
+        let mut t = ctensor(
+            (&mut counts[i] as *mut i64).cast(),
+            NORMKIT_DEVICE_CPU,
+            DType::F32,
+            &[],
+            &[],
+        );
+        t.t.dtype = normkit_dtype_t {
+            code: NORMKIT_DTYPE_CODE_INT,
+            bits: 64,
+            lanes: 1,
+        };
+        // SAFETY: the counter outlives the call.
+        ok("counter", unsafe {
+            normkit_module_get_state(c.cpu, m, cn.as_ptr(), &mut t.t)
+        });
+    }
+    assert_eq!(counts, [2, 2]);
+    // SAFETY: created above, destroyed once.
+    unsafe {
+        normkit_module_destroy(mh);
+        normkit_module_destroy(md);
     }
 }

@@ -150,7 +150,8 @@ pub unsafe extern "C" fn normkit_context_config_init(
 /// memory of that device, contiguous or channels-last, element-aligned; parameters, running
 /// and saved statistics in the compute dtype (float32, float64 for float64 input);
 /// num_batches_tracked stays a host int64. SyncBatchNorm runs too (its communicator callbacks
-/// receive host payloads, so each step waits for the device). Modules need a CPU context.
+/// receive host payloads, so each step waits for the device). Modules created with a CUDA
+/// context keep their state on its device.
 ///
 /// Errors: NULL pointers (NULL_POINTER), struct_size too small (STRUCT_SIZE), abi_version
 /// different from this library's (ABI_MISMATCH), an unknown device type, negative thread count

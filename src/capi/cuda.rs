@@ -7,6 +7,7 @@
 //! (in place) for the normalising forward ops, but not for LocalResponseNorm (its window reads
 //! neighbours) or the backward ops' grad_input; num_batches_tracked is host memory.
 
+use super::context::normkit_context_t;
 use super::error::{CResult, CapiError, normkit_status_t as S};
 use super::ops::{
     normkit_batch_norm_args_t, normkit_group_norm_args_t, normkit_instance_norm_args_t,
@@ -24,7 +25,9 @@ use crate::backend::cuda::ops::{
     DeviceTensorMut,
 };
 use crate::comm::Communicator;
+use crate::layers::CudaModule;
 use crate::ops::LrnArgs;
+use crate::tensor::Buffer;
 
 pub(crate) type In = (&'static str, *const normkit_tensor_t, Need);
 
@@ -693,4 +696,135 @@ pub(crate) unsafe fn local_response_norm_backward(
         required(gi, "grad_input")?,
     );
     Ok(dev.local_response_norm_backward(&g, &x, &mut gi, p)?)
+}
+
+/// The CUDA device of `ctx`, which must be the device `module` lives on.
+fn module_device<'c>(ctx: &'c normkit_context_t, module: &CudaModule) -> CResult<&'c CudaDevice> {
+    match ctx.cuda() {
+        Some(dev) if dev.ordinal() == module.device().ordinal() => Ok(dev),
+        _ => Err(CapiError::new(
+            S::NORMKIT_STATUS_DEVICE_MISMATCH,
+            format!(
+                "ctx: the module lives on CUDA device {}; call it with a CUDA context of that \
+                 device",
+                module.device().ordinal()
+            ),
+        )),
+    }
+}
+
+/// A CUDA module's forward on device tensors.
+///
+/// # Safety
+/// The tensor contract for x and y.
+pub(crate) unsafe fn module_forward(
+    ctx: &normkit_context_t,
+    module: &mut CudaModule,
+    x: *const normkit_tensor_t,
+    y: *mut normkit_tensor_t,
+) -> CResult<()> {
+    let dev = module_device(ctx, module)?;
+    // SAFETY: forwarded tensor contract.
+    let mut io = unsafe {
+        DevIo::new(
+            dev,
+            &[("x", x, Need::Required)],
+            &[("y", y.cast_const(), Need::Required)],
+            true,
+        )
+    }?;
+    let ([x], [y]) = io.views::<1, 1>()?;
+    let (x, mut y) = (required(x, "x")?, required(y, "y")?);
+    Ok(module.forward(&x, &mut y)?)
+}
+
+/// A CUDA module's backward on device tensors.
+///
+/// # Safety
+/// The tensor contract for x, grad_output and grad_input.
+pub(crate) unsafe fn module_backward(
+    ctx: &normkit_context_t,
+    module: &mut CudaModule,
+    x: *const normkit_tensor_t,
+    grad_output: *const normkit_tensor_t,
+    grad_input: *mut normkit_tensor_t,
+) -> CResult<()> {
+    let dev = module_device(ctx, module)?;
+    // SAFETY: forwarded tensor contract.
+    let mut io = unsafe {
+        DevIo::new(
+            dev,
+            &[
+                ("x", x, Need::Required),
+                ("grad_output", grad_output, Need::Required),
+            ],
+            &[("grad_input", grad_input.cast_const(), Need::Optional)],
+            false,
+        )
+    }?;
+    let ([x, g], [mut gi]) = io.views::<2, 1>()?;
+    let (x, g) = (required(x, "x")?, required(g, "grad_output")?);
+    Ok(module.backward(&x, &g, gi.as_mut())?)
+}
+
+/// Writes `b` (converted to the tensor's dtype) into the device tensor `dst` (queued).
+///
+/// # Safety
+/// The tensor contract for dst.
+pub(crate) unsafe fn write_device(
+    what: &str,
+    dev: &CudaDevice,
+    dst: *mut normkit_tensor_t,
+    b: &Buffer,
+) -> CResult<()> {
+    // SAFETY: forwarded tensor contract.
+    let mut io = unsafe {
+        DevIo::new(
+            dev,
+            &[],
+            &[("dst", dst.cast_const(), Need::Required)],
+            false,
+        )
+    }?;
+    let ([], [dst]) = io.views::<0, 1>()?;
+    let mut dst = required(dst, "dst")?;
+    if dst.numel() != b.len() {
+        return Err(CapiError::new(
+            S::NORMKIT_STATUS_SHAPE_MISMATCH,
+            format!(
+                "dst: the {what} has {} elements, the tensor has {}",
+                b.len(),
+                dst.numel()
+            ),
+        ));
+    }
+    let value = b.cast(dst.dtype());
+    Ok(dev.write_tensor(what, "dst", &mut dst, &value)?)
+}
+
+/// Reads the device tensor `src` (waits for the device); `expected`: its required element
+/// count, when known.
+///
+/// # Safety
+/// The tensor contract for src.
+pub(crate) unsafe fn read_device(
+    what: &str,
+    dev: &CudaDevice,
+    src: *const normkit_tensor_t,
+    expected: Option<usize>,
+) -> CResult<Buffer> {
+    // SAFETY: forwarded tensor contract.
+    let mut io = unsafe { DevIo::new(dev, &[("src", src, Need::Required)], &[], false) }?;
+    let ([src], []) = io.views::<1, 0>()?;
+    let src = required(src, "src")?;
+    if let Some(n) = expected.filter(|&n| n != src.numel()) {
+        return Err(CapiError::new(
+            S::NORMKIT_STATUS_SHAPE_MISMATCH,
+            format!(
+                "src: the {what} has {n} elements, the tensor has {}",
+                src.numel()
+            ),
+        ));
+    }
+    Ok(dev.read_tensor(what, "src", &src)?)
 }

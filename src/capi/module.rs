@@ -1,10 +1,15 @@
 //! Stateful modules mirroring torch.nn, behind one opaque `normkit_module_t`.
 //!
-//! A module owns its parameters and buffers (host memory for CPU contexts). State entries are
-//! read and written by their PyTorch `state_dict` names ("weight", "bias", "running_mean",
-//! "running_var", "num_batches_tracked") through caller tensors: float entries through any
-//! float tensor with the entry's element count (values converted), num_batches_tracked through
-//! an int64 tensor of one element. A module is used by one thread at a time.
+//! A module owns its parameters and buffers: host memory when created with a CPU context,
+//! device memory of the context's GPU when created with a CUDA context (then forward and
+//! backward take device tensors and a CUDA context of that device; saved statistics and
+//! gradients stay on the device). State entries are read and written by their PyTorch
+//! `state_dict` names ("weight", "bias", "running_mean", "running_var",
+//! "num_batches_tracked") through caller tensors in the memory of the context passed to the
+//! call: float entries through any float tensor with the entry's element count (values
+//! converted; on a CUDA context a contiguous or channels-last device tensor),
+//! num_batches_tracked through a host int64 tensor of one element; gradients are read into
+//! host tensors. A module is used by one thread at a time.
 
 use std::ffi::{CStr, c_char};
 
@@ -17,9 +22,9 @@ use super::tensor::{NORMKIT_DTYPE_CODE_BFLOAT, NORMKIT_DTYPE_CODE_FLOAT};
 use super::{read_str, read_struct, write_out};
 use crate::dtype::DType;
 use crate::layers::{
-    BatchNorm, BatchNormConfig, BatchNormKind, GroupNorm, GroupNormConfig, InstanceNorm,
-    InstanceNormConfig, InstanceNormKind, LayerNorm, LayerNormConfig, LocalResponseNorm, Module,
-    State,
+    AnyModule, BatchNorm, BatchNormConfig, BatchNormKind, CudaModule, GroupNorm, GroupNormConfig,
+    InstanceNorm, InstanceNormConfig, InstanceNormKind, LayerNorm, LayerNormConfig,
+    LocalResponseNorm, Module, State,
 };
 use crate::ops::LrnArgs;
 use crate::tensor::Buffer;
@@ -40,34 +45,120 @@ pub struct normkit_module_t {
     inner: Inner,
 }
 
-/// A module: SyncBatchNorm kept as its concrete type (its communicator can be set), every
-/// other module behind the trait. Derefs to the trait object.
+/// A module: on the host (created with a CPU context) or on a CUDA device (created with a
+/// CUDA context: state, saved statistics and gradients in device memory).
 enum Inner {
-    SyncBatchNorm(Box<BatchNorm>),
-    Other(Box<dyn Module + Send>),
+    Host(Box<AnyModule>),
+    Cuda(Box<CudaModule>),
 }
 
-impl std::ops::Deref for Inner {
-    type Target = dyn Module + Send;
-    fn deref(&self) -> &Self::Target {
+fn other(m: impl Into<AnyModule>) -> Inner {
+    Inner::Host(Box::new(m.into()))
+}
+
+impl Inner {
+    fn host_module(&self) -> Option<&(dyn Module + Send)> {
         match self {
-            Inner::SyncBatchNorm(b) => b.as_ref(),
-            Inner::Other(m) => m.as_ref(),
+            Inner::Host(m) => Some(m.as_module()),
+            Inner::Cuda(_) => None,
         }
     }
-}
-
-impl std::ops::DerefMut for Inner {
-    fn deref_mut(&mut self) -> &mut Self::Target {
+    fn name(&self) -> &'static str {
         match self {
-            Inner::SyncBatchNorm(b) => b.as_mut(),
-            Inner::Other(m) => m.as_mut(),
+            Inner::Host(m) => m.as_module().name(),
+            Inner::Cuda(m) => m.name(),
         }
     }
-}
-
-fn other(m: impl Module + Send + 'static) -> Inner {
-    Inner::Other(Box::new(m))
+    fn train(&mut self) {
+        match self {
+            Inner::Host(m) => m.as_module_mut().train(),
+            Inner::Cuda(m) => m.train(),
+        }
+    }
+    fn eval(&mut self) {
+        match self {
+            Inner::Host(m) => m.as_module_mut().eval(),
+            Inner::Cuda(m) => m.eval(),
+        }
+    }
+    fn is_training(&self) -> bool {
+        self.host_module().map_or_else(
+            || self.cuda_ref().is_some_and(|m| m.is_training()),
+            |m| m.is_training(),
+        )
+    }
+    fn is_initialized(&self) -> bool {
+        self.host_module().map_or_else(
+            || self.cuda_ref().is_some_and(|m| m.is_initialized()),
+            |m| m.is_initialized(),
+        )
+    }
+    fn state_names(&self) -> Vec<&'static str> {
+        match self {
+            Inner::Host(m) => m.as_module().state_names(),
+            Inner::Cuda(m) => m.state_names(),
+        }
+    }
+    /// A state entry (copied from the device for a CUDA module).
+    fn state(&self, name: &str) -> crate::error::Result<State> {
+        match self {
+            Inner::Host(m) => m.as_module().state(name),
+            Inner::Cuda(m) => m.state(name),
+        }
+    }
+    fn load_state(&mut self, name: &str, v: &State) -> crate::error::Result<()> {
+        match self {
+            Inner::Host(m) => m.as_module_mut().load_state(name, v),
+            Inner::Cuda(m) => m.load_state(name, v),
+        }
+    }
+    fn reset_running_stats(&mut self) -> crate::error::Result<()> {
+        match self {
+            Inner::Host(m) => {
+                m.as_module_mut().reset_running_stats();
+                Ok(())
+            }
+            Inner::Cuda(m) => m.reset_running_stats(),
+        }
+    }
+    fn reset_parameters(&mut self) -> crate::error::Result<()> {
+        match self {
+            Inner::Host(m) => {
+                m.as_module_mut().reset_parameters();
+                Ok(())
+            }
+            Inner::Cuda(m) => m.reset_parameters(),
+        }
+    }
+    fn grad(&self, name: &str) -> crate::error::Result<Option<Buffer>> {
+        match self {
+            Inner::Host(m) => m.as_module().grad(name),
+            Inner::Cuda(m) => m.grad(name),
+        }
+    }
+    fn zero_grad(&mut self) {
+        match self {
+            Inner::Host(m) => m.as_module_mut().zero_grad(),
+            Inner::Cuda(m) => m.zero_grad(),
+        }
+    }
+    fn cuda_ref(&self) -> Option<&CudaModule> {
+        match self {
+            Inner::Cuda(m) => Some(m),
+            Inner::Host(_) => None,
+        }
+    }
+    /// The host module, for calls with host tensors.
+    fn host_mut(&mut self) -> CResult<&mut (dyn Module + Send)> {
+        match self {
+            Inner::Host(m) => Ok(m.as_module_mut()),
+            Inner::Cuda(_) => Err(CapiError::new(
+                S::NORMKIT_STATUS_DEVICE_MISMATCH,
+                "ctx: the module lives on a CUDA device (it was created with a CUDA context); \
+                 call it with a CUDA context of that device",
+            )),
+        }
+    }
 }
 
 const F32: normkit_dtype_t = normkit_dtype_t {
@@ -100,7 +191,8 @@ fn momentum(cumulative: bool, m: f64) -> Option<f64> {
     (!cumulative).then_some(m)
 }
 
-/// Validates the context (CPU contexts only: module state lives in host memory), reads the config, builds the module, writes `out`.
+/// Validates the context, reads the config, builds the module (on the context's CUDA device
+/// for a CUDA context), writes `out`.
 ///
 /// # Safety
 /// ctx, config and out are NULL or valid (the caller's contract).
@@ -111,17 +203,17 @@ unsafe fn create<T: Copy>(
     build: impl FnOnce(&T) -> CResult<Inner>,
 ) -> CResult<()> {
     // SAFETY: ctx is NULL or live (caller contract).
-    if unsafe { context_ref(ctx) }?.cuda().is_some() {
-        return Err(super::ops::cpu_only("a module"));
-    }
+    let ctx = unsafe { context_ref(ctx) }?;
     // SAFETY: config is NULL or readable (caller contract).
     let cfg = unsafe { read_struct("config", config) }?;
     if out.is_null() {
         return Err(CapiError::null("out"));
     }
-    let m = Box::new(normkit_module_t {
-        inner: build(&cfg)?,
-    });
+    let inner = match (build(&cfg)?, ctx.cuda()) {
+        (Inner::Host(m), Some(dev)) => Inner::Cuda(Box::new(CudaModule::new(*m, dev)?)),
+        (inner, _) => inner,
+    };
+    let m = Box::new(normkit_module_t { inner });
     // SAFETY: out is non-NULL (checked) and writable (caller contract).
     unsafe { out.write(Box::into_raw(m)) };
     Ok(())
@@ -234,9 +326,7 @@ pub unsafe extern "C" fn normkit_batch_norm_create(
                 };
                 Ok(match (c.lazy, kind) {
                     (true, _) => other(BatchNorm::lazy(kind, cfg)),
-                    (false, BatchNormKind::SyncBatchNorm) => {
-                        Inner::SyncBatchNorm(Box::new(BatchNorm::new(kind, cfg)))
-                    }
+                    (false, BatchNormKind::SyncBatchNorm) => other(BatchNorm::new(kind, cfg)),
                     (false, _) => other(BatchNorm::new(kind, cfg)),
                 })
             })
@@ -735,7 +825,11 @@ pub unsafe extern "C" fn normkit_module_forward(
         let ctx = unsafe { context_ref(ctx) }?;
         // SAFETY: module is NULL or live and used by this thread only (caller contract).
         let m = unsafe { module_mut(module) }?;
-        let inner = &mut m.inner;
+        if let Inner::Cuda(cm) = &mut m.inner {
+            // SAFETY: the tensor contract for x and y.
+            return unsafe { super::cuda::module_forward(ctx, cm, x, y) };
+        }
+        let inner = m.inner.host_mut()?;
         // SAFETY: the tensor contract for x and y.
         unsafe {
             run_op(
@@ -830,7 +924,7 @@ pub unsafe extern "C" fn normkit_module_get_state(
 ) -> normkit_status_t {
     boundary!("normkit_module_get_state", {
         // SAFETY: ctx is NULL or live (caller contract). (The copy needs no thread pool.)
-        unsafe { context_ref(ctx) }?;
+        let ctx = unsafe { context_ref(ctx) }?;
         // SAFETY: module is NULL or live (caller contract).
         let m = unsafe { module_ref(module) }?;
         // SAFETY: name is NULL or a NUL-terminated string (caller contract).
@@ -845,6 +939,10 @@ pub unsafe extern "C" fn normkit_module_get_state(
             // SAFETY: dst's span is writable (tensor contract).
             return unsafe { d.write_i64(n) };
         };
+        if let Some(dev) = ctx.cuda() {
+            // SAFETY: the tensor contract for dst.
+            return unsafe { super::cuda::write_device("state entry", dev, dst, &b) };
+        }
         // SAFETY: the tensor contract for dst.
         unsafe { copy_out("state entry", dst, &b) }
     })
@@ -901,6 +999,11 @@ pub unsafe extern "C" fn normkit_module_set_state(
             Ok(State::Tensor(b)) => Some(b.len()),
             _ => None, // lazy or unknown: load_state reports or accepts it
         };
+        if let Some(dev) = ctx.cuda() {
+            // SAFETY: the tensor contract for src.
+            let value = unsafe { super::cuda::read_device("state entry", dev, src, expected) }?;
+            return Ok(m.inner.load_state(name, &State::Tensor(value))?);
+        }
         let inner = &mut m.inner;
         // SAFETY: the tensor contract for src.
         unsafe {
@@ -946,8 +1049,7 @@ pub unsafe extern "C" fn normkit_module_reset_running_stats(
 ) -> normkit_status_t {
     boundary!("normkit_module_reset_running_stats", {
         // SAFETY: module is NULL or live and used by this thread only (caller contract).
-        unsafe { module_mut(module) }?.inner.reset_running_stats();
-        Ok(())
+        Ok(unsafe { module_mut(module) }?.inner.reset_running_stats()?)
     })
 }
 
@@ -958,8 +1060,7 @@ pub unsafe extern "C" fn normkit_module_reset_parameters(
 ) -> normkit_status_t {
     boundary!("normkit_module_reset_parameters", {
         // SAFETY: module is NULL or live and used by this thread only (caller contract).
-        unsafe { module_mut(module) }?.inner.reset_parameters();
-        Ok(())
+        Ok(unsafe { module_mut(module) }?.inner.reset_parameters()?)
     })
 }
 
@@ -988,7 +1089,11 @@ pub unsafe extern "C" fn normkit_module_backward(
         let ctx = unsafe { context_ref(ctx) }?;
         // SAFETY: module is NULL or live and used by this thread only (caller contract).
         let m = unsafe { module_mut(module) }?;
-        let inner = &mut m.inner;
+        if let Inner::Cuda(cm) = &mut m.inner {
+            // SAFETY: the tensor contract for x, grad_output and grad_input.
+            return unsafe { super::cuda::module_backward(ctx, cm, x, grad_output, grad_input) };
+        }
+        let inner = m.inner.host_mut()?;
         // SAFETY: the tensor contract for x, grad_output and grad_input.
         unsafe {
             run_op(
@@ -1062,7 +1167,14 @@ pub unsafe extern "C" fn normkit_module_set_communicator(
         // SAFETY: module is NULL or live and used by this thread only (caller contract).
         let m = unsafe { module_mut(module) }?;
         let name = m.inner.name();
-        let Inner::SyncBatchNorm(bn) = &mut m.inner else {
+        let bn = match &mut m.inner {
+            Inner::Host(m) => match m.as_mut() {
+                AnyModule::BatchNorm(bn) => Some(bn),
+                _ => None,
+            },
+            Inner::Cuda(cm) => cm.batch_norm_mut(),
+        };
+        let Some(bn) = bn.filter(|bn| bn.kind() == BatchNormKind::SyncBatchNorm) else {
             return Err(CapiError::invalid(
                 "module",
                 format!(

@@ -925,14 +925,6 @@ impl BackwardTensors {
     }
 }
 
-/// An op that needs a CPU context.
-pub(crate) fn cpu_only(what: &str) -> CapiError {
-    CapiError::new(
-        S::NORMKIT_STATUS_DEVICE_MISMATCH,
-        format!("ctx: {what} runs on CPU contexts only (a CUDA context was given)"),
-    )
-}
-
 /// Views of [`BackwardTensors`] for one call.
 struct BackwardViews<'a> {
     x: Tensor<'a>,

@@ -56,7 +56,7 @@ any_from!(
 );
 
 impl AnyModule {
-    pub fn as_module(&self) -> &dyn Module {
+    pub fn as_module(&self) -> &(dyn Module + Send) {
         match self {
             AnyModule::BatchNorm(m) => m,
             AnyModule::InstanceNorm(m) => m,
@@ -65,7 +65,7 @@ impl AnyModule {
             AnyModule::LocalResponseNorm(m) => m,
         }
     }
-    pub fn as_module_mut(&mut self) -> &mut dyn Module {
+    pub fn as_module_mut(&mut self) -> &mut (dyn Module + Send) {
         match self {
             AnyModule::BatchNorm(m) => m,
             AnyModule::InstanceNorm(m) => m,
@@ -155,6 +155,14 @@ impl CudaModule {
 
     pub fn device(&self) -> &CudaDevice {
         &self.dev
+    }
+
+    /// The BatchNorm behind this module (to set a SyncBatchNorm's process group), if it is one.
+    pub fn batch_norm_mut(&mut self) -> Option<&mut BatchNorm> {
+        match &mut self.module {
+            AnyModule::BatchNorm(bn) => Some(bn),
+            _ => None,
+        }
     }
 
     /// The host module (configuration, mode, counter; its tensor values are not the device's).
