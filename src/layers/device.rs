@@ -92,14 +92,20 @@ struct DeviceSaved {
 /// A module whose state lives on a CUDA device (see the module docs). Forward and backward
 /// take device tensors; state is read and written by `state_dict` name, as [`Module`].
 ///
-/// Parameters and running statistics must be in the compute dtype of the input (f32, or f64
-/// for f64 input), as every device op requires.
+/// Parameters and running statistics are held in the compute dtype on the device (f32; f64
+/// for f64 parameters): a module with f16/bf16 parameters keeps them in f32 there, and reads
+/// them (and its gradients) out rounded to its dtype, so over several steps its running
+/// statistics can differ from the CPU module's (which rounds them every step) by the
+/// rounding of that dtype.
 #[derive(Debug)]
 pub struct CudaModule {
     dev: CudaDevice,
     module: AnyModule,
-    /// Device copies of weight, bias, running_mean, running_var (by [`TENSORS`] index).
+    /// Device copies of weight, bias, running_mean, running_var (by [`TENSORS`] index), in
+    /// the compute dtype (f32, f64 for f64 parameters).
     tensors: [Option<DeviceBuffer>; 4],
+    /// The module's parameter dtype (what state and gradients are read out as).
+    param_dtype: Option<DType>,
     saved: Option<DeviceSaved>,
     /// Accumulated dL/dweight and dL/dbias.
     grads: [Option<DeviceBuffer>; 2],
@@ -135,6 +141,7 @@ impl CudaModule {
             dev: dev.clone(),
             module: module.into(),
             tensors: [None, None, None, None],
+            param_dtype: None,
             saved: None,
             grads: [None, None],
         };
@@ -146,7 +153,7 @@ impl CudaModule {
     pub fn into_host(mut self) -> Result<AnyModule> {
         for (i, name) in TENSORS.iter().enumerate() {
             if let Some(b) = &self.tensors[i] {
-                let v = State::Tensor(b.to_buffer()?);
+                let v = State::Tensor(self.read_param(b)?);
                 self.module.as_module_mut().load_state(name, &v)?;
             }
         }
@@ -178,11 +185,27 @@ impl CudaModule {
                 continue;
             }
             self.tensors[i] = match self.module.as_module().state(name) {
-                Ok(State::Tensor(b)) => Some(self.dev.upload_buffer(&b)?),
+                Ok(State::Tensor(b)) => Some(self.upload_param(&b)?),
                 _ => None,
             };
         }
         Ok(())
+    }
+
+    /// Uploads a parameter or buffer in the compute dtype (f16/bf16 parameters are held in
+    /// f32 on the device, as the kernels read them) and remembers the module's dtype.
+    fn upload_param(&mut self, b: &Buffer) -> Result<DeviceBuffer> {
+        self.param_dtype = Some(b.dtype());
+        self.dev.upload_buffer(&b.cast(b.dtype().stat_dtype()))
+    }
+
+    /// A device parameter (or gradient) read out in the module's parameter dtype.
+    fn read_param(&self, b: &DeviceBuffer) -> Result<Buffer> {
+        let v = b.to_buffer()?;
+        Ok(match self.param_dtype {
+            Some(d) => v.cast(d),
+            None => v,
+        })
     }
 
     pub fn name(&self) -> &'static str {
@@ -207,7 +230,7 @@ impl CudaModule {
     /// One state entry, copied from the device (waits for it).
     pub fn state(&self, name: &str) -> Result<State> {
         match slot(name).and_then(|i| self.tensors[i].as_ref()) {
-            Some(b) => Ok(State::Tensor(b.to_buffer()?)),
+            Some(b) => Ok(State::Tensor(self.read_param(b)?)),
             None => self.module.as_module().state(name),
         }
     }
@@ -217,7 +240,7 @@ impl CudaModule {
         self.module.as_module_mut().load_state(name, value)?;
         if let Some(i) = slot(name) {
             if let State::Tensor(b) = self.module.as_module().state(name)? {
-                self.tensors[i] = Some(self.dev.upload_buffer(&b)?);
+                self.tensors[i] = Some(self.upload_param(&b)?);
             }
         }
         Ok(())
@@ -243,7 +266,10 @@ impl CudaModule {
         if self.tensors[i].is_none() {
             return Err(no_such_state(self.name(), name));
         }
-        self.grads[i].as_ref().map(|b| b.to_buffer()).transpose()
+        self.grads[i]
+            .as_ref()
+            .map(|b| self.read_param(b))
+            .transpose()
     }
 
     pub fn zero_grad(&mut self) {
