@@ -231,23 +231,87 @@ impl Element for f64 {
     }
 }
 
+/// Branch-free conversions between the 16-bit floats and f32, bit-identical to `half`'s
+/// (round to nearest even, NaN kept quiet with its payload's high bits) but written with
+/// integer and select operations only, so that loops over slices of them vectorise (`half`'s
+/// per-element branches and, for f16, its per-call CPU-feature check do not).
+pub(crate) mod convert {
+    /// bf16 bits → f32: the bits are the high half of an f32. Unlike `half`, a signalling
+    /// NaN stays signalling (no select per element); the first arithmetic operation on it
+    /// quiets it, and every use in the kernels is arithmetic, so no result changes.
+    #[inline(always)]
+    pub fn bf16_to_f32(h: u16) -> f32 {
+        f32::from_bits((h as u32) << 16)
+    }
+
+    /// f32 → bf16 bits, round to nearest even (overflow to ±∞); a NaN stays a quiet NaN.
+    #[inline(always)]
+    pub fn f32_to_bf16(v: f32) -> u16 {
+        let x = v.to_bits();
+        let rounded = (x + 0x7FFF + ((x >> 16) & 1)) >> 16;
+        let nan = x & 0x7FFF_FFFF > 0x7F80_0000;
+        (if nan { (x >> 16) | 0x0040 } else { rounded }) as u16
+    }
+
+    /// f16 bits → f32 (exact; subnormals through one exact multiplication by 2¹¹²).
+    #[inline(always)]
+    pub fn f16_to_f32(h: u16) -> f32 {
+        let h = h as u32;
+        let sign = (h & 0x8000) << 16;
+        let em = h & 0x7FFF;
+        // finite: the exponent and mantissa bits moved into place, rebiased by a multiplication
+        let finite = (f32::from_bits(em << 13) * f32::from_bits(0x7780_0000)).to_bits();
+        let quiet = if em > 0x7C00 { 0x0040_0000 } else { 0 };
+        let special = 0x7F80_0000 | quiet | ((em & 0x03FF) << 13);
+        f32::from_bits(sign | if em >= 0x7C00 { special } else { finite })
+    }
+
+    /// f32 → f16 bits, round to nearest even (overflow to ±∞, underflow through subnormals); a
+    /// NaN stays a quiet NaN with the high bits of its payload.
+    #[inline(always)]
+    pub fn f32_to_f16(v: f32) -> u16 {
+        let x = v.to_bits();
+        let sign = (x >> 16) & 0x8000;
+        let a = x & 0x7FFF_FFFF;
+        // |v| < 2⁻¹⁴: adding 0.5 aligns the 10 subnormal mantissa bits at the bottom (the FPU
+        // rounds to nearest even), then the magic's bits are subtracted.
+        let magic = 126u32 << 23;
+        let sub = (f32::from_bits(a) + f32::from_bits(magic)).to_bits() - magic;
+        // normal: rebias the exponent, round to nearest even on bit 13
+        let norm = (a
+            .wrapping_add((15u32.wrapping_sub(127)) << 23)
+            .wrapping_add(0x0FFF + ((a >> 13) & 1)))
+            >> 13;
+        let nan = 0x7E00 | ((a >> 13) & 0x03FF);
+        let r = if a >= 0x4780_0000 {
+            // |v| ≥ 65536 (or ∞ / NaN)
+            if a > 0x7F80_0000 { nan } else { 0x7C00 }
+        } else if a < 0x3880_0000 {
+            sub
+        } else {
+            norm
+        };
+        (sign | r) as u16
+    }
+}
+
 macro_rules! impl_half_element {
-    ($t:ty, $dt:expr) => {
+    ($t:ty, $dt:expr, $to:path, $from:path) => {
         impl Element for $t {
             const DTYPE: DType = $dt;
             type Compute = f32;
             type Acc = f32;
             #[inline(always)]
             fn to_compute(self) -> f32 {
-                self.to_f32()
+                $to(self.to_bits())
             }
             #[inline(always)]
             fn from_compute(v: f32) -> Self {
-                <$t>::from_f32(v)
+                <$t>::from_bits($from(v))
             }
             #[inline(always)]
             fn to_acc(self) -> f32 {
-                self.to_f32()
+                $to(self.to_bits())
             }
             #[inline(always)]
             fn to_f64(self) -> f64 {
@@ -260,8 +324,13 @@ macro_rules! impl_half_element {
         }
     };
 }
-impl_half_element!(f16, DType::F16);
-impl_half_element!(bf16, DType::BF16);
+impl_half_element!(f16, DType::F16, convert::f16_to_f32, convert::f32_to_f16);
+impl_half_element!(
+    bf16,
+    DType::BF16,
+    convert::bf16_to_f32,
+    convert::f32_to_bf16
+);
 
 #[cfg(test)]
 mod tests {
@@ -281,6 +350,65 @@ mod tests {
             assert_eq!(DType::parse(d.name()), Some(d));
         }
         assert_eq!(DType::parse("int8"), None);
+    }
+
+    /// Every 16-bit pattern converts to f32 exactly as `half` converts it (up to a bf16 NaN's
+    /// quiet bit).
+    #[test]
+    fn branch_free_widening_matches_half_exhaustively() {
+        for h in 0..=u16::MAX {
+            // bf16 signalling NaNs stay signalling (the quiet bit is the only difference)
+            let b = convert::bf16_to_f32(h).to_bits();
+            let want = bf16::from_bits(h).to_f32().to_bits();
+            let nan = f32::from_bits(b).is_nan();
+            assert_eq!(b | if nan { 0x0040_0000 } else { 0 }, want, "bf16 {h:#06x}");
+            let f = convert::f16_to_f32(h).to_bits();
+            assert_eq!(f, f16::from_bits(h).to_f32().to_bits(), "f16 {h:#06x}");
+        }
+    }
+
+    /// Both narrowing conversions of the f32 with bits `x` agree with `half`'s.
+    fn assert_narrowing_matches_half(x: u32) {
+        let v = f32::from_bits(x);
+        let bf = (convert::f32_to_bf16(v), bf16::from_f32(v).to_bits());
+        assert_eq!(bf.0, bf.1, "bf16 of {x:#010x}");
+        let h = (convert::f32_to_f16(v), f16::from_f32(v).to_bits());
+        assert_eq!(h.0, h.1, "f16 of {x:#010x}");
+    }
+
+    /// f32 → bf16/f16 agrees with `half` on every f32 whose low 12 bits follow a pattern that
+    /// covers all rounding cases (ties, sticky bits, odd/even), over every exponent and sign.
+    #[test]
+    fn branch_free_narrowing_matches_half() {
+        let lows = [
+            0u32, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x3000, 0x7FFF, 0x8000, 0x8001, 0xFFFF,
+        ];
+        for hi in (0..1u32 << 20).step_by(3) {
+            for &low in &lows {
+                assert_narrowing_matches_half((hi << 12) | (low & 0x0FFF));
+                assert_narrowing_matches_half((hi << 12) ^ low);
+            }
+        }
+        for v in [
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::MIN,
+            65504.0,
+            65520.0,
+            65519.99,
+        ] {
+            assert_narrowing_matches_half(v.to_bits());
+        }
+    }
+
+    /// Every f32 bit pattern (about a minute in release: `cargo test --release -- --ignored`).
+    #[test]
+    #[ignore]
+    fn branch_free_narrowing_matches_half_exhaustively() {
+        for x in 0..=u32::MAX {
+            assert_narrowing_matches_half(x);
+        }
     }
 
     #[test]

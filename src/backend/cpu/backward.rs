@@ -5,7 +5,7 @@
 //! `(n, c)`, `A = Σ_s g` and `B = Σ_s g·(x − μ)`; the ops layer turns them into per-`(n, c)`
 //! coefficients of `dx = g·p + (x − μ)·q + o` and into the parameter gradients.
 
-use super::moments::{Centre, LANES, acc_of, simd_clones};
+use super::moments::{Centre, LANES, acc_of, add_tail, simd_clones};
 use super::{ChannelLayout, Geom, rows_per_piece};
 use crate::dtype::{Element, Real};
 use rayon::prelude::*;
@@ -92,12 +92,10 @@ fn grad_sums_run<T: Element>(xs: &[T], gs: &[T], m: Centre<T::Compute>) -> (f64,
             b[i] += acc_of::<T>(g * m.centre(xv[i].to_compute()));
         }
     }
-    for (i, (&xv, &gv)) in xt.iter().zip(gt).enumerate() {
-        let g = gv.to_compute();
-        a[i] += acc_of::<T>(g);
-        b[i] += acc_of::<T>(g * m.centre(xv.to_compute()));
-    }
-    (lanes_sum(a), lanes_sum(b))
+    let len = xt.len().min(gt.len());
+    add_tail(&mut a, len, |i| acc_of::<T>(gt[i].to_compute()));
+    add_tail(&mut b, len, |i| acc_of::<T>(gt[i].to_compute() * m.centre(xt[i].to_compute())));
+    (lanes_sum(&a), lanes_sum(&b))
 }
 
 /// `dx = g·p + (x − m)·q + o` over one contiguous run.
@@ -117,9 +115,11 @@ fn grad_apply_run<T: Element>(
 }
 }
 
-fn lanes_sum<A: Real>(l: [A; LANES]) -> f64 {
+/// The lanes summed in order. Never inlined (see [`add_tail`]).
+#[inline(never)]
+fn lanes_sum<A: Real>(l: &[A; LANES]) -> f64 {
     let mut s = A::ZERO;
-    for v in l {
+    for &v in l {
         s += v;
     }
     s.to_f64()

@@ -39,10 +39,8 @@ pub fn sum<T: Element>(xs: &[T]) -> T::Acc {
             acc[i] += c[i].to_acc();
         }
     }
-    for (i, &v) in tail.iter().enumerate() {
-        acc[i] += v.to_acc();
-    }
-    combine(acc)
+    add_tail(&mut acc, tail.len(), |i| tail[i].to_acc());
+    combine(&acc)
 }
 }
 
@@ -91,11 +89,11 @@ pub fn sum_sq_dev<T: Element>(xs: &[T], mean: Centre<T::Compute>) -> T::Acc {
             acc[i] += acc_of::<T>(d * d);
         }
     }
-    for (i, &v) in tail.iter().enumerate() {
-        let d = mean.centre(v.to_compute());
-        acc[i] += acc_of::<T>(d * d);
-    }
-    combine(acc)
+    add_tail(&mut acc, tail.len(), |i| {
+        let d = mean.centre(tail[i].to_compute());
+        acc_of::<T>(d * d)
+    });
+    combine(&acc)
 }
 }
 
@@ -112,10 +110,24 @@ pub fn compute_of<T: Element>(v: T::Acc) -> T::Compute {
     T::Compute::from_f64(v.to_f64())
 }
 
-#[inline(always)]
-fn combine<A: Real>(acc: [A; LANES]) -> A {
-    // pairwise tree over the lanes
-    let mut w = acc;
+/// `acc[i] += f(i)` for the `len < LANES` elements of a run's tail.
+///
+/// Never inlined, as [`combine`]: when the tail's (or the combination's) scalar code is inlined
+/// after a lane-accumulation loop, LLVM's SLP vectoriser lays the loop's accumulators out to
+/// suit that code (scalar and partial loads, `pshufb`, several register widths) instead of
+/// whole vectors of consecutive lanes; behind calls the loop keeps plain vector loads. Same
+/// IEEE operations either way.
+#[inline(never)]
+pub(crate) fn add_tail<A: Real>(acc: &mut [A; LANES], len: usize, f: impl Fn(usize) -> A) {
+    for (i, a) in acc.iter_mut().enumerate().take(len) {
+        *a += f(i);
+    }
+}
+
+/// Pairwise tree over the lanes. Never inlined (see [`add_tail`]).
+#[inline(never)]
+pub(crate) fn combine<A: Real>(acc: &[A; LANES]) -> A {
+    let mut w = *acc;
     let mut n = LANES;
     while n > 1 {
         n /= 2;
