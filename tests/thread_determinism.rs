@@ -2,6 +2,8 @@
 //! shape, and partial sums merge in a fixed order. Each op runs at 1, 2 and 3 threads on
 //! shapes large enough to be split, and the outputs must be bit-identical.
 
+// view/view_mut: contiguous or channels-last tensors over a slice
+mod sync_common;
 use normkit::backend::cpu::threads::install;
 use normkit::ops::{
     BatchNormArgs, ForwardStats, Gradients, GroupNormArgs, LayerNormArgs, LayerNormBackwardArgs,
@@ -9,6 +11,7 @@ use normkit::ops::{
     layer_norm_backward, local_response_norm,
 };
 use normkit::{Tensor, TensorMut};
+use sync_common::{view, view_mut};
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
@@ -50,16 +53,8 @@ fn forward_ops_are_bit_identical_across_thread_counts() {
         let run = |op: &dyn Fn(&Tensor, &mut TensorMut)| -> Vec<u32> {
             let mut y = vec![0.0f32; n];
             {
-                let mut yt = if cl {
-                    TensorMut::channels_last(&mut y, &shape).unwrap()
-                } else {
-                    TensorMut::new(&mut y, &shape).unwrap()
-                };
-                let xt = if cl {
-                    Tensor::channels_last(&x, &shape).unwrap()
-                } else {
-                    Tensor::new(&x, &shape).unwrap()
-                };
+                let mut yt = view_mut(&mut y, &shape, cl);
+                let xt = view(&x, &shape, cl);
                 op(&xt, &mut yt);
             }
             bits(&y)
@@ -98,38 +93,41 @@ fn backward_ops_are_bit_identical_across_thread_counts() {
     let shape = [16usize, 8, 40, 41];
     let n: usize = shape.iter().product();
     let (x, g) = (data(n, 3), data(n, 11));
-    same_for_all_thread_counts("batch_norm_backward", &|| {
-        let mut y = vec![0.0f32; n];
-        let s = batch_norm(
-            &Tensor::new(&x, &shape).unwrap(),
-            &mut TensorMut::new(&mut y, &shape).unwrap(),
-            BatchNormArgs {
-                training: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let (mut dx, mut dw, mut db) = (vec![0.0f32; n], vec![0.0f32; 8], vec![0.0f32; 8]);
-        batch_norm_backward(
-            &Tensor::new(&g, &shape).unwrap(),
-            &Tensor::new(&x, &shape).unwrap(),
-            NormBackwardArgs {
-                weight: None,
-                stats: ForwardStats::Saved {
-                    mean: s.mean.view(),
-                    invstd: s.invstd.view(),
+    // channels last too: its column reductions and apply are separate kernels
+    for cl in [false, true] {
+        same_for_all_thread_counts(&format!("batch_norm_backward channels_last={cl}"), &|| {
+            let mut y = vec![0.0f32; n];
+            let s = batch_norm(
+                &view(&x, &shape, cl),
+                &mut view_mut(&mut y, &shape, cl),
+                BatchNormArgs {
+                    training: true,
+                    ..Default::default()
                 },
-                grads: Gradients {
-                    grad_input: Some(TensorMut::new(&mut dx, &shape).unwrap()),
-                    grad_weight: Some(TensorMut::new(&mut dw, &[8]).unwrap()),
-                    grad_bias: Some(TensorMut::new(&mut db, &[8]).unwrap()),
-                    accumulate: false,
+            )
+            .unwrap();
+            let (mut dx, mut dw, mut db) = (vec![0.0f32; n], vec![0.0f32; 8], vec![0.0f32; 8]);
+            batch_norm_backward(
+                &view(&g, &shape, cl),
+                &view(&x, &shape, cl),
+                NormBackwardArgs {
+                    weight: None,
+                    stats: ForwardStats::Saved {
+                        mean: s.mean.view(),
+                        invstd: s.invstd.view(),
+                    },
+                    grads: Gradients {
+                        grad_input: Some(view_mut(&mut dx, &shape, cl)),
+                        grad_weight: Some(TensorMut::new(&mut dw, &[8]).unwrap()),
+                        grad_bias: Some(TensorMut::new(&mut db, &[8]).unwrap()),
+                        accumulate: false,
+                    },
                 },
-            },
-        )
-        .unwrap();
-        [bits(&dx), bits(&dw), bits(&db)].concat()
-    });
+            )
+            .unwrap();
+            [bits(&dx), bits(&dw), bits(&db)].concat()
+        });
+    }
     let rows = [2048usize, 96];
     let m: usize = rows.iter().product();
     same_for_all_thread_counts("layer_norm_backward", &|| {

@@ -6,7 +6,9 @@
 //! coefficients of `dx = g·p + (x − μ)·q + o` and into the parameter gradients.
 
 use super::moments::{Centre, LANES, acc_of, add_tail, simd_clones};
-use super::{ChannelLayout, Geom, rows_per_piece};
+use super::{
+    ChannelLayout, Geom, SplitCentres, reduction_rows, rows_per_piece, sample_runs, split_centres,
+};
 use crate::dtype::{Element, Real};
 use rayon::prelude::*;
 
@@ -36,43 +38,52 @@ pub fn channel_grad_sums<T: Element>(
         }
         ChannelLayout::Last => {
             let (c, s) = (geom.c, geom.s);
+            let (hi, lo) = split_centres(mu);
             let mut a_all = Vec::with_capacity(nc);
             let mut b_all = Vec::with_capacity(nc);
             for n in 0..geom.n {
                 let range = n * s * c..(n + 1) * s * c;
-                let centres = &mu[n * c..(n + 1) * c];
-                let piece = rows_per_piece(c) * c;
+                let centres = (&hi[n * c..(n + 1) * c], &lo[n * c..(n + 1) * c]);
+                let piece = reduction_rows(s, c) * c;
                 let partials: PairSums<T::Acc> = x[range.clone()]
                     .par_chunks(piece)
                     .zip(g[range].par_chunks(piece))
                     .map(|(xc, gc)| {
                         let mut a = vec![T::Acc::ZERO; c];
                         let mut b = vec![T::Acc::ZERO; c];
-                        for (xr, gr) in xc.chunks_exact(c).zip(gc.chunks_exact(c)) {
-                            for j in 0..c {
-                                let gv = gr[j].to_compute();
-                                a[j] += acc_of::<T>(gv);
-                                b[j] += acc_of::<T>(gv * centres[j].centre(xr[j].to_compute()));
-                            }
-                        }
+                        grad_sums_columns(&mut a, &mut b, xc, gc, centres);
                         (a, b)
                     })
                     .collect();
-                let mut a = vec![T::Acc::ZERO; c];
-                let mut b = vec![T::Acc::ZERO; c];
-                for (pa, pb) in partials {
-                    for j in 0..c {
-                        a[j] += pa[j];
-                        b[j] += pb[j];
-                    }
-                }
-                a_all.extend(a.iter().map(|v| v.to_f64()));
-                b_all.extend(b.iter().map(|v| v.to_f64()));
+                let (a, b) = merge_pairs(partials, c);
+                a_all.extend(a);
+                b_all.extend(b);
             }
             (a_all, b_all)
         }
     }
 }
+
+/// Adds per-piece partial column sums in piece order.
+fn merge_pairs<A: Real>(partials: PairSums<A>, cols: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut a = vec![A::ZERO; cols];
+    let mut b = vec![A::ZERO; cols];
+    for (pa, pb) in partials {
+        for (t, v) in a.iter_mut().zip(pa) {
+            *t += v;
+        }
+        for (t, v) in b.iter_mut().zip(pb) {
+            *t += v;
+        }
+    }
+    (
+        a.iter().map(|v| v.to_f64()).collect(),
+        b.iter().map(|v| v.to_f64()).collect(),
+    )
+}
+
+/// Per-column coefficients `(p, q, o)` of `dx = g·p + (x − μ)·q + o`.
+type GradColumns<'a, C> = (&'a [C], &'a [C], &'a [C]);
 
 /// Per-piece partial column sums of two quantities.
 type PairSums<A> = Vec<(Vec<A>, Vec<A>)>;
@@ -113,6 +124,97 @@ fn grad_apply_run<T: Element>(
         *d = T::from_compute(gv.to_compute() * p + m.centre(xv.to_compute()) * q + o);
     }
 }
+
+/// Channels last: per-column `a[c] += g`, `b[c] += g·(x − μ_c)` over the rows of a piece.
+fn grad_sums_columns<T: Element>(
+    a: &mut [T::Acc],
+    b: &mut [T::Acc],
+    xs: &[T],
+    gs: &[T],
+    (hi, lo): SplitCentres<'_, T::Compute>,
+) {
+    let cols = a.len();
+    for (xr, gr) in xs.chunks_exact(cols).zip(gs.chunks_exact(cols)) {
+        let cols = a.iter_mut().zip(b.iter_mut()).zip(hi.iter().zip(lo));
+        for (((a, b), (&hi, &lo)), (&xv, &gv)) in cols.zip(xr.iter().zip(gr)) {
+            let g = gv.to_compute();
+            *a += acc_of::<T>(g);
+            *b += acc_of::<T>(g * Centre { hi, lo }.centre(xv.to_compute()));
+        }
+    }
+}
+
+/// Channels last: `dx = g·p_c + (x − μ_c)·q_c + o_c` over the rows of one sample's run.
+fn grad_apply_rows<T: Element>(
+    xs: &[T],
+    gs: &[T],
+    dx: &mut [T],
+    (hi, lo): SplitCentres<'_, T::Compute>,
+    (p, q, o): GradColumns<'_, T::Compute>,
+) {
+    let cols = hi.len();
+    let rows = dx.chunks_exact_mut(cols).zip(xs.chunks_exact(cols).zip(gs.chunks_exact(cols)));
+    for (dr, (xr, gr)) in rows {
+        let coef = hi.iter().zip(lo).zip(p.iter().zip(q).zip(o));
+        for ((d, (&xv, &gv)), ((&hi, &lo), ((&p, &q), &o))) in
+            dr.iter_mut().zip(xr.iter().zip(gr)).zip(coef)
+        {
+            let c = Centre { hi, lo }.centre(xv.to_compute());
+            *d = T::from_compute(gv.to_compute() * p + c * q + o);
+        }
+    }
+}
+
+/// One LayerNorm backward row: the column sums `dw += g·(x − μ)·r`, `db += g`, and the row's
+/// `(Σ g·w, Σ g·w·(x − μ))` in [`LANES`] accumulators combined in lane order.
+#[allow(clippy::too_many_arguments)]
+fn layer_norm_grad_row<T: Element>(
+    xr: &[T],
+    gr: &[T],
+    w: &[T::Compute],
+    mu: Centre<T::Compute>,
+    rs: T::Compute,
+    dw: &mut [T::Acc],
+    db: &mut [T::Acc],
+) -> (f64, f64) {
+    for ((dw, db), (&xv, &gv)) in dw.iter_mut().zip(db.iter_mut()).zip(xr.iter().zip(gr)) {
+        let g = gv.to_compute();
+        *dw += acc_of::<T>(g * mu.centre(xv.to_compute()) * rs);
+        *db += acc_of::<T>(g);
+    }
+    let mut a = [T::Acc::ZERO; LANES];
+    let mut b = [T::Acc::ZERO; LANES];
+    let (xc, gc, wc) = (xr.chunks_exact(LANES), gr.chunks_exact(LANES), w.chunks_exact(LANES));
+    let (xt, gt, wt) = (xc.remainder(), gc.remainder(), wc.remainder());
+    for ((xv, gv), wv) in xc.zip(gc).zip(wc) {
+        for i in 0..LANES {
+            let gw = gv[i].to_compute() * wv[i];
+            a[i] += acc_of::<T>(gw);
+            b[i] += acc_of::<T>(gw * mu.centre(xv[i].to_compute()));
+        }
+    }
+    let len = xt.len().min(gt.len()).min(wt.len());
+    add_tail(&mut a, len, |i| acc_of::<T>(gt[i].to_compute() * wt[i]));
+    add_tail(&mut b, len, |i| {
+        acc_of::<T>(gt[i].to_compute() * wt[i] * mu.centre(xt[i].to_compute()))
+    });
+    (lanes_sum(&a), lanes_sum(&b))
+}
+
+/// One LayerNorm row of `dx = g·w·r − a − (x − μ)·b`.
+fn layer_norm_grad_apply<T: Element>(
+    xr: &[T],
+    gr: &[T],
+    w: &[T::Compute],
+    dr: &mut [T],
+    mu: Centre<T::Compute>,
+    (rs, a, b): (T::Compute, T::Compute, T::Compute),
+) {
+    for ((d, &wv), (&xv, &gv)) in dr.iter_mut().zip(w).zip(xr.iter().zip(gr)) {
+        let c = mu.centre(xv.to_compute());
+        *d = T::from_compute(gv.to_compute() * wv * rs - a - c * b);
+    }
+}
 }
 
 /// The lanes summed in order. Never inlined (see [`add_tail`]).
@@ -148,10 +250,6 @@ pub fn apply_channel_grad<T: Element>(
         return;
     }
     let idx = |n: usize, c: usize| if k.per_sample { n * geom.c + c } else { c };
-    let one = |i: usize, xv: T, gv: T| {
-        let d = k.mu[i].centre(xv.to_compute());
-        T::from_compute(gv.to_compute() * k.p[i] + d * k.q[i] + k.o[i])
-    };
     match layout {
         ChannelLayout::First => {
             let s = geom.s;
@@ -167,6 +265,7 @@ pub fn apply_channel_grad<T: Element>(
         ChannelLayout::Last => {
             let c = geom.c;
             let rows = rows_per_piece(c);
+            let (hi, lo) = split_centres(k.mu);
             dx[..total]
                 .par_chunks_mut(rows * c)
                 .zip(
@@ -176,17 +275,16 @@ pub fn apply_channel_grad<T: Element>(
                 )
                 .enumerate()
                 .for_each(|(p, (dc, (xc, gc)))| {
-                    for (j, ((dr, xr), gr)) in dc
-                        .chunks_mut(c)
-                        .zip(xc.chunks(c))
-                        .zip(gc.chunks(c))
-                        .enumerate()
-                    {
-                        let base = idx((p * rows + j) / geom.s.max(1), 0);
-                        for ch in 0..c {
-                            dr[ch] = one(base + ch, xr[ch], gr[ch]);
-                        }
-                    }
+                    sample_runs(p * rows, xc.len() / c, geom, |n, span| {
+                        let cs = idx(n, 0)..idx(n, 0) + c;
+                        grad_apply_rows(
+                            &xc[span.clone()],
+                            &gc[span.clone()],
+                            &mut dc[span],
+                            (&hi[cs.clone()], &lo[cs.clone()]),
+                            (&k.p[cs.clone()], &k.q[cs.clone()], &k.o[cs]),
+                        );
+                    });
                 });
         }
     }
@@ -208,34 +306,27 @@ pub fn layer_norm_backward<T: Element>(
     if rows * cols == 0 {
         return (vec![0.0; cols], vec![0.0; cols]);
     }
-    let piece = rows_per_piece(cols);
+    let piece = reduction_rows(rows, cols);
     let m = T::Compute::from_usize(cols);
-    let w = |j: usize| weight.map_or(T::Compute::ONE, |w| w[j]);
+    let ones;
+    let w = match weight {
+        Some(w) => w,
+        None => {
+            ones = vec![T::Compute::ONE; cols];
+            &ones
+        }
+    };
     let work = |r0: usize, xc: &[T], gc: &[T], mut dc: Option<&mut [T]>| {
         let mut dw = vec![T::Acc::ZERO; cols];
         let mut db = vec![T::Acc::ZERO; cols];
         for (k, (xr, gr)) in xc.chunks(cols).zip(gc.chunks(cols)).enumerate() {
-            let r = r0 + k;
-            let (c, rs) = (mu[r], rstd[r]);
-            let mut sa = T::Acc::ZERO;
-            let mut sb = T::Acc::ZERO;
-            for j in 0..cols {
-                let gv = gr[j].to_compute();
-                let d = c.centre(xr[j].to_compute());
-                let gw = gv * w(j);
-                sa += acc_of::<T>(gw);
-                sb += acc_of::<T>(gw * d);
-                dw[j] += acc_of::<T>(gv * d * rs);
-                db[j] += acc_of::<T>(gv);
-            }
+            let (c, rs) = (mu[r0 + k], rstd[r0 + k]);
+            let (sa, sb) = layer_norm_grad_row(xr, gr, w, c, rs, &mut dw, &mut db);
             if let Some(dc) = dc.as_deref_mut() {
-                let a = T::Compute::from_f64(sa.to_f64()) / m * rs;
-                let b = T::Compute::from_f64(sb.to_f64()) / m * rs * rs * rs;
+                let a = T::Compute::from_f64(sa) / m * rs;
+                let b = T::Compute::from_f64(sb) / m * rs * rs * rs;
                 let dr = &mut dc[k * cols..(k + 1) * cols];
-                for j in 0..cols {
-                    let d = c.centre(xr[j].to_compute());
-                    dr[j] = T::from_compute(gr[j].to_compute() * w(j) * rs - a - d * b);
-                }
+                layer_norm_grad_apply(xr, gr, w, dr, c, (rs, a, b));
             }
         }
         (dw, db)
@@ -259,18 +350,7 @@ pub fn layer_norm_backward<T: Element>(
             .map(|(p, (xc, gc))| work(p * piece, xc, gc, None))
             .collect(),
     };
-    let mut dw = vec![T::Acc::ZERO; cols];
-    let mut db = vec![T::Acc::ZERO; cols];
-    for (pw, pb) in partials {
-        for j in 0..cols {
-            dw[j] += pw[j];
-            db[j] += pb[j];
-        }
-    }
-    (
-        dw.iter().map(|v| v.to_f64()).collect(),
-        db.iter().map(|v| v.to_f64()).collect(),
-    )
+    merge_pairs(partials, cols)
 }
 
 /// LocalResponseNorm backward:

@@ -59,8 +59,19 @@ pub(crate) fn rows_per_piece(row_len: usize) -> usize {
     (PIECE / row_len.max(1)).max(1)
 }
 
+/// At most this many per-piece partial vectors in a column reduction.
+const MAX_PARTIALS: usize = 64;
+
+/// Rows per work piece of a column reduction over `rows` rows of `cols`: [`rows_per_piece`],
+/// raised so that there are at most [`MAX_PARTIALS`] pieces (each piece allocates and merges a
+/// `cols`-long partial vector; 1024 pieces of 4096 columns cost as much as the data). Depends on
+/// the shape only, never on the thread count.
+pub(crate) fn reduction_rows(rows: usize, cols: usize) -> usize {
+    rows_per_piece(cols).max(rows.div_ceil(MAX_PARTIALS))
+}
+
 /// A split shift: its `hi` and `lo` parts per column (structure of arrays, for vector loads).
-type SplitCentres<'a, C> = (&'a [C], &'a [C]);
+pub(crate) type SplitCentres<'a, C> = (&'a [C], &'a [C]);
 
 simd_clones! {
 /// Per-column `acc[c] += x[r, c]` (or `+= (x[r, c] − centre_c)²` when `centre` is given) over
@@ -162,7 +173,7 @@ fn layer_norm_row<T: Element>(
 }
 
 /// Splits centres into their `hi` and `lo` parts (structure of arrays, for vector loads).
-fn split_centres<C: Real>(c: &[Centre<C>]) -> (Vec<C>, Vec<C>) {
+pub(crate) fn split_centres<C: Real>(c: &[Centre<C>]) -> (Vec<C>, Vec<C>) {
     c.iter().map(|c| (c.hi, c.lo)).unzip()
 }
 
@@ -173,7 +184,7 @@ fn column_sums<T: Element>(
     cols: usize,
     mean: Option<&[Centre<T::Compute>]>,
 ) -> Vec<T::Acc> {
-    let piece = rows_per_piece(cols) * cols;
+    let piece = reduction_rows(x.len() / cols.max(1), cols) * cols;
     let split = mean.map(split_centres);
     let centre = split.as_ref().map(|(h, l)| (h.as_slice(), l.as_slice()));
     let partials: Vec<Vec<T::Acc>> = x
@@ -409,18 +420,12 @@ pub fn apply_channel<T: Element>(
         ChannelLayout::Last => {
             let (hi, lo) = split_centres(k.shift);
             let rows = rows_per_piece(g.c);
-            let s = g.s.max(1);
             y.par_chunks_mut(rows * g.c)
                 .zip(x.par_chunks(rows * g.c))
                 .enumerate()
                 .for_each(|(p, (yc, xc))| {
-                    // runs of rows within one sample share their coefficients
-                    let first = p * rows;
-                    let (mut r, end) = (first, first + xc.len() / g.c);
-                    while r < end {
-                        let run_end = ((r / s + 1) * s).min(end);
-                        let cs = idx(r / s, 0)..idx(r / s, 0) + g.c;
-                        let span = (r - first) * g.c..(run_end - first) * g.c;
+                    sample_runs(p * rows, xc.len() / g.c, g, |n, span| {
+                        let cs = idx(n, 0)..idx(n, 0) + g.c;
                         affine_rows(
                             &xc[span.clone()],
                             &mut yc[span],
@@ -429,10 +434,27 @@ pub fn apply_channel<T: Element>(
                             &k.scale[cs.clone()],
                             &k.offset[cs],
                         );
-                        r = run_end;
-                    }
+                    });
                 });
         }
+    }
+}
+
+/// Channels last: splits the rows `first .. first + rows` of a work piece (rows of `C`
+/// elements, `S` rows per sample) into runs within one sample, and calls `f(n, span)` with the
+/// sample and the run's element range relative to the piece.
+pub(crate) fn sample_runs(
+    first: usize,
+    rows: usize,
+    g: Geom,
+    mut f: impl FnMut(usize, std::ops::Range<usize>),
+) {
+    let s = g.s.max(1);
+    let (mut r, end) = (first, first + rows);
+    while r < end {
+        let run_end = ((r / s + 1) * s).min(end);
+        f(r / s, (r - first) * g.c..(run_end - first) * g.c);
+        r = run_end;
     }
 }
 
