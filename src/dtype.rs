@@ -248,7 +248,8 @@ pub(crate) mod convert {
     #[inline(always)]
     pub fn f32_to_bf16(v: f32) -> u16 {
         let x = v.to_bits();
-        let rounded = (x + 0x7FFF + ((x >> 16) & 1)) >> 16;
+        // wrapping: a negative NaN (x near u32::MAX) overflows; its result is not used
+        let rounded = x.wrapping_add(0x7FFF + ((x >> 16) & 1)) >> 16;
         let nan = x & 0x7FFF_FFFF > 0x7F80_0000;
         (if nan { (x >> 16) | 0x0040 } else { rounded }) as u16
     }
