@@ -239,3 +239,60 @@ fn a_failing_collective_leaves_the_state_unchanged() {
         .collect();
     assert_eq!(before, after);
 }
+
+/// A 2-rank group whose other rank mirrors this one.
+struct Mirror;
+
+impl Communicator for Mirror {
+    fn world_size(&self) -> usize {
+        2
+    }
+    fn rank(&self) -> usize {
+        0
+    }
+    fn all_gather(&self, send: &[f64], recv: &mut [f64]) -> Result<()> {
+        recv[..send.len()].copy_from_slice(send);
+        recv[send.len()..].copy_from_slice(send);
+        Ok(())
+    }
+    fn all_reduce_sum(&self, data: &mut [f64]) -> Result<()> {
+        data.iter_mut().for_each(|v| *v *= 2.0);
+        Ok(())
+    }
+}
+
+#[test]
+fn an_empty_rank_takes_part_and_overwrites_its_parameter_gradients() {
+    use normkit::backend::cuda::backward::{
+        CudaNormBackwardArgs, DeviceForwardStats, DeviceGradients,
+    };
+    let Some(dev) = emu_common::device() else {
+        return;
+    };
+    let x = dev.alloc(DType::F32, 0).unwrap();
+    let stats = dev.upload(&[0.0f32, 1.0, 2.0]).unwrap();
+    let mut dx = dev.alloc(DType::F32, 0).unwrap();
+    let mut gw = dev.upload(&[5.0f32; C]).unwrap();
+    let sh = shape(0);
+    dev.sync_batch_norm_backward(
+        &x.view(&sh).unwrap(),
+        &x.view(&sh).unwrap(),
+        CudaNormBackwardArgs {
+            weight: None,
+            stats: DeviceForwardStats::Saved {
+                mean: stats.view(&[C]).unwrap(),
+                invstd: stats.view(&[C]).unwrap(),
+            },
+            grads: DeviceGradients {
+                grad_input: Some(dx.view_mut(&sh).unwrap()),
+                grad_weight: Some(gw.view_mut(&[C]).unwrap()),
+                grad_bias: None,
+                accumulate: false,
+            },
+        },
+        4.0,
+        &Mirror,
+    )
+    .unwrap();
+    assert_eq!(gw.download::<f32>().unwrap(), vec![0.0; C]);
+}

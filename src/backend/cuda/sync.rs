@@ -230,7 +230,9 @@ impl CudaDevice {
             .map_err(|e| e.in_op(OP))?;
         let (ga, gb) = both.split_at(c);
         let Some(plan) = plan else {
-            return Ok(());
+            // an empty local batch took part in the collective; its own backward is empty
+            // (parameter gradients zeroed unless accumulating)
+            return self.batch_norm_backward(grad_output, x, args);
         };
         // dx coefficients from the global sums (the reduce kernel's formula and rounding)
         let r = self.read_tensor(OP, "invstd", invstd)?.to_f64_vec();
