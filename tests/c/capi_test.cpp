@@ -447,6 +447,7 @@ int main() {
 
   normkit_context_config_t cfg;
   CHECK(normkit_context_config_init(&cfg) == NORMKIT_STATUS_OK);
+  cfg.device = normkit_device_t{NORMKIT_DEVICE_CPU, 0}; // host vectors below
   cfg.cpu_num_threads = 1;
   normkit_context_t *raw = nullptr;
   CHECK(normkit_context_create(&cfg, &raw) == NORMKIT_STATUS_OK);
