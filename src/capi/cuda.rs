@@ -29,7 +29,7 @@ use crate::layers::CudaModule;
 use crate::ops::LrnArgs;
 use crate::tensor::Buffer;
 
-pub(crate) type In = (&'static str, *const normkit_tensor_t, Need);
+pub(crate) use super::ops::In;
 
 /// The validated tensor arguments of one CUDA call.
 pub(crate) struct DevIo {
@@ -204,29 +204,12 @@ fn write_saved(
 /// The tensor contract for every tensor.
 unsafe fn channel_io(
     dev: &CudaDevice,
-    [x, weight, bias]: [*const normkit_tensor_t; 3],
-    [y, rm, rv, sm, si]: [*mut normkit_tensor_t; 5],
+    ins: [*const normkit_tensor_t; 3],
+    outs: [*mut normkit_tensor_t; 5],
 ) -> CResult<DevIo> {
-    let opt = Need::Optional;
+    let (ins, outs) = super::ops::channel_forward_args(ins, outs);
     // SAFETY: forwarded tensor contract.
-    unsafe {
-        DevIo::new(
-            dev,
-            &[
-                ("x", x, Need::Required),
-                ("weight", weight, opt),
-                ("bias", bias, opt),
-            ],
-            &[
-                ("y", y.cast_const(), Need::Required),
-                ("running_mean", rm.cast_const(), opt),
-                ("running_var", rv.cast_const(), opt),
-                ("save_mean", sm.cast_const(), opt),
-                ("save_invstd", si.cast_const(), opt),
-            ],
-            true,
-        )
-    }
+    unsafe { DevIo::new(dev, &ins, &outs, true) }
 }
 
 fn dim(x: &DeviceTensor, i: usize) -> usize {

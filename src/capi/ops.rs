@@ -21,7 +21,7 @@ use crate::tensor::{Buffer, Tensor, TensorMut};
 const REQ: Need = Need::Required;
 const OPT: Need = Need::Optional;
 
-type In = (&'static str, *const normkit_tensor_t, Need);
+pub(crate) type In = (&'static str, *const normkit_tensor_t, Need);
 
 /// Validates the tensors, runs `f` on their views in the context's thread pool, and copies
 /// staged outputs back on success.
@@ -49,6 +49,24 @@ pub(crate) unsafe fn run_op<const N: usize, const M: usize>(
     }
     io.write_back();
     Ok(())
+}
+
+/// The tensor arguments of a BatchNorm/InstanceNorm forward: (x, weight, bias) read and
+/// (y, running_mean, running_var, save_mean, save_invstd) written (the CUDA path shares them).
+pub(crate) fn channel_forward_args(
+    [x, weight, bias]: [*const normkit_tensor_t; 3],
+    [y, rm, rv, sm, si]: [*mut normkit_tensor_t; 5],
+) -> ([In; 3], [In; 5]) {
+    (
+        [("x", x, REQ), ("weight", weight, OPT), ("bias", bias, OPT)],
+        [
+            ("y", y, REQ),
+            ("running_mean", rm, OPT),
+            ("running_var", rv, OPT),
+            ("save_mean", sm, OPT),
+            ("save_invstd", si, OPT),
+        ],
+    )
 }
 
 /// Checks an optional saved-statistics output's element count before the op runs.
@@ -207,22 +225,22 @@ unsafe fn batch_norm_call(
     let counter_ref = counter.as_mut();
     let mut global_count = 0.0;
     let count_ref = &mut global_count;
+    let (ins, outs) = channel_forward_args(
+        [a.x, a.weight, a.bias],
+        [
+            a.y,
+            a.running_mean,
+            a.running_var,
+            a.save_mean,
+            a.save_invstd,
+        ],
+    );
     // SAFETY: the tensor contract, forwarded.
     unsafe {
         run_op(
             ctx,
-            [
-                ("x", a.x, REQ),
-                ("weight", a.weight, OPT),
-                ("bias", a.bias, OPT),
-            ],
-            [
-                ("y", a.y, REQ),
-                ("running_mean", a.running_mean, OPT),
-                ("running_var", a.running_var, OPT),
-                ("save_mean", a.save_mean, OPT),
-                ("save_invstd", a.save_invstd, OPT),
-            ],
+            ins,
+            outs,
             move |[x, weight, bias], [y, running_mean, running_var, sm, si]| {
                 let x = required(x, "x")?;
                 let mut y = required(y, "y")?;
@@ -411,22 +429,22 @@ pub unsafe extern "C" fn normkit_instance_norm_forward(
             return unsafe { cuda::instance_norm(dev, &a) };
         }
         let (use_input_stats, momentum, eps) = (a.use_input_stats, a.momentum, a.eps);
+        let (ins, outs) = channel_forward_args(
+            [a.x, a.weight, a.bias],
+            [
+                a.y,
+                a.running_mean,
+                a.running_var,
+                a.save_mean,
+                a.save_invstd,
+            ],
+        );
         // SAFETY: the tensor contract, forwarded.
         unsafe {
             run_op(
                 ctx,
-                [
-                    ("x", a.x, REQ),
-                    ("weight", a.weight, OPT),
-                    ("bias", a.bias, OPT),
-                ],
-                [
-                    ("y", a.y, REQ),
-                    ("running_mean", a.running_mean, OPT),
-                    ("running_var", a.running_var, OPT),
-                    ("save_mean", a.save_mean, OPT),
-                    ("save_invstd", a.save_invstd, OPT),
-                ],
+                ins,
+                outs,
                 move |[x, weight, bias], [y, running_mean, running_var, sm, si]| {
                     let x = required(x, "x")?;
                     let mut y = required(y, "y")?;
