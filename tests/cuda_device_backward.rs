@@ -434,11 +434,11 @@ fn backward_errors_and_empty_inputs() {
             },
             grads,
         };
-        // grad_input aliasing grad_output
+        // grad_input aliasing the input (grad_output itself is allowed: in place, below)
         // SAFETY: a view of a live device buffer of 30 f32 (aliasing is what is tested).
         let alias = unsafe {
             normkit::backend::cuda::ops::DeviceTensorMut::from_raw(
-                o.gd.ptr(),
+                o.xd.ptr(),
                 DType::F32,
                 &shape,
                 Layout::Contiguous,
@@ -457,6 +457,91 @@ fn backward_errors_and_empty_inputs() {
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::UnsupportedLayout, "{e}");
         assert!(e.to_string().contains("grad_input"), "{e}");
+        // LRN cannot write dx over dy (its window reads neighbours)
+        // SAFETY: as above, now over grad_output.
+        let over_g = unsafe {
+            normkit::backend::cuda::ops::DeviceTensorMut::from_raw(
+                o.gd.ptr(),
+                DType::F32,
+                &shape,
+                Layout::Contiguous,
+            )
+        }
+        .unwrap();
+        let mut over_g = over_g;
+        let e = dev
+            .local_response_norm_backward(
+                &o.gd.view(&shape).unwrap(),
+                &o.xd.view(&shape).unwrap(),
+                &mut over_g,
+                LrnArgs::new(3),
+            )
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::UnsupportedLayout, "{e}");
+        // in place (grad_input = grad_output) gives what a separate grad_input gives
+        let in_place = |dev: &CudaDevice, separate: bool| -> Vec<f64> {
+            let g = dev.upload_buffer(&o.g).unwrap();
+            let mut dx = dev.alloc(DType::F32, 30).unwrap();
+            let gmut = dev.upload_buffer(&o.g).unwrap();
+            let stats = dev.upload(&[0.5f32, 1.0, 2.0]).unwrap();
+            let st = || DeviceForwardStats::Saved {
+                mean: stats.view(&[3]).unwrap(),
+                invstd: stats.view(&[3]).unwrap(),
+            };
+            if separate {
+                dev.batch_norm_backward(
+                    &g.view(&shape).unwrap(),
+                    &o.xd.view(&shape).unwrap(),
+                    CudaNormBackwardArgs {
+                        weight: None,
+                        stats: st(),
+                        grads: DeviceGradients {
+                            grad_input: Some(dx.view_mut(&shape).unwrap()),
+                            ..Default::default()
+                        },
+                    },
+                )
+                .unwrap();
+                dx.download_f64().unwrap()
+            } else {
+                let ptr = gmut.ptr();
+                // SAFETY: two views of one live buffer: the read-only one is grad_output, the
+                // writable one grad_input, exactly what an in-place call passes.
+                let (gv, dv) = unsafe {
+                    (
+                        normkit::backend::cuda::ops::DeviceTensor::from_raw(
+                            ptr,
+                            DType::F32,
+                            &shape,
+                            Layout::Contiguous,
+                        )
+                        .unwrap(),
+                        normkit::backend::cuda::ops::DeviceTensorMut::from_raw(
+                            ptr,
+                            DType::F32,
+                            &shape,
+                            Layout::Contiguous,
+                        )
+                        .unwrap(),
+                    )
+                };
+                dev.batch_norm_backward(
+                    &gv,
+                    &o.xd.view(&shape).unwrap(),
+                    CudaNormBackwardArgs {
+                        weight: None,
+                        stats: st(),
+                        grads: DeviceGradients {
+                            grad_input: Some(dv),
+                            ..Default::default()
+                        },
+                    },
+                )
+                .unwrap();
+                gmut.download_f64().unwrap()
+            }
+        };
+        assert_eq!(in_place(&dev, true), in_place(&dev, false));
         // wrong number of saved statistics: the CPU op's error
         let short = dev.upload(&[0.0f32; 2]).unwrap();
         let e = dev

@@ -3,9 +3,9 @@
 //!
 //! Rules on top of the CPU path (documented at normkit_context_create): tensors are memory of
 //! the context's device, contiguous or channels-last and element-aligned (nothing can be
-//! staged); parameters and statistics in the compute dtype; an output may be exactly an input
-//! (in place) for the normalising forward ops, but not for LocalResponseNorm (its window reads
-//! neighbours) or the backward ops' grad_input; num_batches_tracked is host memory.
+//! staged); parameters and statistics in the compute dtype; in place, `y` may be exactly `x`
+//! and a backward's `grad_input` exactly `grad_output`, except for LocalResponseNorm (its
+//! window reads neighbours); num_batches_tracked is host memory.
 
 use super::context::normkit_context_t;
 use super::error::{CResult, CapiError, normkit_status_t as S};
@@ -72,8 +72,9 @@ fn overlap(out: &Desc, other: &Desc, why: &str) -> CapiError {
 
 impl DevIo {
     /// Describes and checks every argument: device memory of the context's device, dense,
-    /// outputs apart from each other and from the inputs (an output exactly equal to an input
-    /// is allowed when `in_place`).
+    /// outputs apart from each other and from the inputs, except that an output named in
+    /// `in_place` may be exactly (same address, dtype, shape, strides) the input paired with it
+    /// there: the pairs whose kernels read each element before writing it, in the same thread.
     ///
     /// # Safety
     /// Every non-NULL pointer points to a valid `normkit_tensor_t` (shape and strides arrays
@@ -83,7 +84,7 @@ impl DevIo {
         dev: &CudaDevice,
         inputs: &[In],
         outputs: &[In],
-        in_place: bool,
+        in_place: &[(&str, &str)],
     ) -> CResult<DevIo> {
         let describe_all = |list: &[In]| -> CResult<Vec<Option<Desc>>> {
             list.iter()
@@ -104,11 +105,12 @@ impl DevIo {
             }
             for d in io.inputs.iter().flatten() {
                 let (overlaps, same) = o.overlap_with(d);
-                if overlaps && !(same && in_place) {
-                    let why = if in_place {
+                let pair = in_place.contains(&(o.name, d.name));
+                if overlaps && !(same && pair) {
+                    let why = if pair {
                         "in place needs the same address, dtype, shape and strides"
                     } else {
-                        "this CUDA op cannot run in place"
+                        "this CUDA op cannot run in place on these two"
                     };
                     return Err(overlap(o, d, why));
                 }
@@ -209,7 +211,7 @@ unsafe fn channel_io(
 ) -> CResult<DevIo> {
     let (ins, outs) = super::ops::channel_forward_args(ins, outs);
     // SAFETY: forwarded tensor contract.
-    unsafe { DevIo::new(dev, &ins, &outs, true) }
+    unsafe { DevIo::new(dev, &ins, &outs, &[("y", "x")]) }
 }
 
 fn dim(x: &DeviceTensor, i: usize) -> usize {
@@ -354,7 +356,7 @@ unsafe fn row_forward(
                 ("save_mean", save_mean, Need::Optional),
                 ("save_invstd", save_invstd, Need::Optional),
             ],
-            true,
+            &[("y", "x")],
         )
     }?;
     let ([x, weight, bias], [y, sm, si]) = io.views::<3, 3>()?;
@@ -477,7 +479,7 @@ pub(crate) unsafe fn local_response_norm(
             dev,
             &[("x", a.x, Need::Required)],
             &[("y", a.y.cast_const(), Need::Required)],
-            false,
+            &[],
         )
     }?;
     let ([x], [y]) = io.views::<1, 1>()?;
@@ -533,7 +535,7 @@ unsafe fn backward_io(dev: &CudaDevice, b: &BackwardArgs) -> CResult<DevIo> {
                 ("grad_weight", b.grads[1].cast_const(), Need::Optional),
                 ("grad_bias", b.grads[2].cast_const(), Need::Optional),
             ],
-            false,
+            &[("grad_input", "grad_output")],
         )
     }
 }
@@ -669,7 +671,7 @@ pub(crate) unsafe fn local_response_norm_backward(
                 ("grad_output", a.grad_output, Need::Required),
             ],
             &[("grad_input", a.grad_input.cast_const(), Need::Required)],
-            false,
+            &[],
         )
     }?;
     let ([x, g], [gi]) = io.views::<2, 1>()?;
@@ -713,7 +715,7 @@ pub(crate) unsafe fn module_forward(
             dev,
             &[("x", x, Need::Required)],
             &[("y", y.cast_const(), Need::Required)],
-            true,
+            &[("y", "x")],
         )
     }?;
     let ([x], [y]) = io.views::<1, 1>()?;
@@ -742,7 +744,7 @@ pub(crate) unsafe fn module_backward(
                 ("grad_output", grad_output, Need::Required),
             ],
             &[("grad_input", grad_input.cast_const(), Need::Optional)],
-            false,
+            &[("grad_input", "grad_output")],
         )
     }?;
     let ([x, g], [mut gi]) = io.views::<2, 1>()?;
@@ -761,14 +763,8 @@ pub(crate) unsafe fn write_device(
     b: &Buffer,
 ) -> CResult<()> {
     // SAFETY: forwarded tensor contract.
-    let mut io = unsafe {
-        DevIo::new(
-            dev,
-            &[],
-            &[("dst", dst.cast_const(), Need::Required)],
-            false,
-        )
-    }?;
+    let mut io =
+        unsafe { DevIo::new(dev, &[], &[("dst", dst.cast_const(), Need::Required)], &[]) }?;
     let ([], [dst]) = io.views::<0, 1>()?;
     let mut dst = required(dst, "dst")?;
     if dst.numel() != b.len() {
@@ -797,7 +793,7 @@ pub(crate) unsafe fn read_device(
     expected: Option<usize>,
 ) -> CResult<Buffer> {
     // SAFETY: forwarded tensor contract.
-    let mut io = unsafe { DevIo::new(dev, &[("src", src, Need::Required)], &[], false) }?;
+    let mut io = unsafe { DevIo::new(dev, &[("src", src, Need::Required)], &[], &[]) }?;
     let ([src], []) = io.views::<1, 0>()?;
     let src = required(src, "src")?;
     if let Some(n) = expected.filter(|&n| n != src.numel()) {

@@ -142,14 +142,30 @@ fn device_checks(
     dtypes.push(("grad_bias", grads.grad_bias.as_ref().map(|t| t.dtype())));
     check_compute_dtype(op, x.dtype(), &dtypes)?;
     match &grads.grad_input {
-        Some(dx) => check_apart(op, dx, x, g),
+        Some(dx) => check_apart(op, dx, x, g, true),
         None => Ok(()),
     }
 }
 
-/// `grad_input` must not overlap `x` or `grad_output` (the kernels read them after writing).
-fn check_apart(op: &str, dx: &DeviceTensorMut, x: &DeviceTensor, g: &DeviceTensor) -> Result<()> {
+/// `grad_input` must not overlap `x` or `grad_output`, except that with `alias_grad_output`
+/// it may be exactly `grad_output` (same address, dtype, shape, layout): the BatchNorm,
+/// GroupNorm and LayerNorm kernels read each dy element before writing the dx element at the
+/// same index in the same thread (their reductions finish before any write); LRN's window reads
+/// neighbours, so it passes false.
+fn check_apart(
+    op: &str,
+    dx: &DeviceTensorMut,
+    x: &DeviceTensor,
+    g: &DeviceTensor,
+    alias_grad_output: bool,
+) -> Result<()> {
+    let same = |a: &Meta, b: &Meta| {
+        a.ptr == b.ptr && a.dtype == b.dtype && a.shape == b.shape && a.layout == b.layout
+    };
     for (name, other) in [("input", &x.meta), ("grad_output", &g.meta)] {
+        if name == "grad_output" && alias_grad_output && same(&dx.meta, other) {
+            continue;
+        }
         if overlaps(&dx.meta, other) {
             return Err(Error::layout(
                 op,
@@ -446,7 +462,7 @@ pub fn plan_local_response_norm_backward(
     }
     let order = channel_order(OP, &x.meta, &g.meta)?;
     channel_order(OP, &x.meta, &dx.meta)?;
-    check_apart(OP, dx, x, g)?;
+    check_apart(OP, dx, x, g, false)?;
     let (n, c, s) = ncs(x.shape());
     check_index_range(OP, x.shape(), c)?;
     Ok(Some((
