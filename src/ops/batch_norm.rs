@@ -5,7 +5,7 @@ use super::{
     check_param_dtypes, ema, mut_values, param_values, run_dense, run_staged, with_element,
 };
 use crate::backend::cpu::moments::Centre;
-use crate::backend::cpu::{self, Coefficients, moments};
+use crate::backend::cpu::{self, ChannelLayout, Coefficients, moments};
 use crate::comm::{Communicator, RankMoments, all_gather_moments};
 use crate::dtype::{DType, Element, Real};
 use crate::error::{Error, Result, fmt_shape};
@@ -284,6 +284,29 @@ fn run_typed<T: crate::tensor::ElementData>(
         return Ok((SavedStats::empty(x.dtype()), 0.0));
     }
     let local_count = (g.n * g.s) as f64;
+    let eps = args.eps;
+    let finish =
+        |count: f64, m: f64| moments::finish::<T::Compute>(count as usize, m, eps, false, true).1;
+    if comm.is_none() && x.numel() > 0 && g.s != 1 {
+        // Local statistics: channels-first input is normalised channel by channel while the
+        // channel is in cache (bit-identical to the moments-then-apply path below). Dense
+        // channels-last data (always the case for S = 1) returns `None` before touching `y`
+        // and takes that path.
+        let fin = |m: f64| finish(local_count, m);
+        let fused = run_dense::<T, _>(op, x, y, true, |xs, ys, lay| {
+            matches!(lay, ChannelLayout::First)
+                .then(|| cpu::batch_norm_first_fused(xs, ys, g, fin, &gamma, &beta))
+        })?;
+        if let Some((mean, m2, rstd)) = fused {
+            update_running::<T::Compute>(
+                pdt,
+                (args.running_mean.as_mut(), args.running_var.as_mut()),
+                (&mean, &m2, local_count),
+                factor,
+            );
+            return Ok((SavedStats::from_parts(&mean, rstd), local_count));
+        }
+    }
     let (mean, m2) = if x.numel() == 0 {
         (vec![0.0; g.c], vec![0.0; g.c])
     } else {
@@ -300,11 +323,7 @@ fn run_typed<T: crate::tensor::ElementData>(
         Some(c) => all_gather_moments(c, &local).map_err(|e| e.in_op(op))?,
         None => local,
     };
-    let eps = args.eps;
-    let rstd: Vec<T::Compute> = m2
-        .iter()
-        .map(|&m| moments::finish::<T::Compute>(count as usize, m, eps, false, true).1)
-        .collect();
+    let rstd: Vec<T::Compute> = m2.iter().map(|&m| finish(count, m)).collect();
     if x.numel() > 0 {
         let scale: Vec<T::Compute> = rstd.iter().zip(&gamma).map(|(&r, &w)| r * w).collect();
         let shift = centres(&mean);

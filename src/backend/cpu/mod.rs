@@ -221,18 +221,10 @@ pub fn channel_moments<T: Element>(
             let stats: Vec<(f64, f64)> = (0..g.c)
                 .into_par_iter()
                 .map(|c| {
-                    let plane = |n: usize| &x[(n * g.c + c) * g.s..(n * g.c + c + 1) * g.s];
-                    let mut s = T::Acc::ZERO;
-                    for n in 0..g.n {
-                        s += sum(plane(n));
-                    }
-                    let mean64 = s.to_f64() / m;
-                    let mean = Centre::of(mean64);
-                    let mut m2 = T::Acc::ZERO;
-                    for n in 0..g.n {
-                        m2 += sum_sq_dev(plane(n), mean);
-                    }
-                    (mean64, m2.to_f64())
+                    let planes: Vec<&[T]> = (0..g.n)
+                        .map(|n| &x[(n * g.c + c) * g.s..(n * g.c + c + 1) * g.s])
+                        .collect();
+                    planes_moments(&planes)
                 })
                 .collect();
             stats.into_iter().unzip()
@@ -245,6 +237,82 @@ pub fn channel_moments<T: Element>(
             (mean, m2.iter().map(|v| v.to_f64()).collect())
         }
     }
+}
+
+/// `(mean, m2)` over one channel's planes (in `n` order): the sum of every plane added in
+/// order, then the sums of squared deviations from the f64 mean, in order.
+fn planes_moments<T: Element>(planes: &[&[T]]) -> (f64, f64) {
+    let count: usize = planes.iter().map(|p| p.len()).sum();
+    let mut s = T::Acc::ZERO;
+    for p in planes {
+        s += sum(p);
+    }
+    let mean64 = s.to_f64() / count as f64;
+    let mean = Centre::of(mean64);
+    let mut m2 = T::Acc::ZERO;
+    for p in planes {
+        m2 += sum_sq_dev(p, mean);
+    }
+    (mean64, m2.to_f64())
+}
+
+/// BatchNorm training forward in [`ChannelLayout::First`] (local statistics only), fused per
+/// channel: the channel's moments ([`planes_moments`]), `r = finish(m2)` and the apply
+/// `y = (x − μ)·(r·γ_c) + β_c` of its `N` planes run back to back while the channel is in
+/// L2, so `x` is read from memory once instead of twice. The same operations in the same
+/// order as [`channel_moments`] then [`apply_channel`], so the results are bit-identical.
+/// Returns `(mean, m2, r)` per channel.
+pub fn batch_norm_first_fused<T: Element>(
+    x: &[T],
+    y: &mut [T],
+    g: Geom,
+    finish: impl Fn(f64) -> T::Compute + Sync,
+    gamma: &[T::Compute],
+    beta: &[T::Compute],
+) -> (Vec<f64>, Vec<f64>, Vec<T::Compute>) {
+    let total = g.n * g.c * g.s;
+    if total == 0 {
+        let (mean, m2) = channel_moments(x, g, ChannelLayout::First);
+        let r = m2.iter().map(|&m| finish(m)).collect();
+        return (mean, m2, r);
+    }
+    // Each channel's output planes, in `n` order (disjoint borrows of `y`).
+    let mut outs: Vec<Vec<&mut [T]>> = (0..g.c).map(|_| Vec::with_capacity(g.n)).collect();
+    for (i, yp) in y[..total].chunks_mut(g.s).enumerate() {
+        outs[i % g.c].push(yp);
+    }
+    let stats: Vec<(f64, f64, T::Compute)> = outs
+        .into_par_iter()
+        .enumerate()
+        .map(|(c, ys)| {
+            let planes: Vec<&[T]> = (0..g.n)
+                .map(|n| &x[(n * g.c + c) * g.s..(n * g.c + c + 1) * g.s])
+                .collect();
+            let (mean, m2) = planes_moments(&planes);
+            let rs = finish(m2);
+            let (shift, scale) = (Centre::of(mean), rs * gamma[c]);
+            for (yp, xp) in ys.into_iter().zip(planes) {
+                affine_run(xp, yp, shift, scale, beta[c]);
+            }
+            (mean, m2, rs)
+        })
+        .collect();
+    unzip3(stats)
+}
+
+/// Splits a vector of triples into three vectors.
+fn unzip3<A, B, C>(v: Vec<(A, B, C)>) -> (Vec<A>, Vec<B>, Vec<C>) {
+    let mut out = (
+        Vec::with_capacity(v.len()),
+        Vec::with_capacity(v.len()),
+        Vec::with_capacity(v.len()),
+    );
+    for (a, b, c) in v {
+        out.0.push(a);
+        out.1.push(b);
+        out.2.push(c);
+    }
+    out
 }
 
 /// Per-(sample, group) moments (GroupNorm; InstanceNorm with `groups = C`): `(mean, m2)` of
@@ -347,17 +415,7 @@ pub fn group_norm_first_fused<T: Element>(
             (mean, m2, rs)
         })
         .collect();
-    let mut out = (
-        Vec::with_capacity(stats.len()),
-        Vec::with_capacity(stats.len()),
-        Vec::with_capacity(stats.len()),
-    );
-    for (a, b, c) in stats {
-        out.0.push(a);
-        out.1.push(b);
-        out.2.push(c);
-    }
-    out
+    unzip3(stats)
 }
 
 /// Per-row moments over a row-major `(rows, cols)` slice (LayerNorm).
@@ -716,6 +774,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The fused channels-first BatchNorm forward gives the same bits as the moments, then the
+    /// apply, in f32 and bf16.
+    #[test]
+    fn fused_batch_norm_matches_moments_then_apply() {
+        use super::{
+            ChannelLayout, Coefficients, Geom, apply_channel, batch_norm_first_fused,
+            channel_moments, moments::Centre, moments::finish,
+        };
+        fn check<T: crate::dtype::Element>(x: &[T]) {
+            let g = Geom { n: 3, c: 5, s: 37 };
+            let fin = |m: f64| finish::<T::Compute>(g.n * g.s, m, 1e-5, false, true).1;
+            let gamma: Vec<T::Compute> = (0..g.c)
+                .map(|c| <T::Compute as crate::dtype::Real>::from_f64(0.5 + c as f64))
+                .collect();
+            let beta: Vec<T::Compute> = (0..g.c)
+                .map(|c| <T::Compute as crate::dtype::Real>::from_f64(c as f64 - 2.0))
+                .collect();
+            let mut y1 = vec![T::default(); x.len()];
+            let (m1, v1, r1) = batch_norm_first_fused(x, &mut y1, g, fin, &gamma, &beta);
+            let (m2, v2) = channel_moments(x, g, ChannelLayout::First);
+            let r2: Vec<T::Compute> = v2.iter().map(|&m| fin(m)).collect();
+            let shift: Vec<Centre<T::Compute>> = m2.iter().map(|&m| Centre::of(m)).collect();
+            let scale: Vec<T::Compute> = r2.iter().zip(&gamma).map(|(&r, &w)| r * w).collect();
+            let k = Coefficients {
+                shift: &shift,
+                scale: &scale,
+                offset: &beta,
+                per_sample: false,
+            };
+            let mut y2 = vec![T::default(); x.len()];
+            apply_channel(x, &mut y2, g, ChannelLayout::First, &k);
+            assert_eq!((m1, v1, r1), (m2, v2, r2));
+            let bits = |y: &[T]| y.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y1), bits(&y2));
+        }
+        let values: Vec<f64> = (0..3 * 5 * 37)
+            .map(|i| 7.0 + ((i * 7919) % 1013) as f64 / 97.0)
+            .collect();
+        check(&values.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        check(
+            &values
+                .iter()
+                .map(|&v| half::bf16::from_f64(v))
+                .collect::<Vec<_>>(),
+        );
     }
 
     /// Large mean, small spread (1e4 ± 1e-2) in f32 through the vectorised paths: the
