@@ -181,4 +181,25 @@ fn cuda_device_bench_without_a_gpu_is_a_clear_error() {
     let out = normkit(&["bench", "--device", "tpu"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("expected cpu, cuda, cuda:N, emu or auto"));
+    // auto (the default) falls back to the CPU, saying why
+    let out = normkit(&[
+        "bench",
+        "--json",
+        "--quick",
+        "--threads",
+        "1",
+        "--filter",
+        "LayerNorm/8192x768/row-major/fwd/float32",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("benchmarking the CPU") && stderr.contains(reason),
+        "{stderr}"
+    );
+    assert!(
+        text(&out.stdout).contains("\"device\":\"cpu\""),
+        "{}",
+        text(&out.stdout)
+    );
 }

@@ -6,6 +6,7 @@ use normkit::DType;
 use normkit::backend::cpu::{simd_level, threads::effective_threads};
 use normkit::bench::device::{DevicePrepared, DeviceSpec, measure_device};
 use normkit::bench::{Bandwidth, Case, Measurement, Prepared, Suite, bandwidth};
+use normkit::device::{Device, DeviceRequest, Selection, select_device};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -27,7 +28,8 @@ device's stream after --warmup runs (default 3); a DeviceUnavailable error with 
 reason when there is no usable GPU. --device emu runs them on the host emulation of the CUDA
 kernels, timed by the host clock (a smoke test of the device path, not a GPU timing).
 --max-elements N shrinks every case to about N elements (batch first, then spatial dims;
---filter matches the full-size names).";
+--filter matches the full-size names). --device auto (the default) takes CUDA device 0 when this
+build has the cuda feature and finds a GPU, else the CPU (saying why).";
 
 #[derive(Debug)]
 struct Opts {
@@ -210,9 +212,28 @@ enum Target {
 
 fn run_bench(o: &Opts) -> Result<bool, String> {
     let suite = Suite::standard()?;
+    let cpu = || Target::Cpu {
+        threads: o.threads.map_or(suite.threads.clone(), |t| vec![t]),
+    };
     let target = match o.device.as_str() {
-        "cpu" | "auto" => Target::Cpu {
-            threads: o.threads.map_or(suite.threads.clone(), |t| vec![t]),
+        "cpu" => cpu(),
+        // the best device this build can use: CUDA device 0 when the probe finds one
+        "auto" => match select_device(DeviceRequest::Auto).map_err(|e| e.to_string())? {
+            Selection {
+                device: Device::Cuda(i),
+                ..
+            } => Target::Device(
+                DeviceSpec::parse(&format!("cuda:{i}"))
+                    .ok_or_else(|| format!("--device auto: cannot use cuda:{i}"))?,
+            ),
+            Selection {
+                fallback_reason, ..
+            } => {
+                if let Some(why) = fallback_reason {
+                    eprintln!("normkit bench: no CUDA device ({why}); benchmarking the CPU");
+                }
+                cpu()
+            }
         },
         other => Target::Device(DeviceSpec::parse(other).ok_or_else(|| {
             format!("--device: expected cpu, cuda, cuda:N, emu or auto, got '{other}'")
