@@ -195,6 +195,32 @@ fn saved_stats_checks(
     device_checks(op, g, x, &params, grads)
 }
 
+/// The checks of a backward with a weight and saved (mean, invstd): the CPU op's own
+/// `validate` on host proxies of the device operands, then [`saved_stats_checks`].
+fn validate_saved<R>(
+    op: &str,
+    g: &DeviceTensor,
+    x: &DeviceTensor,
+    (weight, (mean, invstd), grads): (
+        Option<&DeviceTensor>,
+        (&DeviceTensor, &DeviceTensor),
+        &DeviceGradients,
+    ),
+    validate: impl FnOnce(&Tensor, &Tensor, Option<&Tensor>, (&Tensor, &Tensor), &GradSpec) -> Result<R>,
+) -> Result<R> {
+    let hw = opt_proxy(weight)?;
+    let (hm, hr) = (proxy(&mean.meta)?, proxy(&invstd.meta)?);
+    let r = validate(
+        &proxy(&g.meta)?,
+        &proxy(&x.meta)?,
+        hw.as_ref(),
+        (&hm, &hr),
+        &grads.spec(),
+    )?;
+    saved_stats_checks(op, g, x, weight, (mean, invstd), grads)?;
+    Ok(r)
+}
+
 /// Element order of `x`, checking that `grad_output` and `grad_input` share it.
 fn order_of(
     op: &str,
@@ -348,24 +374,14 @@ pub fn plan_group_norm_backward(
     args: &CudaGroupNormBackwardArgs,
 ) -> Result<Planned<NormBackwardPlan>> {
     const OP: &str = "group_norm_backward";
-    let hw = opt_proxy(args.weight.as_ref())?;
-    let (hm, hr) = (proxy(&args.mean.meta)?, proxy(&args.invstd.meta)?);
-    let geom = validate_group_norm_backward(
-        &proxy(&g.meta)?,
-        &proxy(&x.meta)?,
-        args.num_groups,
-        hw.as_ref(),
-        (&hm, &hr),
-        &args.grads.spec(),
-    )?;
-    saved_stats_checks(
-        OP,
-        g,
-        x,
+    let saved = (
         args.weight.as_ref(),
         (&args.mean, &args.invstd),
         &args.grads,
-    )?;
+    );
+    let geom = validate_saved(OP, g, x, saved, |hg, hx, hw, stats, spec| {
+        validate_group_norm_backward(hg, hx, args.num_groups, hw, stats, spec)
+    })?;
     if x.numel() == 0 {
         return Ok(Planned::Empty);
     }
@@ -395,24 +411,14 @@ pub fn plan_layer_norm_backward(
     args: &CudaLayerNormBackwardArgs,
 ) -> Result<Planned<(DType, LayerNormBwdParams)>> {
     const OP: &str = "layer_norm_backward";
-    let hw = opt_proxy(args.weight.as_ref())?;
-    let (hm, hr) = (proxy(&args.mean.meta)?, proxy(&args.invstd.meta)?);
-    let (rows, cols) = validate_layer_norm_backward(
-        &proxy(&g.meta)?,
-        &proxy(&x.meta)?,
-        &args.normalized_shape,
-        hw.as_ref(),
-        (&hm, &hr),
-        &args.grads.spec(),
-    )?;
-    saved_stats_checks(
-        OP,
-        g,
-        x,
+    let saved = (
         args.weight.as_ref(),
         (&args.mean, &args.invstd),
         &args.grads,
-    )?;
+    );
+    let (rows, cols) = validate_saved(OP, g, x, saved, |hg, hx, hw, stats, spec| {
+        validate_layer_norm_backward(hg, hx, &args.normalized_shape, hw, stats, spec)
+    })?;
     if x.numel() == 0 {
         return Ok(Planned::Empty);
     }
