@@ -29,7 +29,10 @@ reason when there is no usable GPU. --device emu runs them on the host emulation
 kernels, timed by the host clock (a smoke test of the device path, not a GPU timing).
 --max-elements N shrinks every case to about N elements (batch first, then spatial dims;
 --filter matches the full-size names). --device auto (the default) takes CUDA device 0 when this
-build has the cuda feature and finds a GPU, else the CPU (saying why).";
+build has the cuda feature and finds a GPU, else the CPU (saying why).
+
+CPU workers spin for 2 ms after each op before sleeping (as OpenMP runtimes do); the
+environment variable NORMKIT_SPIN_US=N changes that (0 = sleep at once).";
 
 #[derive(Debug)]
 struct Opts {

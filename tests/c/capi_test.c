@@ -120,6 +120,16 @@ static void test_versions(void) {
   normkit_version(NULL, NULL, NULL); /* NULLs are skipped */
 }
 
+static void test_spin_wait(void) {
+  uint64_t before = normkit_cpu_spin_wait();
+  normkit_set_cpu_spin_wait(0);
+  CHECK(normkit_cpu_spin_wait() == 0);
+  normkit_set_cpu_spin_wait(750);
+  CHECK(normkit_cpu_spin_wait() == 750);
+  normkit_set_cpu_spin_wait(before);
+  CHECK(normkit_cpu_spin_wait() == before);
+}
+
 static void test_status_strings(void) {
   CHECK(NORMKIT_STATUS_OK == 0);
   CHECK(strcmp(normkit_status_string(NORMKIT_STATUS_OK), "success") == 0);
@@ -1439,6 +1449,7 @@ static void test_communicator(normkit_context_t *ctx) {
 int main(void) {
   normkit_context_t *ctx;
   test_versions();
+  test_spin_wait();
   test_status_strings();
   test_context();
   test_last_error();
