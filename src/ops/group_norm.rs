@@ -4,8 +4,7 @@ use super::{
     OutMeta, SavedStats, channel_geom, check_min_rank, check_output_meta, check_param_dtypes,
     param_values, run_dense, with_element,
 };
-use crate::backend::cpu::moments::Centre;
-use crate::backend::cpu::{self, ChannelLayout, Coefficients, moments};
+use crate::backend::cpu::{self, moments};
 use crate::error::{Error, Result, fmt_shape};
 use crate::tensor::{ElementData, Tensor, TensorMut};
 
@@ -134,25 +133,13 @@ fn run_typed<T: ElementData>(
     let eps = args.eps;
     let finish = |m: f64| moments::finish::<T::Compute>(cg * g.s, m, eps, true, false).1;
     let (mean, rstd) = run_dense::<T, _>(OP, x, y, true, |xs, ys, lay| {
-        if matches!(lay, ChannelLayout::First) {
-            let (mean, _, rstd) =
-                cpu::group_norm_first_fused(xs, ys, g, groups, finish, &gamma, &beta);
-            return (mean, rstd);
-        }
-        let (mean, m2) = cpu::group_moments(xs, g, groups, lay);
-        let rstd: Vec<T::Compute> = m2.iter().map(|&m| finish(m)).collect();
-        let nc = g.n * g.c;
-        let stat = |i: usize| (i / g.c) * groups + (i % g.c) / cg;
-        let shift: Vec<Centre<T::Compute>> = (0..nc).map(|i| Centre::of(mean[stat(i)])).collect();
-        let scale: Vec<T::Compute> = (0..nc).map(|i| rstd[stat(i)] * gamma[i % g.c]).collect();
-        let offset: Vec<T::Compute> = (0..nc).map(|i| beta[i % g.c]).collect();
-        let k = Coefficients {
-            shift: &shift,
-            scale: &scale,
-            offset: &offset,
-            per_sample: true,
+        let p = cpu::GroupAffine {
+            groups,
+            finish: &finish,
+            gamma: &gamma,
+            beta: &beta,
         };
-        cpu::apply_channel(xs, ys, g, lay, &k);
+        let (mean, _, rstd) = cpu::group_norm_fused(xs, ys, g, lay, &p);
         (mean, rstd)
     })?;
     Ok(SavedStats::from_parts(&mean, rstd))

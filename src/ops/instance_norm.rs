@@ -2,10 +2,10 @@
 
 use super::batch_norm::normalize_with_running_stats;
 use super::{
-    OutMeta, SavedStats, centres, channel_geom, check_min_rank, check_numel, check_output_meta,
+    OutMeta, SavedStats, channel_geom, check_min_rank, check_numel, check_output_meta,
     check_param_dtypes, ema, param_values, run_dense, with_element,
 };
-use crate::backend::cpu::{self, ChannelLayout, Coefficients, moments};
+use crate::backend::cpu::{self, moments};
 use crate::dtype::{DType, Real};
 use crate::error::{Error, Result, fmt_shape};
 use crate::tensor::{ElementData, Tensor, TensorMut};
@@ -134,26 +134,13 @@ fn run_typed<T: ElementData>(
     let eps = args.eps;
     let finish = |m: f64| moments::finish::<T::Compute>(g.s, m, eps, false, true).1;
     let (mean, m2, rstd) = run_dense::<T, _>(OP, x, y, true, |xs, ys, lay| {
-        if matches!(lay, ChannelLayout::First) {
-            return cpu::group_norm_first_fused(xs, ys, g, g.c, finish, &gamma, &beta);
-        }
-        let (mean, m2) = cpu::group_moments(xs, g, g.c, lay);
-        let rstd: Vec<T::Compute> = m2.iter().map(|&m| finish(m)).collect();
-        let scale: Vec<T::Compute> = rstd
-            .iter()
-            .enumerate()
-            .map(|(i, &r)| r * gamma[i % g.c])
-            .collect();
-        let offset: Vec<T::Compute> = (0..g.n * g.c).map(|i| beta[i % g.c]).collect();
-        let shift = centres(&mean);
-        let k = Coefficients {
-            shift: &shift,
-            scale: &scale,
-            offset: &offset,
-            per_sample: true,
+        let p = cpu::GroupAffine {
+            groups: g.c,
+            finish: &finish,
+            gamma: &gamma,
+            beta: &beta,
         };
-        cpu::apply_channel(xs, ys, g, lay, &k);
-        (mean, m2, rstd)
+        cpu::group_norm_fused(xs, ys, g, lay, &p)
     })?;
     // PyTorch updates N tiled copies of the running statistics and averages them.
     let f = args.momentum;
