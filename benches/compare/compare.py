@@ -7,7 +7,7 @@ swapped every round), and the median of the per-round medians is kept. Prints th
 
     python3 benches/compare/compare.py [--normkit target/release/normkit] [--reps 11]
         [--rounds 3] [--threads 1 2] [--dtypes float32 bfloat16] [--filter SUBSTR]
-        [--bandwidth] [--markdown]
+        [--bandwidth] [--markdown] [--settle 0.25]
 
 Backward ("bwd") cases time only PyTorch's autograd backward of F.batch_norm (training) /
 F.group_norm / F.layer_norm with x, weight and bias requiring grad (dx, dweight, dbias), the
@@ -149,6 +149,10 @@ def main():
     ap.add_argument("--filter", default="")
     ap.add_argument("--bandwidth", action="store_true", help="also measure memory bandwidth")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument("--settle", type=float, default=0.25,
+                    help="seconds of idleness before each side's timing, so that neither "
+                         "side's still-spinning worker threads (PyTorch's OpenMP spin-wait, "
+                         "normkit's) compete with the other's")
     args = ap.parse_args()
     with open(CASES) as f:
         suite = json.load(f)
@@ -164,6 +168,7 @@ def main():
             for r in range(args.rounds):
                 order = ("n", "t") if r % 2 == 0 else ("t", "n")
                 for who in order:
+                    time.sleep(args.settle)
                     if who == "n":
                         nk.append(time_normkit(args.normkit, case, t, args.reps))
                     else:
