@@ -269,38 +269,78 @@ fn channel_backward(
         let stat = |i: usize| grouping.stat(i);
         let mu: Vec<Centre<C>> = (0..nc).map(|i| mu_s[stat(i)]).collect();
         let count = sync.map_or(grouping.count(), |(_, n)| n);
-        run_dense_grad::<T, _>(op, x, grad_output, grads.grad_input.as_mut(), true, |xs, gs, dx, lay| -> Result<_> {
-            let (a, b) = kernels::channel_grad_sums(xs, gs, geom, lay, &mu);
-            if let Some(dx) = dx {
-                // per-statistic sums of the γ-weighted A = Σg and B = Σg·(x − μ)
-                let mut sa = vec![0.0; r_s.len()];
-                let mut sb = vec![0.0; r_s.len()];
-                for i in 0..nc {
-                    let gm = gamma[i % geom.c].to_f64();
-                    sa[stat(i)] += gm * a[i];
-                    sb[stat(i)] += gm * b[i];
-                }
-                if let Some((comm, _)) = sync {
-                    // SyncBatchNorm: dx uses the sums over every rank's batch
-                    let mut both = [sa.as_slice(), sb.as_slice()].concat();
-                    comm.all_reduce_sum(&mut both).map_err(crate::comm::communication)?;
-                    let (ga, gb) = both.split_at(sa.len());
-                    sa.copy_from_slice(ga);
-                    sb.copy_from_slice(gb);
-                }
-                let mut p = Vec::with_capacity(nc);
-                let mut q = Vec::with_capacity(nc);
-                let mut o = Vec::with_capacity(nc);
-                for i in 0..nc {
-                    let r = r_s[stat(i)].to_f64();
-                    p.push(C::from_f64(r * gamma[i % geom.c].to_f64()));
-                    let (qi, oi) = if training { (-r * r * r * sb[stat(i)] / count, -r * sa[stat(i)] / count) } else { (0.0, 0.0) };
-                    q.push(C::from_f64(qi));
-                    o.push(C::from_f64(oi));
-                }
-                let k = GradCoefficients { mu: &mu, p: &p, q: &q, o: &o, per_sample: true };
-                kernels::apply_channel_grad(xs, gs, dx, geom, lay, &k);
+        // dx = g·p + (x − μ)·q + o for pair i, from its statistic's γ-weighted sums
+        let coefficient = |i: usize, sa: f64, sb: f64| {
+            let r = r_s[stat(i)].to_f64();
+            let p = C::from_f64(r * gamma[i % geom.c].to_f64());
+            let (q, o) = if training { (-r * r * r * sb / count, -r * sa / count) } else { (0.0, 0.0) };
+            (p, C::from_f64(q), C::from_f64(o))
+        };
+        // The coefficients of the pairs `i0 ..` of one statistic from their sums `A`, `B`.
+        let unit_coefficients = |i0: usize, a: &[f64], b: &[f64]| {
+            // the statistic's γ-weighted sums, its channels in order (as the unfused path)
+            let (mut sa, mut sb) = (0.0, 0.0);
+            for (j, (&a, &b)) in a.iter().zip(b).enumerate() {
+                let gm = gamma[(i0 + j) % geom.c].to_f64();
+                sa += gm * a;
+                sb += gm * b;
             }
+            let mut k = (Vec::with_capacity(a.len()), Vec::with_capacity(a.len()), Vec::with_capacity(a.len()));
+            for j in 0..a.len() {
+                let (p, q, o) = coefficient(i0 + j, sa, sb);
+                k.0.push(p);
+                k.1.push(q);
+                k.2.push(o);
+            }
+            k
+        };
+        // Every statistic's γ-weighted sums of A = Σg and B = Σg·(x − μ) (over every rank's
+        // batch for SyncBatchNorm), then the apply over the whole tensor.
+        let two_pass_apply = |(xs, gs, dx): (&[T], &[T], &mut [T]), lay, (a, b): (&[f64], &[f64])| -> Result<()> {
+            let mut sa = vec![0.0; r_s.len()];
+            let mut sb = vec![0.0; r_s.len()];
+            for i in 0..nc {
+                let gm = gamma[i % geom.c].to_f64();
+                sa[stat(i)] += gm * a[i];
+                sb[stat(i)] += gm * b[i];
+            }
+            if let Some((comm, _)) = sync {
+                let mut both = [sa.as_slice(), sb.as_slice()].concat();
+                comm.all_reduce_sum(&mut both).map_err(crate::comm::communication)?;
+                let (ga, gb) = both.split_at(sa.len());
+                sa.copy_from_slice(ga);
+                sb.copy_from_slice(gb);
+            }
+            let mut p = Vec::with_capacity(nc);
+            let mut q = Vec::with_capacity(nc);
+            let mut o = Vec::with_capacity(nc);
+            for i in 0..nc {
+                let (pi, qi, oi) = coefficient(i, sa[stat(i)], sb[stat(i)]);
+                p.push(pi);
+                q.push(qi);
+                o.push(oi);
+            }
+            let k = GradCoefficients { mu: &mu, p: &p, q: &q, o: &o, per_sample: true };
+            kernels::apply_channel_grad(xs, gs, dx, geom, lay, &k);
+            Ok(())
+        };
+        run_dense_grad::<T, _>(op, x, grad_output, grads.grad_input.as_mut(), true, |xs, gs, dx, lay| -> Result<_> {
+            // Statistics per (sample, group) over whole planes: reduce and apply per group
+            // while it is in cache (the same bits as the two passes below).
+            let fused = !grouping.per_channel && sync.is_none() && lay == ChannelLayout::First;
+            let (a, b) = match dx {
+                Some(dx) if fused => {
+                    let planes = geom.c / grouping.groups.max(1);
+                    kernels::channel_grad_fused((xs, gs, dx), geom, planes, &mu, unit_coefficients)
+                }
+                dx => {
+                    let (a, b) = kernels::channel_grad_sums(xs, gs, geom, lay, &mu);
+                    if let Some(dx) = dx {
+                        two_pass_apply((xs, gs, dx), lay, (&a, &b))?;
+                    }
+                    (a, b)
+                }
+            };
             let per_channel = |f: &dyn Fn(usize) -> f64| -> Vec<f64> {
                 (0..geom.c).map(|c| (0..geom.n).map(|n| f(n * geom.c + c)).sum()).collect()
             };
