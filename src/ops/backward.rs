@@ -325,13 +325,13 @@ fn channel_backward(
             Ok(())
         };
         run_dense_grad::<T, _>(op, x, grad_output, grads.grad_input.as_mut(), true, |xs, gs, dx, lay| -> Result<_> {
-            // Statistics per (sample, group) over whole planes: reduce and apply per group
-            // while it is in cache (the same bits as the two passes below).
-            let fused = !grouping.per_channel && sync.is_none() && lay == ChannelLayout::First;
+            // Statistics per (sample, group): reduce and apply per group (channels first) or
+            // per sample (channels last) while it is in cache (the bits of the two passes).
+            let fused = !grouping.per_channel && sync.is_none();
             let (a, b) = match dx {
                 Some(dx) if fused => {
                     let planes = geom.c / grouping.groups.max(1);
-                    kernels::channel_grad_fused((xs, gs, dx), geom, planes, &mu, unit_coefficients)
+                    kernels::channel_grad_fused((xs, gs, dx), (geom, lay), planes, &mu, unit_coefficients)
                 }
                 dx => {
                     let (a, b) = kernels::channel_grad_sums(xs, gs, geom, lay, &mu);

@@ -39,27 +39,12 @@ pub fn channel_grad_sums<T: Element>(
         ChannelLayout::Last => {
             let (c, s) = (geom.c, geom.s);
             let (hi, lo) = split_centres(mu);
-            let mut a_all = Vec::with_capacity(nc);
-            let mut b_all = Vec::with_capacity(nc);
-            for n in 0..geom.n {
+            let per_sample = (0..geom.n).map(|n| {
                 let range = n * s * c..(n + 1) * s * c;
                 let centres = (&hi[n * c..(n + 1) * c], &lo[n * c..(n + 1) * c]);
-                let piece = reduction_rows(s, c) * c;
-                let partials: PairSums<T::Acc> = x[range.clone()]
-                    .par_chunks(piece)
-                    .zip(g[range].par_chunks(piece))
-                    .map(|(xc, gc)| {
-                        let mut a = vec![T::Acc::ZERO; c];
-                        let mut b = vec![T::Acc::ZERO; c];
-                        grad_sums_columns(&mut a, &mut b, xc, gc, centres);
-                        (a, b)
-                    })
-                    .collect();
-                let (a, b) = merge_pairs(partials, c);
-                a_all.extend(a);
-                b_all.extend(b);
-            }
-            (a_all, b_all)
+                sample_grad_sums(&x[range.clone()], &g[range], centres, true)
+            });
+            flatten_pairs(per_sample.collect())
         }
     }
 }
@@ -67,16 +52,17 @@ pub fn channel_grad_sums<T: Element>(
 /// Per-plane coefficients `(p, q, o)` of one unit of planes (see [`channel_grad_fused`]).
 pub type UnitCoefficients<C> = (Vec<C>, Vec<C>, Vec<C>);
 
-/// Channels first, statistics per unit of `planes` consecutive `(n, c)` planes (a GroupNorm
-/// group, an InstanceNorm plane): per unit, the planes' sums `(A, B)` (as
-/// [`channel_grad_sums`]), then `coefficients(first_plane, &A, &B)` and the apply
-/// `dx = g·p + (x − μ)·q + o` of those planes while they are in cache — `x` and `g` are read
-/// from memory once instead of twice. The same operations in the same order as
+/// Statistics per unit of `planes` consecutive `(n, c)` pairs (a GroupNorm group, an
+/// InstanceNorm channel): per unit, the pairs' sums `(A, B)` (as [`channel_grad_sums`]), then
+/// `coefficients(first_pair, &A, &B)` and the apply `dx = g·p + (x − μ)·q + o` while the data
+/// is in cache — `x` and `g` are read from memory once instead of twice. Channels first works
+/// per unit (its planes are contiguous); channels last per sample (its rows), the sample's
+/// column sums merged over pieces in order. The same operations in the same order as
 /// [`channel_grad_sums`] then [`apply_channel_grad`], so the bits are the same. Returns the
 /// per-plane `(A, B)`.
 pub fn channel_grad_fused<T: Element>(
     (x, g, dx): (&[T], &[T], &mut [T]),
-    geom: Geom,
+    (geom, layout): (Geom, ChannelLayout),
     planes: usize,
     mu: &[Centre<T::Compute>],
     coefficients: impl Fn(usize, &[f64], &[f64]) -> UnitCoefficients<T::Compute> + Sync,
@@ -84,6 +70,9 @@ pub fn channel_grad_fused<T: Element>(
     let (nc, s) = (geom.n * geom.c, geom.s);
     if nc == 0 || s == 0 || planes == 0 {
         return (vec![0.0; nc], vec![0.0; nc]);
+    }
+    if layout == ChannelLayout::Last {
+        return channel_grad_fused_last((x, g, dx), geom, planes, mu, coefficients);
     }
     let unit = planes * s;
     let sums: Vec<(Vec<f64>, Vec<f64>)> = dx[..nc * s]
@@ -110,8 +99,93 @@ pub fn channel_grad_fused<T: Element>(
             (a, b)
         })
         .collect();
-    let mut out = (Vec::with_capacity(nc), Vec::with_capacity(nc));
-    for (a, b) in sums {
+    flatten_pairs(sums)
+}
+
+/// [`channel_grad_fused`] for channels last: a task per sample.
+fn channel_grad_fused_last<T: Element>(
+    (x, g, dx): (&[T], &[T], &mut [T]),
+    geom: Geom,
+    planes: usize,
+    mu: &[Centre<T::Compute>],
+    coefficients: impl Fn(usize, &[f64], &[f64]) -> UnitCoefficients<T::Compute> + Sync,
+) -> (Vec<f64>, Vec<f64>) {
+    let (c, s) = (geom.c, geom.s);
+    let (nc, sample) = (geom.n * c, s * c);
+    let (hi, lo) = split_centres(mu);
+    let one = |n: usize, (ds, (xs, gs)): (&mut [T], (&[T], &[T])), parallel: bool| {
+        let cs = n * c..(n + 1) * c;
+        let centres = (&hi[cs.clone()], &lo[cs]);
+        let (a, b) = sample_grad_sums(xs, gs, centres, parallel);
+        let (mut p, mut q, mut o) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, (ak, bk)) in a.chunks(planes).zip(b.chunks(planes)).enumerate() {
+            let (pk, qk, ok) = coefficients(n * c + k * planes, ak, bk);
+            p.extend(pk);
+            q.extend(qk);
+            o.extend(ok);
+        }
+        let k = (p.as_slice(), q.as_slice(), o.as_slice());
+        if parallel {
+            let rows = rows_per_piece(c) * c;
+            ds.par_chunks_mut(rows)
+                .zip(xs.par_chunks(rows).zip(gs.par_chunks(rows)))
+                .for_each(|(dc, (xc, gc))| grad_apply_rows(xc, gc, dc, centres, k));
+        } else {
+            grad_apply_rows(xs, gs, ds, centres, k);
+        }
+        (a, b)
+    };
+    let units = dx[..nc * s]
+        .chunks_mut(sample)
+        .zip(x[..nc * s].chunks(sample).zip(g[..nc * s].chunks(sample)));
+    // A task per sample when every thread gets one, else parallel inside each sample.
+    let sums = if geom.n >= rayon::current_num_threads() {
+        let units: Vec<_> = units.collect();
+        units
+            .into_par_iter()
+            .enumerate()
+            .map(|(n, u)| one(n, u, false))
+            .collect()
+    } else {
+        units.enumerate().map(|(n, u)| one(n, u, true)).collect()
+    };
+    flatten_pairs(sums)
+}
+
+/// One sample's per-channel `(Σ g, Σ g·(x − μ_c))` over its `(S, C)` rows: fixed pieces of rows
+/// (in parallel, or one after the other: the same bits), merged in order.
+fn sample_grad_sums<T: Element>(
+    xs: &[T],
+    gs: &[T],
+    centres: SplitCentres<'_, T::Compute>,
+    parallel: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let c = centres.0.len();
+    let piece = reduction_rows(xs.len() / c.max(1), c) * c;
+    let one = |(xc, gc): (&[T], &[T])| {
+        let mut a = vec![T::Acc::ZERO; c];
+        let mut b = vec![T::Acc::ZERO; c];
+        grad_sums_columns(&mut a, &mut b, xc, gc, centres);
+        (a, b)
+    };
+    let partials: PairSums<T::Acc> = if parallel {
+        xs.par_chunks(piece.max(1))
+            .zip(gs.par_chunks(piece.max(1)))
+            .map(one)
+            .collect()
+    } else {
+        xs.chunks(piece.max(1))
+            .zip(gs.chunks(piece.max(1)))
+            .map(one)
+            .collect()
+    };
+    merge_pairs(partials, c)
+}
+
+/// Concatenates per-unit `(A, B)` vectors in unit order.
+fn flatten_pairs(units: Vec<(Vec<f64>, Vec<f64>)>) -> (Vec<f64>, Vec<f64>) {
+    let mut out = (Vec::new(), Vec::new());
+    for (a, b) in units {
         out.0.extend(a);
         out.1.extend(b);
     }
@@ -507,8 +581,12 @@ mod tests {
     /// the same coefficients, for f32 and bf16, and for 1 and 3 threads.
     #[test]
     fn fused_channel_grad_matches_sums_then_apply() {
-        fn check<T: Element>(x: &[T], g: &[T], threads: usize) {
-            let geom = Geom { n: 3, c: 6, s: 37 };
+        fn check<T: Element>(x: &[T], g: &[T], threads: usize, lay: ChannelLayout) {
+            let geom = Geom {
+                n: 3,
+                c: 6,
+                s: x.len() / 18,
+            };
             let planes = 2;
             let nc = geom.n * geom.c;
             let real = <T::Compute as Real>::from_f64;
@@ -533,10 +611,10 @@ mod tests {
             };
             let mut dx1 = vec![T::default(); x.len()];
             let (a1, b1) = super::super::threads::install(Some(threads), || {
-                channel_grad_fused((x, g, &mut dx1), geom, planes, &mu, coef)
+                channel_grad_fused((x, g, &mut dx1), (geom, lay), planes, &mu, coef)
             });
             let (a2, b2) = super::super::threads::install(Some(threads), || {
-                channel_grad_sums(x, g, geom, ChannelLayout::First, &mu)
+                channel_grad_sums(x, g, geom, lay, &mu)
             });
             let (mut p, mut q, mut o) = (Vec::new(), Vec::new(), Vec::new());
             for i0 in (0..nc).step_by(planes) {
@@ -553,28 +631,32 @@ mod tests {
                 per_sample: true,
             };
             let mut dx2 = vec![T::default(); x.len()];
-            apply_channel_grad(x, g, &mut dx2, geom, ChannelLayout::First, &k);
-            assert_eq!((&a1, &b1), (&a2, &b2), "threads {threads}");
+            apply_channel_grad(x, g, &mut dx2, geom, lay, &k);
+            assert_eq!((&a1, &b1), (&a2, &b2), "threads {threads} {lay:?}");
             let bits = |y: &[T]| y.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
-            assert!(bits(&dx1) == bits(&dx2), "threads {threads}");
+            assert!(bits(&dx1) == bits(&dx2), "threads {threads} {lay:?}");
             assert!(dx1.iter().any(|v| v.to_f64() != 0.0));
         }
-        let len = 3 * 6 * 37;
-        let xs: Vec<f64> = (0..len)
-            .map(|i| 7.0 + ((i * 7919) % 1013) as f64 / 97.0)
-            .collect();
-        let gs: Vec<f64> = (0..len)
-            .map(|i| ((i * 104729) % 211) as f64 / 50.0 - 2.0)
-            .collect();
-        for threads in [1, 3] {
-            let f = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<_>>();
-            check(&f(&xs), &f(&gs), threads);
-            let h = |v: &[f64]| {
-                v.iter()
-                    .map(|&v| half::bf16::from_f64(v))
-                    .collect::<Vec<_>>()
-            };
-            check(&h(&xs), &h(&gs), threads);
+        // channels last: 5000 rows give two reduction pieces per sample; 1 thread: a task per
+        // sample, 4 threads > 3 samples: parallel inside each sample
+        for (lay, s) in [(ChannelLayout::First, 37), (ChannelLayout::Last, 5000)] {
+            let len = 3 * 6 * s;
+            let xs: Vec<f64> = (0..len)
+                .map(|i| 7.0 + ((i * 7919) % 1013) as f64 / 97.0)
+                .collect();
+            let gs: Vec<f64> = (0..len)
+                .map(|i| ((i * 104729) % 211) as f64 / 50.0 - 2.0)
+                .collect();
+            for threads in [1, 4] {
+                let f = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<_>>();
+                check(&f(&xs), &f(&gs), threads, lay);
+                let h = |v: &[f64]| {
+                    v.iter()
+                        .map(|&v| half::bf16::from_f64(v))
+                        .collect::<Vec<_>>()
+                };
+                check(&h(&xs), &h(&gs), threads, lay);
+            }
         }
     }
 }
