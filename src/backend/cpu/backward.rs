@@ -639,7 +639,7 @@ mod tests {
         }
         // channels last: 5000 rows give two reduction pieces per sample; 1 thread: a task per
         // sample, 4 threads > 3 samples: parallel inside each sample
-        for (lay, s) in [(ChannelLayout::First, 37), (ChannelLayout::Last, 5000)] {
+        for (lay, s) in [(ChannelLayout::First, 37usize), (ChannelLayout::Last, 5000)] {
             let len = 3 * 6 * s;
             let xs: Vec<f64> = (0..len)
                 .map(|i| 7.0 + ((i * 7919) % 1013) as f64 / 97.0)
