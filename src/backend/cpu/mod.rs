@@ -13,7 +13,7 @@ pub mod moments;
 pub mod threads;
 
 use crate::dtype::{Element, Real};
-use moments::{Centre, acc_of, simd_clones, sum, sum_sq_dev};
+use moments::{Centre, acc_of, simd_clones, sum, sum_before_writing, sum_sq_dev};
 use rayon::prelude::*;
 
 /// The instruction set the hot loops dispatch to on this machine (the `multiversion` clones:
@@ -494,7 +494,7 @@ fn group_norm_first_fused<T: Element>(
         .zip(x[..total].par_chunks(count))
         .enumerate()
         .map(|(i, (yg, xg))| {
-            let mean = sum(xg).to_f64() / m;
+            let mean = sum_before_writing(xg, yg).to_f64() / m;
             let m2 = sum_sq_dev(xg, Centre::of(mean)).to_f64();
             let rs = (p.finish)(m2);
             let c0 = (i % p.groups) * (g.c / p.groups);
@@ -629,7 +629,7 @@ pub fn layer_norm_fused<T: Element>(
         .par_chunks_mut(cols)
         .zip(x[..rows * cols].par_chunks(cols))
         .map(|(yr, xr)| {
-            let mean = sum(xr).to_f64() / m;
+            let mean = sum_before_writing(xr, yr).to_f64() / m;
             let rs = finish(sum_sq_dev(xr, Centre::of(mean)).to_f64());
             layer_norm_row(xr, yr, Centre::of(mean), rs, weight, bias);
             (mean, rs)
