@@ -31,17 +31,25 @@ pub(crate) use simd_clones;
 simd_clones! {
 /// Σ x over `xs`, in the accumulator type.
 pub fn sum<T: Element>(xs: &[T]) -> T::Acc {
+    lane_sum(xs, |_| {})
+}
+}
+
+/// The body of [`sum`] (and [`sum_touching`]): [`LANES`] accumulators over the whole chunks,
+/// `after_chunk(k)` after chunk `k`, then the tail and the fixed lane tree.
+#[inline(always)]
+fn lane_sum<T: Element>(xs: &[T], mut after_chunk: impl FnMut(usize)) -> T::Acc {
     let mut acc = [T::Acc::ZERO; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
-    for c in chunks {
+    for (k, c) in chunks.enumerate() {
         for i in 0..LANES {
             acc[i] += c[i].to_acc();
         }
+        after_chunk(k);
     }
     add_tail(&mut acc, tail.len(), |i| tail[i].to_acc());
     combine(&acc)
-}
 }
 
 simd_clones! {
@@ -53,21 +61,16 @@ simd_clones! {
 /// stores would avoid the read but need `unsafe` intrinsics). For element types of at least
 /// 4 bytes (a chunk of `LANES` spans whole lines); see [`sum_before_writing`].
 pub fn sum_touching<T: Element>(xs: &[T], ys: &[T]) -> (T::Acc, T::Compute) {
-    let mut acc = [T::Acc::ZERO; LANES];
     let mut touch = T::Compute::ZERO;
     let step = (64 / std::mem::size_of::<T>()).clamp(1, LANES);
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for (c, t) in chunks.zip(ys.chunks_exact(LANES)) {
-        for i in 0..LANES {
-            acc[i] += c[i].to_acc();
-        }
+    let s = lane_sum(xs, |k| {
         for j in (0..LANES).step_by(step) {
-            touch = touch.max(t[j].to_compute());
+            if let Some(v) = ys.get(k * LANES + j) {
+                touch = touch.max(v.to_compute());
+            }
         }
-    }
-    add_tail(&mut acc, tail.len(), |i| tail[i].to_acc());
-    (combine(&acc), touch)
+    });
+    (s, touch)
 }
 }
 
