@@ -161,7 +161,7 @@ fn sample_grad_sums<T: Element>(
     parallel: bool,
 ) -> (Vec<f64>, Vec<f64>) {
     let c = centres.0.len();
-    let piece = reduction_rows(xs.len() / c.max(1), c) * c;
+    let piece = (reduction_rows(xs.len() / c.max(1), c) * c).max(1);
     let one = |(xc, gc): (&[T], &[T])| {
         let mut a = vec![T::Acc::ZERO; c];
         let mut b = vec![T::Acc::ZERO; c];
@@ -169,15 +169,12 @@ fn sample_grad_sums<T: Element>(
         (a, b)
     };
     let partials: PairSums<T::Acc> = if parallel {
-        xs.par_chunks(piece.max(1))
-            .zip(gs.par_chunks(piece.max(1)))
+        xs.par_chunks(piece)
+            .zip(gs.par_chunks(piece))
             .map(one)
             .collect()
     } else {
-        xs.chunks(piece.max(1))
-            .zip(gs.chunks(piece.max(1)))
-            .map(one)
-            .collect()
+        xs.chunks(piece).zip(gs.chunks(piece)).map(one).collect()
     };
     merge_pairs(partials, c)
 }
