@@ -437,11 +437,7 @@ impl<'a> Tensor<'a> {
     }
     /// All elements in logical row-major order, as f64.
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        let mut out = Vec::with_capacity(self.numel());
-        for_each_offset(&self.shape, &self.strides, |off| {
-            out.push(self.data.get_f64(off))
-        });
-        out
+        strided_to_f64(self.data, &self.shape, &self.strides)
     }
     /// The same elements with a leading dim of size 1 (an unbatched input made batched).
     pub fn unsqueeze0(&self) -> Tensor<'a> {
@@ -571,6 +567,10 @@ impl<'a> TensorMut<'a> {
         let off = linear_to_offset(&self.shape, &self.strides, i);
         self.data.set_f64(off, v);
     }
+    /// All elements in logical row-major order, as f64.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        strided_to_f64(self.data.reborrow(), &self.shape, &self.strides)
+    }
     /// The element at flat logical index `i` (row-major), as f64.
     pub fn get_linear_f64(&self, i: usize) -> f64 {
         let off = linear_to_offset(&self.shape, &self.strides, i);
@@ -578,8 +578,25 @@ impl<'a> TensorMut<'a> {
     }
 }
 
+/// The elements of a view in logical row-major order, as f64: one dtype dispatch and a plain
+/// slice loop when the view is contiguous (per-channel parameters, on every op call), the
+/// offset walk otherwise.
+fn strided_to_f64(data: HostData<'_>, shape: &[usize], strides: &[usize]) -> Vec<f64> {
+    let numel: usize = shape.iter().product();
+    if strides_match(shape, strides, &contiguous_strides(shape)) {
+        return dispatch_data!(data, s => s[..numel].iter().map(|v| v.to_f64()).collect());
+    }
+    let mut out = Vec::with_capacity(numel);
+    for_each_offset(shape, strides, |off| out.push(data.get_f64(off)));
+    out
+}
+
 /// Offset of flat row-major index `i` under `strides`.
 pub(crate) fn linear_to_offset(shape: &[usize], strides: &[usize], mut i: usize) -> usize {
+    if let [_] = shape {
+        // a per-channel vector: no division
+        return i * strides[0];
+    }
     let mut off = 0;
     for d in (0..shape.len()).rev() {
         let ext = shape[d].max(1);

@@ -200,9 +200,7 @@ pub(crate) fn param_values<C: Real>(t: Option<&Tensor>, len: usize, default: f64
 
 /// Reads a writable per-channel tensor in the compute type.
 pub(crate) fn mut_values<C: Real>(t: &TensorMut) -> Vec<C> {
-    (0..t.numel())
-        .map(|i| C::from_f64(t.get_linear_f64(i)))
-        .collect()
+    t.to_f64_vec().into_iter().map(C::from_f64).collect()
 }
 
 /// Exponential moving average `(1 − f)·old + f·new`, in the parameters' precision
