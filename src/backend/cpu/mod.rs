@@ -109,28 +109,26 @@ fn affine_run<T: Element>(
     scale: T::Compute,
     offset: T::Compute,
 ) {
+    let (hi, offset) = shift.fold(scale, offset);
     for (o, &v) in y.iter_mut().zip(x) {
-        *o = T::from_compute(shift.centre(v.to_compute()) * scale + offset);
+        *o = T::from_compute((v.to_compute() - hi) * scale + offset);
     }
 }
 }
 
 simd_clones! {
-/// `y[r, c] = (x[r, c] − shift_c)·scale_c + offset_c` over the rows of `x` (channels last; the
-/// shift given as its `hi` and `lo` parts).
+/// `y[r, c] = (x[r, c] − hi_c)·scale_c + offset_c` over the rows of `x` (channels last; the
+/// coefficients from [`fold_centres`]).
 fn affine_rows<T: Element>(
     x: &[T],
     y: &mut [T],
-    hi: &[T::Compute],
-    lo: &[T::Compute],
-    scale: &[T::Compute],
-    offset: &[T::Compute],
+    (hi, scale, offset): FoldedRef<'_, T::Compute>,
 ) {
     let cols = hi.len();
     for (yr, xr) in y.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
-        let coef = hi.iter().zip(lo).zip(scale).zip(offset);
-        for ((o, &v), (((&hi, &lo), &sc), &of)) in yr.iter_mut().zip(xr).zip(coef) {
-            *o = T::from_compute(Centre { hi, lo }.centre(v.to_compute()) * sc + of);
+        let coef = hi.iter().zip(scale).zip(offset);
+        for ((o, &v), ((&hi, &sc), &of)) in yr.iter_mut().zip(xr).zip(coef) {
+            *o = T::from_compute((v.to_compute() - hi) * sc + of);
         }
     }
 }
@@ -170,6 +168,25 @@ fn layer_norm_row<T: Element>(
         }
     }
 }
+}
+
+/// Per-channel affine coefficients `(hi, scale, offset')` of `y = (x − hi)·scale + offset'`
+/// (structure of arrays, for vector loads).
+type Folded<C> = (Vec<C>, Vec<C>, Vec<C>);
+type FoldedRef<'a, C> = (&'a [C], &'a [C], &'a [C]);
+
+/// Folds each channel's `(x − shift)·scale + offset` into [`Folded`] form ([`Centre::fold`]).
+fn fold_centres<C: Real>(shift: &[Centre<C>], scale: &[C], offset: &[C]) -> Folded<C> {
+    let (mut hi, mut off) = (
+        Vec::with_capacity(shift.len()),
+        Vec::with_capacity(shift.len()),
+    );
+    for ((c, &s), &o) in shift.iter().zip(scale).zip(offset) {
+        let (h, o) = c.fold(s, o);
+        hi.push(h);
+        off.push(o);
+    }
+    (hi, scale.to_vec(), off)
 }
 
 /// Splits centres into their `hi` and `lo` parts (structure of arrays, for vector loads).
@@ -219,7 +236,6 @@ pub fn channel_moments<T: Element>(
     if count == 0 || g.c == 0 {
         return (vec![0.0; g.c], vec![0.0; g.c]);
     }
-    let m = count as f64;
     match layout {
         ChannelLayout::First => {
             let stats: Vec<(f64, f64)> = (0..g.c)
@@ -233,14 +249,122 @@ pub fn channel_moments<T: Element>(
                 .collect();
             stats.into_iter().unzip()
         }
-        ChannelLayout::Last => {
-            let sums = column_sums(x, g.c, None, true);
-            let mean: Vec<f64> = sums.iter().map(|s| s.to_f64() / m).collect();
-            let centres: Vec<Centre<T::Compute>> = mean.iter().map(|&v| Centre::of(v)).collect();
-            let m2 = column_sums(x, g.c, Some(&centres), true);
-            (mean, m2.iter().map(|v| v.to_f64()).collect())
+        ChannelLayout::Last => column_moments(&x[..count * g.c], g.c),
+    }
+}
+
+/// Per-column `(mean, m2)` over a row-major `(rows, cols)` slice in one pass over memory:
+/// each fixed piece of rows gets its column sums, then (while it is in L2) its sums of squared
+/// deviations from its own column means; the pieces' `(count, mean, m2)` are merged in order
+/// with Chan et al.'s pairwise formula (`δ = mean_b − mean_a`, `m2 = m2_a + m2_b +
+/// δ²·n_a·n_b/n`), in f64: first within each of at most [`MOMENT_TASKS`] tasks of
+/// consecutive pieces, then the tasks' results. Two-pass within a piece, so no
+/// `E[x²] − E[x]²`; the partition depends on the shape only, so the bits do not depend on the
+/// thread count.
+fn column_moments<T: Element>(x: &[T], cols: usize) -> (Vec<f64>, Vec<f64>) {
+    let rows = x.len() / cols.max(1);
+    let piece_rows = reduction_rows(rows, cols);
+    let task_rows = piece_rows * rows.div_ceil(piece_rows).div_ceil(MOMENT_TASKS);
+    let tasks: Vec<ColumnMoments> = x
+        .par_chunks((task_rows * cols).max(1))
+        .map(|task| {
+            let mut acc = vec![T::Acc::ZERO; cols];
+            let mut hi = vec![T::Compute::ZERO; cols];
+            let mut lo = vec![T::Compute::ZERO; cols];
+            let mut piece = ColumnMoments::new(cols);
+            let mut total = ColumnMoments::new(cols);
+            for chunk in task.chunks((piece_rows * cols).max(1)) {
+                piece.n = (chunk.len() / cols) as f64;
+                acc.fill(T::Acc::ZERO);
+                accumulate_columns::<T>(&mut acc, chunk, None);
+                piece_centres::<T>(&acc, piece.n, &mut piece.mean, (&mut hi, &mut lo));
+                acc.fill(T::Acc::ZERO);
+                accumulate_columns::<T>(&mut acc, chunk, Some((&hi, &lo)));
+                for (m2, s) in piece.m2.iter_mut().zip(&acc) {
+                    *m2 = s.to_f64();
+                }
+                total.merge(&piece);
+            }
+            total
+        })
+        .collect();
+    let mut all = ColumnMoments::new(cols);
+    for t in &tasks {
+        all.merge(t);
+    }
+    (all.mean, all.m2)
+}
+
+simd_clones! {
+/// A piece's column means `Σ/n` and their [`Centre`] split (the same values as
+/// [`Centre::of`], written as selects so that the loop vectorises: the per-column work is
+/// repeated for every piece of rows).
+fn piece_centres<T: Element>(
+    sums: &[T::Acc],
+    n: f64,
+    mean: &mut [f64],
+    (hi, lo): (&mut [T::Compute], &mut [T::Compute]),
+) {
+    for (((m, h), l), s) in mean.iter_mut().zip(hi).zip(lo).zip(sums) {
+        *m = s.to_f64() / n;
+        *h = T::Compute::from_f64(*m);
+        // a non-finite mean has no low part (m − hi would be NaN)
+        let d = *m - h.to_f64();
+        *l = T::Compute::from_f64(if d.is_nan() { 0.0 } else { d });
+    }
+}
+}
+
+/// At most this many tasks in [`column_moments`] (each merges its pieces' moments as it goes).
+const MOMENT_TASKS: usize = 16;
+
+/// Per-column count, mean and sum of squared deviations of a set of rows.
+struct ColumnMoments {
+    n: f64,
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+}
+
+impl ColumnMoments {
+    fn new(cols: usize) -> Self {
+        ColumnMoments {
+            n: 0.0,
+            mean: vec![0.0; cols],
+            m2: vec![0.0; cols],
         }
     }
+
+    /// Adds the rows of `b` (Chan et al.); merging into an empty set copies `b`.
+    fn merge(&mut self, b: &ColumnMoments) {
+        if self.n == 0.0 {
+            self.n = b.n;
+            self.mean.copy_from_slice(&b.mean);
+            self.m2.copy_from_slice(&b.m2);
+            return;
+        }
+        let total = self.n + b.n;
+        chan_merge(
+            (&mut self.mean, &mut self.m2),
+            (&b.mean, &b.m2),
+            (b.n / total, self.n * b.n / total),
+        );
+        self.n = total;
+    }
+}
+
+simd_clones! {
+/// `mean_a += δ·f_b`, `m2_a += m2_b + δ²·w` per column, `δ = mean_b − mean_a`.
+fn chan_merge(
+    (mean, m2): (&mut [f64], &mut [f64]),
+    (mean_b, m2_b): (&[f64], &[f64]),
+    (fb, w): (f64, f64),
+) {
+    for ((ma, m2a), (&mb, &m2b)) in mean.iter_mut().zip(m2).zip(mean_b.iter().zip(m2_b)) {
+        let d = mb - *ma;
+        *ma += d * fb;
+        *m2a += m2b + d * d * w;
+    }
+}
 }
 
 /// `(mean, m2)` over one channel's planes (in `n` order): the sum of every plane added in
@@ -435,20 +559,19 @@ fn group_norm_last_fused<T: Element>(
     let per_sample = |xs: &[T], ys: &mut [T], parallel: bool| {
         let (mean, m2) = sample_group_moments(xs, g.c, cg, parallel);
         let r: Vec<T::Compute> = m2.iter().map(|&v| finish(v)).collect();
-        let (hi, lo): (Vec<_>, Vec<_>) = (0..g.c)
-            .map(|c| {
-                let k = Centre::<T::Compute>::of(mean[c / cg]);
-                (k.hi, k.lo)
-            })
-            .unzip();
+        let shift: Vec<_> = (0..g.c)
+            .map(|c| Centre::<T::Compute>::of(mean[c / cg]))
+            .collect();
         let scale: Vec<T::Compute> = (0..g.c).map(|c| r[c / cg] * gamma[c]).collect();
+        let (hi, scale, offset) = fold_centres(&shift, &scale, beta);
+        let k = (&hi[..], &scale[..], &offset[..]);
         if parallel {
             let rows = rows_per_piece(g.c);
             ys.par_chunks_mut(rows * g.c)
                 .zip(xs.par_chunks(rows * g.c))
-                .for_each(|(yc, xc)| affine_rows(xc, yc, &hi, &lo, &scale, beta));
+                .for_each(|(yc, xc)| affine_rows(xc, yc, k));
         } else {
-            affine_rows(xs, ys, &hi, &lo, &scale, beta);
+            affine_rows(xs, ys, k);
         }
         (mean, m2, r)
     };
@@ -566,7 +689,7 @@ pub fn apply_channel<T: Element>(
                 });
         }
         ChannelLayout::Last => {
-            let (hi, lo) = split_centres(k.shift);
+            let (hi, scale, offset) = fold_centres(k.shift, k.scale, k.offset);
             let rows = rows_per_piece(g.c);
             y.par_chunks_mut(rows * g.c)
                 .zip(x.par_chunks(rows * g.c))
@@ -574,14 +697,8 @@ pub fn apply_channel<T: Element>(
                 .for_each(|(p, (yc, xc))| {
                     sample_runs(p * rows, xc.len() / g.c, g, |n, span| {
                         let cs = idx(n, 0)..idx(n, 0) + g.c;
-                        affine_rows(
-                            &xc[span.clone()],
-                            &mut yc[span],
-                            &hi[cs.clone()],
-                            &lo[cs.clone()],
-                            &k.scale[cs.clone()],
-                            &k.offset[cs],
-                        );
+                        let k = (&hi[cs.clone()], &scale[cs.clone()], &offset[cs]);
+                        affine_rows(&xc[span.clone()], &mut yc[span], k);
                     });
                 });
         }
@@ -984,6 +1101,64 @@ mod tests {
 
     /// Large mean, small spread (1e4 ± 1e-2) in f32 through the vectorised paths: the
     /// normalised output keeps a relative error ≤ 1e-3 against float64.
+    #[test]
+    fn column_moments_match_a_float64_two_pass_reference() {
+        use super::column_moments;
+        // 5000 rows of 97: 30 pieces of 168 rows in 15 tasks; columns: a large mean with a
+        // small spread, a constant, an alternating ±1, a trend, mixed scales; f32 and bf16.
+        let (rows, cols) = (5000usize, 97usize);
+        assert_eq!(super::reduction_rows(rows, cols), 168);
+        let value = |r: usize, c: usize| -> f64 {
+            let u = ((r * 7919 + c * 104_729) % 1013) as f64 / 506.0 - 1.0;
+            match c {
+                0 => 1e4 + 1e-2 * u,
+                1 => 3.25,
+                2 => {
+                    if r % 2 == 0 {
+                        1.0
+                    } else {
+                        -1.0
+                    }
+                }
+                // a trend: every piece has its own mean
+                3 => r as f64 * 1e-2 + u,
+                _ => u * 10f64.powi(c as i32 % 7 - 3),
+            }
+        };
+        for dtype in [DType::F32, DType::BF16] {
+            let x = Buffer::from_f64(
+                dtype,
+                &(0..rows * cols)
+                    .map(|i| value(i / cols, i % cols))
+                    .collect::<Vec<_>>(),
+            );
+            let xs = x.to_f64_vec();
+            let (mean, m2) = match x.as_data() {
+                crate::HostData::F32(v) => column_moments(v, cols),
+                crate::HostData::BF16(v) => column_moments(v, cols),
+                _ => unreachable!("f32 and bf16 only"),
+            };
+            for c in 0..cols {
+                let col: Vec<f64> = xs.iter().skip(c).step_by(cols).copied().collect();
+                let mu = col.iter().sum::<f64>() / rows as f64;
+                let want = col.iter().map(|v| (v - mu).powi(2)).sum::<f64>();
+                assert!(
+                    (mean[c] - mu).abs() <= 1e-12 * mu.abs().max(1e-300),
+                    "{dtype} col {c} mean {} vs {mu}",
+                    mean[c]
+                );
+                // f32/bf16 squares accumulated in f64/f32: a few ulps of f32 per term
+                assert!(
+                    (m2[c] - want).abs() <= 1e-5 * want,
+                    "{dtype} col {c} m2 {} vs {want}",
+                    m2[c]
+                );
+            }
+            // a constant column has exactly its value as mean and no spread
+            assert_eq!((mean[1], m2[1]), (3.25, 0.0), "{dtype}");
+        }
+    }
+
     #[test]
     fn large_mean_data_keeps_its_precision() {
         let n = 4 * 8 * 40 * 40;

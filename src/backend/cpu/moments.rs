@@ -117,6 +117,21 @@ impl<C: Real> Centre<C> {
     pub fn centre(self, x: C) -> C {
         (x - self.hi) - self.lo
     }
+    /// The affine `(x − mean)·scale + offset` as `(x − hi)·scale + offset'` with
+    /// `offset' = offset − lo·scale`: returns `(hi, offset')`. One subtraction and one
+    /// coefficient stream fewer per element than [`Centre::centre`]. `x − hi` is still exact
+    /// near the mean; `lo·scale` is at most half an ulp of `hi` times the scale, i.e. of the
+    /// size of the outputs, so folding it costs one rounding of an output-sized value (not a
+    /// cancellation). With no low part (running statistics, non-finite means) `offset` is
+    /// returned untouched, so a non-finite scale is not turned into NaN through `0·∞`.
+    #[inline]
+    pub fn fold(self, scale: C, offset: C) -> (C, C) {
+        if self.lo == C::ZERO {
+            (self.hi, offset)
+        } else {
+            (self.hi, offset - self.lo * scale)
+        }
+    }
 }
 
 simd_clones! {
