@@ -194,37 +194,6 @@ pub(crate) fn split_centres<C: Real>(c: &[Centre<C>]) -> (Vec<C>, Vec<C>) {
     c.iter().map(|c| (c.hi, c.lo)).unzip()
 }
 
-/// Per-column sums over a row-major `(rows, cols)` slice: Σ x (or Σ (x − mean_col)² when
-/// `mean` is given), merged over fixed pieces of rows in order. The pieces run in parallel
-/// when `parallel` is set, else one after the other on this thread (the same bits either way).
-fn column_sums<T: Element>(
-    x: &[T],
-    cols: usize,
-    mean: Option<&[Centre<T::Compute>]>,
-    parallel: bool,
-) -> Vec<T::Acc> {
-    let piece = (reduction_rows(x.len() / cols.max(1), cols) * cols).max(1);
-    let split = mean.map(split_centres);
-    let centre = split.as_ref().map(|(h, l)| (h.as_slice(), l.as_slice()));
-    let one = |chunk: &[T]| {
-        let mut acc = vec![T::Acc::ZERO; cols];
-        accumulate_columns::<T>(&mut acc, chunk, centre);
-        acc
-    };
-    let partials: Vec<Vec<T::Acc>> = if parallel {
-        x.par_chunks(piece).map(one).collect()
-    } else {
-        x.chunks(piece).map(one).collect()
-    };
-    let mut total = vec![T::Acc::ZERO; cols];
-    for p in partials {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += v;
-        }
-    }
-    total
-}
-
 /// Per-channel moments over batch and spatial dims (BatchNorm): `(mean, m2)` per channel, with
 /// `mean = Σx / M` and `m2 = Σ (x − mean)²`, both as f64.
 pub fn channel_moments<T: Element>(
@@ -249,7 +218,7 @@ pub fn channel_moments<T: Element>(
                 .collect();
             stats.into_iter().unzip()
         }
-        ChannelLayout::Last => column_moments(&x[..count * g.c], g.c),
+        ChannelLayout::Last => column_moments(&x[..count * g.c], g.c, true),
     }
 }
 
@@ -261,33 +230,38 @@ pub fn channel_moments<T: Element>(
 /// consecutive pieces, then the tasks' results. Two-pass within a piece, so no
 /// `E[x²] − E[x]²`; the partition depends on the shape only, so the bits do not depend on the
 /// thread count.
-fn column_moments<T: Element>(x: &[T], cols: usize) -> (Vec<f64>, Vec<f64>) {
+/// The tasks run in parallel when `parallel` is set, else one after the other on this thread
+/// (the same bits either way).
+fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>, Vec<f64>) {
     let rows = x.len() / cols.max(1);
     let piece_rows = reduction_rows(rows, cols);
     let task_rows = piece_rows * rows.div_ceil(piece_rows).div_ceil(MOMENT_TASKS);
-    let tasks: Vec<ColumnMoments> = x
-        .par_chunks((task_rows * cols).max(1))
-        .map(|task| {
-            let mut acc = vec![T::Acc::ZERO; cols];
-            let mut hi = vec![T::Compute::ZERO; cols];
-            let mut lo = vec![T::Compute::ZERO; cols];
-            let mut piece = ColumnMoments::new(cols);
-            let mut total = ColumnMoments::new(cols);
-            for chunk in task.chunks((piece_rows * cols).max(1)) {
-                piece.n = (chunk.len() / cols) as f64;
-                acc.fill(T::Acc::ZERO);
-                accumulate_columns::<T>(&mut acc, chunk, None);
-                piece_centres::<T>(&acc, piece.n, &mut piece.mean, (&mut hi, &mut lo));
-                acc.fill(T::Acc::ZERO);
-                accumulate_columns::<T>(&mut acc, chunk, Some((&hi, &lo)));
-                for (m2, s) in piece.m2.iter_mut().zip(&acc) {
-                    *m2 = s.to_f64();
-                }
-                total.merge(&piece);
+    let one = |task: &[T]| {
+        let mut acc = vec![T::Acc::ZERO; cols];
+        let mut hi = vec![T::Compute::ZERO; cols];
+        let mut lo = vec![T::Compute::ZERO; cols];
+        let mut piece = ColumnMoments::new(cols);
+        let mut total = ColumnMoments::new(cols);
+        for chunk in task.chunks((piece_rows * cols).max(1)) {
+            piece.n = (chunk.len() / cols) as f64;
+            acc.fill(T::Acc::ZERO);
+            accumulate_columns::<T>(&mut acc, chunk, None);
+            piece_centres::<T>(&acc, piece.n, &mut piece.mean, (&mut hi, &mut lo));
+            acc.fill(T::Acc::ZERO);
+            accumulate_columns::<T>(&mut acc, chunk, Some((&hi, &lo)));
+            for (m2, s) in piece.m2.iter_mut().zip(&acc) {
+                *m2 = s.to_f64();
             }
-            total
-        })
-        .collect();
+            total.merge(&piece);
+        }
+        total
+    };
+    let task_len = (task_rows * cols).max(1);
+    let tasks: Vec<ColumnMoments> = if parallel {
+        x.par_chunks(task_len).map(one).collect()
+    } else {
+        x.chunks(task_len).map(one).collect()
+    };
     let mut all = ColumnMoments::new(cols);
     for t in &tasks {
         all.merge(t);
@@ -360,11 +334,18 @@ fn chan_merge(
     (fb, w): (f64, f64),
 ) {
     for ((ma, m2a), (&mb, &m2b)) in mean.iter_mut().zip(m2).zip(mean_b.iter().zip(m2_b)) {
-        let d = mb - *ma;
-        *ma += d * fb;
-        *m2a += m2b + d * d * w;
+        chan_step((ma, m2a), (mb, m2b), (fb, w));
     }
 }
+}
+
+/// One Chan et al. merge of `(mean_b, m2_b)` into `(mean_a, m2_a)` with the count factors
+/// `f_b = n_b/n` and `w = n_a·n_b/n`.
+#[inline(always)]
+fn chan_step((ma, m2a): (&mut f64, &mut f64), (mb, m2b): (f64, f64), (fb, w): (f64, f64)) {
+    let d = mb - *ma;
+    *ma += d * fb;
+    *m2a += m2b + d * d * w;
 }
 
 /// `(mean, m2)` over one channel's planes (in `n` order): the sum of every plane added in
@@ -485,27 +466,28 @@ pub fn group_moments<T: Element>(
 }
 
 /// Channels last: the per-group `(mean, m2)` of one sample's `(S, C)` rows, groups of `cg`
-/// consecutive channels: column sums, group means, centred column sums, each column sum
-/// merged over pieces in order and the columns of a group added in order.
+/// consecutive channels: the channels' moments in one pass ([`column_moments`]), then each
+/// group's channels merged in order (Chan et al., equal counts).
 fn sample_group_moments<T: Element>(
     xs: &[T],
     c: usize,
     cg: usize,
     parallel: bool,
 ) -> (Vec<f64>, Vec<f64>) {
-    let m = (xs.len() / c.max(1) * cg) as f64;
-    let group_total = |ch: &[T::Acc]| {
-        let mut s = T::Acc::ZERO;
-        for &v in ch {
-            s += v;
-        }
-        s.to_f64()
-    };
-    let csum = column_sums(xs, c, None, parallel);
-    let gmean: Vec<f64> = csum.chunks(cg).map(|ch| group_total(ch) / m).collect();
-    let chan_mean: Vec<Centre<T::Compute>> = (0..c).map(|i| Centre::of(gmean[i / cg])).collect();
-    let cm2 = column_sums(xs, c, Some(&chan_mean), parallel);
-    (gmean, cm2.chunks(cg).map(group_total).collect())
+    let n = (xs.len() / c.max(1)) as f64;
+    let (mean, m2) = column_moments(xs, c, parallel);
+    mean.chunks(cg.max(1))
+        .zip(m2.chunks(cg.max(1)))
+        .map(|(ms, qs)| {
+            let (mut mu, mut q, mut k) = (ms[0], qs[0], n);
+            for (&mb, &qb) in ms.iter().zip(qs).skip(1) {
+                let total = k + n;
+                chan_step((&mut mu, &mut q), (mb, qb), (n / total, k * n / total));
+                k = total;
+            }
+            (mu, q)
+        })
+        .unzip()
 }
 
 /// `(mean, m2, r)` of the groups of one sample.
@@ -1134,8 +1116,8 @@ mod tests {
             );
             let xs = x.to_f64_vec();
             let (mean, m2) = match x.as_data() {
-                crate::HostData::F32(v) => column_moments(v, cols),
-                crate::HostData::BF16(v) => column_moments(v, cols),
+                crate::HostData::F32(v) => column_moments(v, cols, true),
+                crate::HostData::BF16(v) => column_moments(v, cols, false),
                 _ => unreachable!("f32 and bf16 only"),
             };
             for c in 0..cols {
