@@ -277,17 +277,17 @@ fn channel_backward(
             (p, C::from_f64(q), C::from_f64(o))
         };
         // The coefficients of the pairs `i0 ..` of one statistic from their sums `A`, `B`.
-        let unit_coefficients = |i0: usize, a: &[f64], b: &[f64]| {
-            // the statistic's γ-weighted sums, its channels in order (as the unfused path)
+        let unit_coefficients = |pairs: kernels::UnitPairs, a: &[f64], b: &[f64]| {
+            // the statistic's γ-weighted sums, its pairs in order (as the unfused path)
             let (mut sa, mut sb) = (0.0, 0.0);
             for (j, (&a, &b)) in a.iter().zip(b).enumerate() {
-                let gm = gamma[(i0 + j) % geom.c].to_f64();
+                let gm = gamma[pairs.pair(j) % geom.c].to_f64();
                 sa += gm * a;
                 sb += gm * b;
             }
             let mut k = (Vec::with_capacity(a.len()), Vec::with_capacity(a.len()), Vec::with_capacity(a.len()));
             for j in 0..a.len() {
-                let (p, q, o) = coefficient(i0 + j, sa, sb);
+                let (p, q, o) = coefficient(pairs.pair(j), sa, sb);
                 k.0.push(p);
                 k.1.push(q);
                 k.2.push(o);
@@ -327,11 +327,16 @@ fn channel_backward(
         run_dense_grad::<T, _>(op, x, grad_output, grads.grad_input.as_mut(), true, |xs, gs, dx, lay| -> Result<_> {
             // Statistics per (sample, group): reduce and apply per group (channels first) or
             // per sample (channels last) while it is in cache (the bits of the two passes).
+            // Statistics per channel, channels first: per channel, its N planes gathered.
             let fused = !grouping.per_channel && sync.is_none();
+            let per_channel_fused = grouping.per_channel && sync.is_none() && lay == ChannelLayout::First;
             let (a, b) = match dx {
                 Some(dx) if fused => {
                     let planes = geom.c / grouping.groups.max(1);
                     kernels::channel_grad_fused((xs, gs, dx), (geom, lay), planes, &mu, unit_coefficients)
+                }
+                Some(dx) if per_channel_fused => {
+                    kernels::channel_grad_fused_per_channel((xs, gs, dx), geom, &mu, unit_coefficients)
                 }
                 dx => {
                     let (a, b) = kernels::channel_grad_sums(xs, gs, geom, lay, &mu);

@@ -52,9 +52,93 @@ pub fn channel_grad_sums<T: Element>(
 /// Per-plane coefficients `(p, q, o)` of one unit of planes (see [`channel_grad_fused`]).
 pub type UnitCoefficients<C> = (Vec<C>, Vec<C>, Vec<C>);
 
+/// The `(n, c)` pairs of one unit of planes: `first + j·stride` for its `j`-th plane
+/// (consecutive pairs for a GroupNorm group, stride `C` for a BatchNorm channel).
+#[derive(Clone, Copy, Debug)]
+pub struct UnitPairs {
+    pub first: usize,
+    pub stride: usize,
+}
+
+impl UnitPairs {
+    pub fn pair(self, j: usize) -> usize {
+        self.first + j * self.stride
+    }
+}
+
+/// A unit's planes of `x`, `g` and `dx`.
+type UnitPlanes<'a, T> = (&'a [&'a [T]], &'a [&'a [T]], Vec<&'a mut [T]>);
+
+/// One unit of channels-first planes: each plane's `(A, B)` in order, `coefficients`, then the
+/// apply of each plane, while the unit is in cache.
+fn unit_grad<T: Element>(
+    (xs, gs, ds): UnitPlanes<'_, T>,
+    pairs: UnitPairs,
+    mu: &[Centre<T::Compute>],
+    coefficients: &(impl Fn(UnitPairs, &[f64], &[f64]) -> UnitCoefficients<T::Compute> + Sync),
+) -> (Vec<f64>, Vec<f64>) {
+    let (a, b): (Vec<f64>, Vec<f64>) = xs
+        .iter()
+        .zip(gs)
+        .enumerate()
+        .map(|(j, (xp, gp))| grad_sums_run(xp, gp, mu[pairs.pair(j)]))
+        .unzip();
+    let (p, q, o) = coefficients(pairs, &a, &b);
+    for (j, (dp, (xp, gp))) in ds.into_iter().zip(xs.iter().zip(gs)).enumerate() {
+        grad_apply_run(xp, gp, dp, mu[pairs.pair(j)], p[j], q[j], o[j]);
+    }
+    (a, b)
+}
+
+/// [`channel_grad_fused`] for statistics per channel over the whole batch (BatchNorm),
+/// channels first: a unit per channel, its `N` planes gathered (`N·S` elements of `x` and of
+/// `g`, in L2 or L3 while the apply runs). The same operations in the same order as
+/// [`channel_grad_sums`] then [`apply_channel_grad`]. Returns the per-plane `(A, B)`.
+pub fn channel_grad_fused_per_channel<T: Element>(
+    (x, g, dx): (&[T], &[T], &mut [T]),
+    geom: Geom,
+    mu: &[Centre<T::Compute>],
+    coefficients: impl Fn(UnitPairs, &[f64], &[f64]) -> UnitCoefficients<T::Compute> + Sync,
+) -> (Vec<f64>, Vec<f64>) {
+    let (n, c, s) = (geom.n, geom.c, geom.s);
+    if n * c == 0 || s == 0 {
+        return (vec![0.0; n * c], vec![0.0; n * c]);
+    }
+    // each channel's output planes, in `n` order (disjoint borrows of `dx`)
+    let mut outs: Vec<Vec<&mut [T]>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
+    for (i, dp) in dx[..n * c * s].chunks_mut(s).enumerate() {
+        outs[i % c].push(dp);
+    }
+    let (xp, gp): (Vec<&[T]>, Vec<&[T]>) = (
+        x[..n * c * s].chunks(s).collect(),
+        g[..n * c * s].chunks(s).collect(),
+    );
+    let per_channel: Vec<(Vec<f64>, Vec<f64>)> = outs
+        .into_par_iter()
+        .enumerate()
+        .map(|(ch, ds)| {
+            let pairs = UnitPairs {
+                first: ch,
+                stride: c,
+            };
+            let xs: Vec<&[T]> = (0..n).map(|j| xp[pairs.pair(j)]).collect();
+            let gs: Vec<&[T]> = (0..n).map(|j| gp[pairs.pair(j)]).collect();
+            unit_grad((&xs, &gs, ds), pairs, mu, &coefficients)
+        })
+        .collect();
+    // back to (n, c) order
+    let (mut a, mut b) = (vec![0.0; n * c], vec![0.0; n * c]);
+    for (ch, (ac, bc)) in per_channel.into_iter().enumerate() {
+        for (j, (av, bv)) in ac.into_iter().zip(bc).enumerate() {
+            (a[j * c + ch], b[j * c + ch]) = (av, bv);
+        }
+    }
+    (a, b)
+}
+
 /// Statistics per unit of `planes` consecutive `(n, c)` pairs (a GroupNorm group, an
 /// InstanceNorm channel): per unit, the pairs' sums `(A, B)` (as [`channel_grad_sums`]), then
-/// `coefficients(first_pair, &A, &B)` and the apply `dx = g·p + (x − μ)·q + o` while the data
+/// `coefficients(pairs, &A, &B)` and the apply `dx = g·p + (x − μ)·q + o` while the data
 /// is in cache — `x` and `g` are read from memory once instead of twice. Channels first works
 /// per unit (its planes are contiguous); channels last per sample (its rows), the sample's
 /// column sums merged over pieces in order. The same operations in the same order as
@@ -65,7 +149,7 @@ pub fn channel_grad_fused<T: Element>(
     (geom, layout): (Geom, ChannelLayout),
     planes: usize,
     mu: &[Centre<T::Compute>],
-    coefficients: impl Fn(usize, &[f64], &[f64]) -> UnitCoefficients<T::Compute> + Sync,
+    coefficients: impl Fn(UnitPairs, &[f64], &[f64]) -> UnitCoefficients<T::Compute> + Sync,
 ) -> (Vec<f64>, Vec<f64>) {
     let (nc, s) = (geom.n * geom.c, geom.s);
     if nc == 0 || s == 0 || planes == 0 {
@@ -84,19 +168,18 @@ pub fn channel_grad_fused<T: Element>(
         )
         .enumerate()
         .map(|(u, (du, (xu, gu)))| {
-            let i0 = u * planes;
-            let (a, b): (Vec<f64>, Vec<f64>) = xu
-                .chunks(s)
-                .zip(gu.chunks(s))
-                .enumerate()
-                .map(|(j, (xp, gp))| grad_sums_run(xp, gp, mu[i0 + j]))
-                .unzip();
-            let (p, q, o) = coefficients(i0, &a, &b);
-            let runs = du.chunks_mut(s).zip(xu.chunks(s).zip(gu.chunks(s)));
-            for (j, (dp, (xp, gp))) in runs.enumerate() {
-                grad_apply_run(xp, gp, dp, mu[i0 + j], p[j], q[j], o[j]);
-            }
-            (a, b)
+            let pairs = UnitPairs {
+                first: u * planes,
+                stride: 1,
+            };
+            let xs: Vec<&[T]> = xu.chunks(s).collect();
+            let gs: Vec<&[T]> = gu.chunks(s).collect();
+            unit_grad(
+                (&xs, &gs, du.chunks_mut(s).collect()),
+                pairs,
+                mu,
+                &coefficients,
+            )
         })
         .collect();
     flatten_pairs(sums)
@@ -108,7 +191,7 @@ fn channel_grad_fused_last<T: Element>(
     geom: Geom,
     planes: usize,
     mu: &[Centre<T::Compute>],
-    coefficients: impl Fn(usize, &[f64], &[f64]) -> UnitCoefficients<T::Compute> + Sync,
+    coefficients: impl Fn(UnitPairs, &[f64], &[f64]) -> UnitCoefficients<T::Compute> + Sync,
 ) -> (Vec<f64>, Vec<f64>) {
     let (c, s) = (geom.c, geom.s);
     let (nc, sample) = (geom.n * c, s * c);
@@ -119,7 +202,11 @@ fn channel_grad_fused_last<T: Element>(
         let (a, b) = sample_grad_sums(xs, gs, centres, parallel);
         let (mut p, mut q, mut o) = (Vec::new(), Vec::new(), Vec::new());
         for (k, (ak, bk)) in a.chunks(planes).zip(b.chunks(planes)).enumerate() {
-            let (pk, qk, ok) = coefficients(n * c + k * planes, ak, bk);
+            let pairs = UnitPairs {
+                first: n * c + k * planes,
+                stride: 1,
+            };
+            let (pk, qk, ok) = coefficients(pairs, ak, bk);
             p.extend(pk);
             q.extend(qk);
             o.extend(ok);
@@ -578,25 +665,31 @@ mod tests {
     /// the same coefficients, for f32 and bf16, and for 1 and 3 threads.
     #[test]
     fn fused_channel_grad_matches_sums_then_apply() {
-        fn check<T: Element>(x: &[T], g: &[T], threads: usize, lay: ChannelLayout) {
+        // `planes = None`: statistics per channel over the batch (BatchNorm, channels first)
+        fn check<T: Element>(
+            x: &[T],
+            g: &[T],
+            threads: usize,
+            lay: ChannelLayout,
+            planes: Option<usize>,
+        ) {
             let geom = Geom {
                 n: 3,
                 c: 6,
                 s: x.len() / 18,
             };
-            let planes = 2;
             let nc = geom.n * geom.c;
             let real = <T::Compute as Real>::from_f64;
             let mu: Vec<Centre<T::Compute>> = (0..nc)
                 .map(|i| Centre::of(7.0 + 0.25 * i as f64 + 1e-9))
                 .collect();
             // any deterministic function of the unit's sums
-            let coef = |i0: usize, a: &[f64], b: &[f64]| {
+            let coef = |pairs: UnitPairs, a: &[f64], b: &[f64]| {
                 let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
                 let n = a.len();
                 (
                     (0..n)
-                        .map(|j| real(0.5 + (i0 + j) as f64 * 0.1))
+                        .map(|j| real(0.5 + pairs.pair(j) as f64 * 0.1))
                         .collect::<Vec<_>>(),
                     (0..n)
                         .map(|j| real(-sb * 1e-3 / (1 + j) as f64))
@@ -607,18 +700,46 @@ mod tests {
                 )
             };
             let mut dx1 = vec![T::default(); x.len()];
-            let (a1, b1) = super::super::threads::install(Some(threads), || {
-                channel_grad_fused((x, g, &mut dx1), (geom, lay), planes, &mu, coef)
+            let (a1, b1) = super::super::threads::install(Some(threads), || match planes {
+                Some(planes) => {
+                    channel_grad_fused((x, g, &mut dx1), (geom, lay), planes, &mu, coef)
+                }
+                None => channel_grad_fused_per_channel((x, g, &mut dx1), geom, &mu, coef),
             });
             let (a2, b2) = super::super::threads::install(Some(threads), || {
                 channel_grad_sums(x, g, geom, lay, &mu)
             });
-            let (mut p, mut q, mut o) = (Vec::new(), Vec::new(), Vec::new());
-            for i0 in (0..nc).step_by(planes) {
-                let k = coef(i0, &a2[i0..i0 + planes], &b2[i0..i0 + planes]);
-                p.extend(k.0);
-                q.extend(k.1);
-                o.extend(k.2);
+            // the units' pairs: consecutive groups of `planes`, or each channel's N planes
+            let units: Vec<(UnitPairs, usize)> = match planes {
+                Some(planes) => (0..nc)
+                    .step_by(planes)
+                    .map(|first| (UnitPairs { first, stride: 1 }, planes))
+                    .collect(),
+                None => (0..geom.c)
+                    .map(|first| {
+                        (
+                            UnitPairs {
+                                first,
+                                stride: geom.c,
+                            },
+                            geom.n,
+                        )
+                    })
+                    .collect(),
+            };
+            let (mut p, mut q, mut o) = (
+                vec![real(0.0); nc],
+                vec![real(0.0); nc],
+                vec![real(0.0); nc],
+            );
+            for (pairs, len) in units {
+                let a: Vec<f64> = (0..len).map(|j| a2[pairs.pair(j)]).collect();
+                let b: Vec<f64> = (0..len).map(|j| b2[pairs.pair(j)]).collect();
+                let k = coef(pairs, &a, &b);
+                for j in 0..len {
+                    (p[pairs.pair(j)], q[pairs.pair(j)], o[pairs.pair(j)]) =
+                        (k.0[j], k.1[j], k.2[j]);
+                }
             }
             let k = GradCoefficients {
                 mu: &mu,
@@ -636,7 +757,12 @@ mod tests {
         }
         // channels last: 5000 rows give two reduction pieces per sample; 1 thread: a task per
         // sample, 4 threads > 3 samples: parallel inside each sample
-        for (lay, s) in [(ChannelLayout::First, 37usize), (ChannelLayout::Last, 5000)] {
+        let cases = [
+            (ChannelLayout::First, 37usize, Some(2)),
+            (ChannelLayout::First, 37, None),
+            (ChannelLayout::Last, 5000, Some(2)),
+        ];
+        for (lay, s, planes) in cases {
             let len = 3 * 6 * s;
             let xs: Vec<f64> = (0..len)
                 .map(|i| 7.0 + ((i * 7919) % 1013) as f64 / 97.0)
@@ -646,13 +772,13 @@ mod tests {
                 .collect();
             for threads in [1, 4] {
                 let f = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<_>>();
-                check(&f(&xs), &f(&gs), threads, lay);
+                check(&f(&xs), &f(&gs), threads, lay, planes);
                 let h = |v: &[f64]| {
                     v.iter()
                         .map(|&v| half::bf16::from_f64(v))
                         .collect::<Vec<_>>()
                 };
-                check(&h(&xs), &h(&gs), threads, lay);
+                check(&h(&xs), &h(&gs), threads, lay, planes);
             }
         }
     }
