@@ -389,21 +389,27 @@ fn layer_norm_grad_row<T: Element>(
     dw: &mut [T::Acc],
     db: &mut [T::Acc],
 ) -> (f64, f64) {
-    for ((dw, db), (&xv, &gv)) in dw.iter_mut().zip(db.iter_mut()).zip(xr.iter().zip(gr)) {
-        let g = gv.to_compute();
-        *dw += acc_of::<T>(g * mu.centre(xv.to_compute()) * rs);
-        *db += acc_of::<T>(g);
-    }
+    // one loop over the row for all four sums (x and g converted and centred once)
     let mut a = [T::Acc::ZERO; LANES];
     let mut b = [T::Acc::ZERO; LANES];
     let (xc, gc, wc) = (xr.chunks_exact(LANES), gr.chunks_exact(LANES), w.chunks_exact(LANES));
     let (xt, gt, wt) = (xc.remainder(), gc.remainder(), wc.remainder());
-    for ((xv, gv), wv) in xc.zip(gc).zip(wc) {
+    let (mut dwc, mut dbc) = (dw.chunks_exact_mut(LANES), db.chunks_exact_mut(LANES));
+    for ((xv, gv), (wv, (dwv, dbv))) in xc.zip(gc).zip(wc.zip((&mut dwc).zip(&mut dbc))) {
         for i in 0..LANES {
-            let gw = gv[i].to_compute() * wv[i];
+            let (g, c) = (gv[i].to_compute(), mu.centre(xv[i].to_compute()));
+            dwv[i] += acc_of::<T>(g * c * rs);
+            dbv[i] += acc_of::<T>(g);
+            let gw = g * wv[i];
             a[i] += acc_of::<T>(gw);
-            b[i] += acc_of::<T>(gw * mu.centre(xv[i].to_compute()));
+            b[i] += acc_of::<T>(gw * c);
         }
+    }
+    let (dwt, dbt) = (dwc.into_remainder(), dbc.into_remainder());
+    for ((dw, db), (&xv, &gv)) in dwt.iter_mut().zip(dbt.iter_mut()).zip(xt.iter().zip(gt)) {
+        let g = gv.to_compute();
+        *dw += acc_of::<T>(g * mu.centre(xv.to_compute()) * rs);
+        *db += acc_of::<T>(g);
     }
     let len = xt.len().min(gt.len()).min(wt.len());
     add_tail(&mut a, len, |i| acc_of::<T>(gt[i].to_compute() * wt[i]));
