@@ -7,7 +7,8 @@
 
 use super::moments::{Centre, LANES, acc_of, add_tail, simd_clones};
 use super::{
-    ChannelLayout, Geom, SplitCentres, reduction_rows, rows_per_piece, sample_runs, split_centres,
+    ChannelLayout, Geom, SplitCentres, fold_centres, reduction_rows, rows_per_piece, sample_runs,
+    split_centres,
 };
 use crate::dtype::{Element, Real};
 use rayon::prelude::*;
@@ -211,14 +212,15 @@ fn channel_grad_fused_last<T: Element>(
             q.extend(qk);
             o.extend(ok);
         }
-        let k = (p.as_slice(), q.as_slice(), o.as_slice());
+        let (fhi, fo) = fold_centres(&mu[n * c..(n + 1) * c], &q, &o);
+        let k = (fhi.as_slice(), (p.as_slice(), q.as_slice(), fo.as_slice()));
         if parallel {
             let rows = rows_per_piece(c) * c;
             ds.par_chunks_mut(rows)
                 .zip(xs.par_chunks(rows).zip(gs.par_chunks(rows)))
-                .for_each(|(dc, (xc, gc))| grad_apply_rows(xc, gc, dc, centres, k));
+                .for_each(|(dc, (xc, gc))| grad_apply_rows(xc, gc, dc, k));
         } else {
-            grad_apply_rows(xs, gs, ds, centres, k);
+            grad_apply_rows(xs, gs, ds, k);
         }
         (a, b)
     };
@@ -332,8 +334,9 @@ fn grad_apply_run<T: Element>(
     q: T::Compute,
     o: T::Compute,
 ) {
+    let (hi, o) = m.fold(q, o);
     for ((d, &xv), &gv) in dx.iter_mut().zip(xs).zip(gs) {
-        *d = T::from_compute(gv.to_compute() * p + m.centre(xv.to_compute()) * q + o);
+        *d = T::from_compute(gv.to_compute() * p + (xv.to_compute() - hi) * q + o);
     }
 }
 
@@ -356,23 +359,22 @@ fn grad_sums_columns<T: Element>(
     }
 }
 
-/// Channels last: `dx = g·p_c + (x − μ_c)·q_c + o_c` over the rows of one sample's run.
+/// Channels last: `dx = g·p_c + (x − hi_c)·q_c + o'_c` over the rows of one sample's run
+/// (`(hi, o')` from [`fold_centres`]).
 fn grad_apply_rows<T: Element>(
     xs: &[T],
     gs: &[T],
     dx: &mut [T],
-    (hi, lo): SplitCentres<'_, T::Compute>,
-    (p, q, o): GradColumns<'_, T::Compute>,
+    (hi, (p, q, o)): (&[T::Compute], GradColumns<'_, T::Compute>),
 ) {
     let cols = hi.len();
     let rows = dx.chunks_exact_mut(cols).zip(xs.chunks_exact(cols).zip(gs.chunks_exact(cols)));
     for (dr, (xr, gr)) in rows {
-        let coef = hi.iter().zip(lo).zip(p.iter().zip(q).zip(o));
-        for ((d, (&xv, &gv)), ((&hi, &lo), ((&p, &q), &o))) in
+        let coef = hi.iter().zip(p.iter().zip(q).zip(o));
+        for ((d, (&xv, &gv)), (&hi, ((&p, &q), &o))) in
             dr.iter_mut().zip(xr.iter().zip(gr)).zip(coef)
         {
-            let c = Centre { hi, lo }.centre(xv.to_compute());
-            *d = T::from_compute(gv.to_compute() * p + c * q + o);
+            *d = T::from_compute(gv.to_compute() * p + (xv.to_compute() - hi) * q + o);
         }
     }
 }
@@ -428,9 +430,10 @@ fn layer_norm_grad_apply<T: Element>(
     mu: Centre<T::Compute>,
     (rs, a, b): (T::Compute, T::Compute, T::Compute),
 ) {
+    // −a − (x − μ)·b as (x − hi)·(−b) + o' with o' = −a + lo·b (Centre::fold)
+    let (hi, o) = mu.fold(-b, -a);
     for ((d, &wv), (&xv, &gv)) in dr.iter_mut().zip(w).zip(xr.iter().zip(gr)) {
-        let c = mu.centre(xv.to_compute());
-        *d = T::from_compute(gv.to_compute() * wv * rs - a - c * b);
+        *d = T::from_compute(gv.to_compute() * wv * rs + (xv.to_compute() - hi) * -b + o);
     }
 }
 }
@@ -483,7 +486,7 @@ pub fn apply_channel_grad<T: Element>(
         ChannelLayout::Last => {
             let c = geom.c;
             let rows = rows_per_piece(c);
-            let (hi, lo) = split_centres(k.mu);
+            let (hi, fo) = fold_centres(k.mu, k.q, k.o);
             dx[..total]
                 .par_chunks_mut(rows * c)
                 .zip(
@@ -495,12 +498,12 @@ pub fn apply_channel_grad<T: Element>(
                 .for_each(|(p, (dc, (xc, gc)))| {
                     sample_runs(p * rows, xc.len() / c, geom, |n, span| {
                         let cs = idx(n, 0)..idx(n, 0) + c;
+                        let coef = (&k.p[cs.clone()], &k.q[cs.clone()], &fo[cs.clone()]);
                         grad_apply_rows(
                             &xc[span.clone()],
                             &gc[span.clone()],
                             &mut dc[span],
-                            (&hi[cs.clone()], &lo[cs.clone()]),
-                            (&k.p[cs.clone()], &k.q[cs.clone()], &k.o[cs]),
+                            (&hi[cs], coef),
                         );
                     });
                 });

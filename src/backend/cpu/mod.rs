@@ -172,21 +172,20 @@ fn layer_norm_row<T: Element>(
 
 /// Per-channel affine coefficients `(hi, scale, offset')` of `y = (x − hi)·scale + offset'`
 /// (structure of arrays, for vector loads).
-type Folded<C> = (Vec<C>, Vec<C>, Vec<C>);
 type FoldedRef<'a, C> = (&'a [C], &'a [C], &'a [C]);
 
-/// Folds each channel's `(x − shift)·scale + offset` into [`Folded`] form ([`Centre::fold`]).
-fn fold_centres<C: Real>(shift: &[Centre<C>], scale: &[C], offset: &[C]) -> Folded<C> {
-    let (mut hi, mut off) = (
-        Vec::with_capacity(shift.len()),
-        Vec::with_capacity(shift.len()),
-    );
-    for ((c, &s), &o) in shift.iter().zip(scale).zip(offset) {
-        let (h, o) = c.fold(s, o);
-        hi.push(h);
-        off.push(o);
-    }
-    (hi, scale.to_vec(), off)
+/// Folds each channel's `(x − shift)·scale + offset` into `(x − hi)·scale + offset'`
+/// ([`Centre::fold`]): returns `(hi, offset')`.
+pub(crate) fn fold_centres<C: Real>(
+    shift: &[Centre<C>],
+    scale: &[C],
+    offset: &[C],
+) -> (Vec<C>, Vec<C>) {
+    shift
+        .iter()
+        .zip(scale.iter().zip(offset))
+        .map(|(c, (&s, &o))| c.fold(s, o))
+        .unzip()
 }
 
 /// Splits centres into their `hi` and `lo` parts (structure of arrays, for vector loads).
@@ -545,7 +544,7 @@ fn group_norm_last_fused<T: Element>(
             .map(|c| Centre::<T::Compute>::of(mean[c / cg]))
             .collect();
         let scale: Vec<T::Compute> = (0..g.c).map(|c| r[c / cg] * gamma[c]).collect();
-        let (hi, scale, offset) = fold_centres(&shift, &scale, beta);
+        let (hi, offset) = fold_centres(&shift, &scale, beta);
         let k = (&hi[..], &scale[..], &offset[..]);
         if parallel {
             let rows = rows_per_piece(g.c);
@@ -671,7 +670,7 @@ pub fn apply_channel<T: Element>(
                 });
         }
         ChannelLayout::Last => {
-            let (hi, scale, offset) = fold_centres(k.shift, k.scale, k.offset);
+            let (hi, offset) = fold_centres(k.shift, k.scale, k.offset);
             let rows = rows_per_piece(g.c);
             y.par_chunks_mut(rows * g.c)
                 .zip(x.par_chunks(rows * g.c))
@@ -679,7 +678,7 @@ pub fn apply_channel<T: Element>(
                 .for_each(|(p, (yc, xc))| {
                     sample_runs(p * rows, xc.len() / g.c, g, |n, span| {
                         let cs = idx(n, 0)..idx(n, 0) + g.c;
-                        let k = (&hi[cs.clone()], &scale[cs.clone()], &offset[cs]);
+                        let k = (&hi[cs.clone()], &k.scale[cs.clone()], &offset[cs]);
                         affine_rows(&xc[span.clone()], &mut yc[span], k);
                     });
                 });
