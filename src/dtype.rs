@@ -250,8 +250,12 @@ pub(crate) mod convert {
         let x = v.to_bits();
         // wrapping: a negative NaN (x near u32::MAX) overflows; its result is not used
         let rounded = x.wrapping_add(0x7FFF + ((x >> 16) & 1)) >> 16;
-        let nan = x & 0x7FFF_FFFF > 0x7F80_0000;
-        (if nan { (x >> 16) | 0x0040 } else { rounded }) as u16
+        // one unordered compare (vcmpunordps) rather than mask, max and compare on the bits
+        (if v.is_nan() {
+            (x >> 16) | 0x0040
+        } else {
+            rounded
+        }) as u16
     }
 
     /// f16 bits → f32 (exact; subnormals through one exact multiplication by 2¹¹²).
