@@ -281,9 +281,9 @@ fn piece_centres<T: Element>(
     for (((m, h), l), s) in mean.iter_mut().zip(hi).zip(lo).zip(sums) {
         *m = s.to_f64() / n;
         *h = T::Compute::from_f64(*m);
-        // a non-finite mean has no low part (m − hi would be NaN)
+        // a non-finite high part has no low part (as `Centre::of`)
         let d = *m - h.to_f64();
-        *l = T::Compute::from_f64(if d.is_nan() { 0.0 } else { d });
+        *l = T::Compute::from_f64(if h.is_finite() { d } else { 0.0 });
     }
 }
 }
