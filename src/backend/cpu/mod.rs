@@ -269,9 +269,8 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
 }
 
 simd_clones! {
-/// A piece's column means `Σ/n` and their [`Centre`] split (the same values as
-/// [`Centre::of`], written as selects so that the loop vectorises: the per-column work is
-/// repeated for every piece of rows).
+/// A piece's column means `Σ/n` and their [`Centre`] split, in a loop of its own so that it
+/// vectorises (the per-column work is repeated for every piece of rows).
 fn piece_centres<T: Element>(
     sums: &[T::Acc],
     n: f64,
@@ -280,10 +279,7 @@ fn piece_centres<T: Element>(
 ) {
     for (((m, h), l), s) in mean.iter_mut().zip(hi).zip(lo).zip(sums) {
         *m = s.to_f64() / n;
-        *h = T::Compute::from_f64(*m);
-        // a non-finite high part has no low part (as `Centre::of`)
-        let d = *m - h.to_f64();
-        *l = T::Compute::from_f64(if h.is_finite() { d } else { 0.0 });
+        Centre { hi: *h, lo: *l } = Centre::of(*m);
     }
 }
 }
