@@ -13,7 +13,7 @@ pub mod moments;
 pub mod threads;
 
 use crate::dtype::{Element, Real};
-use moments::{Centre, acc_of, simd_clones, sum, sum_before_writing, sum_sq_dev};
+use moments::{Centre, simd_clones, sum, sum_before_writing, sum_sq_dev};
 use rayon::prelude::*;
 
 /// The instruction set the hot loops dispatch to on this machine (the `multiversion` clones:
@@ -72,33 +72,6 @@ pub(crate) fn reduction_rows(rows: usize, cols: usize) -> usize {
 
 /// A split shift: its `hi` and `lo` parts per column (structure of arrays, for vector loads).
 pub(crate) type SplitCentres<'a, C> = (&'a [C], &'a [C]);
-
-simd_clones! {
-/// Per-column `acc[c] += x[r, c]` (or `+= (x[r, c] − centre_c)²` when `centre` is given) over
-/// the rows of `chunk`.
-fn accumulate_columns<T: Element>(
-    acc: &mut [T::Acc],
-    chunk: &[T],
-    centre: Option<SplitCentres<'_, T::Compute>>,
-) {
-    let cols = acc.len();
-    for row in chunk.chunks_exact(cols) {
-        match centre {
-            None => {
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += v.to_acc();
-                }
-            }
-            Some((hi, lo)) => {
-                for (((a, &v), &hi), &lo) in acc.iter_mut().zip(row).zip(hi).zip(lo) {
-                    let d = Centre { hi, lo }.centre(v.to_compute());
-                    *a += acc_of::<T>(d * d);
-                }
-            }
-        }
-    }
-}
-}
 
 simd_clones! {
 /// `y = (x − shift)·scale + offset` over a run sharing one set of coefficients.
@@ -222,34 +195,39 @@ pub fn channel_moments<T: Element>(
 }
 
 /// Per-column `(mean, m2)` over a row-major `(rows, cols)` slice in one pass over memory:
-/// each fixed piece of rows gets its column sums, then (while it is in L2) its sums of squared
-/// deviations from its own column means; the pieces' `(count, mean, m2)` are merged in order
-/// with Chan et al.'s pairwise formula (`δ = mean_b − mean_a`, `m2 = m2_a + m2_b +
-/// δ²·n_a·n_b/n`), in f64: first within each of at most [`MOMENT_TASKS`] tasks of
-/// consecutive pieces, then the tasks' results. Two-pass within a piece, so no
-/// `E[x²] − E[x]²`; the partition depends on the shape only, so the bits do not depend on the
-/// thread count.
+/// each fixed piece of rows gets its column means and sums of squared deviations by Welford's
+/// update ([`welford_columns`], in the accumulator type); the pieces' `(count, mean, m2)` are
+/// merged in order with Chan et al.'s pairwise formula (`δ = mean_b − mean_a`, `m2 = m2_a +
+/// m2_b + δ²·n_a·n_b/n`), in f64: first within each of at most [`MOMENT_TASKS`] tasks of
+/// consecutive pieces, then the tasks' results. No `E[x²] − E[x]²` anywhere; the partition
+/// depends on the shape only, so the bits do not depend on the thread count.
 /// The tasks run in parallel when `parallel` is set, else one after the other on this thread
 /// (the same bits either way).
+///
+/// Welford replaced a two-pass per piece (column sums, then the centred sums while the piece
+/// was in L2): the same loads and stores of the per-column accumulators, but one pass over
+/// the piece instead of two, so the memory stream never waits for an in-cache pass. Same-run
+/// A/B (median of 6 alternations): BatchNorm channels last train 1.06–1.31x, GroupNorm channels
+/// last 1.04–1.19x, BatchNorm1d train 0.79–1.25x (noise).
 fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>, Vec<f64>) {
     let rows = x.len() / cols.max(1);
     let piece_rows = reduction_rows(rows, cols);
     let task_rows = piece_rows * rows.div_ceil(piece_rows).div_ceil(MOMENT_TASKS);
     let one = |task: &[T]| {
-        let mut acc = vec![T::Acc::ZERO; cols];
-        let mut hi = vec![T::Compute::ZERO; cols];
-        let mut lo = vec![T::Compute::ZERO; cols];
+        let mut mean = vec![T::Acc::ZERO; cols];
+        let mut m2 = vec![T::Acc::ZERO; cols];
         let mut piece = ColumnMoments::new(cols);
         let mut total = ColumnMoments::new(cols);
         for chunk in task.chunks((piece_rows * cols).max(1)) {
             piece.n = (chunk.len() / cols) as f64;
-            acc.fill(T::Acc::ZERO);
-            accumulate_columns::<T>(&mut acc, chunk, None);
-            piece_centres::<T>(&acc, piece.n, &mut piece.mean, (&mut hi, &mut lo));
-            acc.fill(T::Acc::ZERO);
-            accumulate_columns::<T>(&mut acc, chunk, Some((&hi, &lo)));
-            for (m2, s) in piece.m2.iter_mut().zip(&acc) {
-                *m2 = s.to_f64();
+            welford_columns::<T>((&mut mean, &mut m2), chunk);
+            for ((pm, pq), (&m, &q)) in piece
+                .mean
+                .iter_mut()
+                .zip(&mut piece.m2)
+                .zip(mean.iter().zip(&m2))
+            {
+                (*pm, *pq) = (m.to_f64(), q.to_f64());
             }
             total.merge(&piece);
         }
@@ -269,17 +247,22 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
 }
 
 simd_clones! {
-/// A piece's column means `Σ/n` and their [`Centre`] split, in a loop of its own so that it
-/// vectorises (the per-column work is repeated for every piece of rows).
-fn piece_centres<T: Element>(
-    sums: &[T::Acc],
-    n: f64,
-    mean: &mut [f64],
-    (hi, lo): (&mut [T::Compute], &mut [T::Compute]),
-) {
-    for (((m, h), l), s) in mean.iter_mut().zip(hi).zip(lo).zip(sums) {
-        *m = s.to_f64() / n;
-        Centre { hi: *h, lo: *l } = Centre::of(*m);
+/// Per-column mean and sum of squared deviations of the rows of `chunk` by Welford's update
+/// (`δ = x − mean`, `mean += δ/n`, `m2 += δ·(x − mean)`), in the accumulator type, in one pass
+/// over the rows; overwrites `mean` and `m2`. The count is the same for every column, so
+/// `1/n` is one scalar per row and the columns vectorise.
+fn welford_columns<T: Element>((mean, m2): (&mut [T::Acc], &mut [T::Acc]), chunk: &[T]) {
+    let cols = mean.len();
+    mean.fill(T::Acc::ZERO);
+    m2.fill(T::Acc::ZERO);
+    for (r, row) in chunk.chunks_exact(cols).enumerate() {
+        let inv = T::Acc::from_f64(1.0) / T::Acc::from_usize(r + 1);
+        for ((m, q), &v) in mean.iter_mut().zip(m2.iter_mut()).zip(row) {
+            let x = v.to_acc();
+            let d = x - *m;
+            *m += d * inv;
+            *q += d * (x - *m);
+        }
     }
 }
 }
@@ -1119,8 +1102,12 @@ mod tests {
                 let col: Vec<f64> = xs.iter().skip(c).step_by(cols).copied().collect();
                 let mu = col.iter().sum::<f64>() / rows as f64;
                 let want = col.iter().map(|v| (v - mu).powi(2)).sum::<f64>();
+                // Welford in f64 (f32 input) or f32 (bf16) within a piece, then f64 merges:
+                // the error is relative to the size of the values, not of their mean
+                let scale = col.iter().fold(0f64, |a, v| a.max(v.abs()));
+                let tol = if dtype == DType::F32 { 1e-12 } else { 1e-6 };
                 assert!(
-                    (mean[c] - mu).abs() <= 1e-12 * mu.abs().max(1e-300),
+                    (mean[c] - mu).abs() <= tol * scale,
                     "{dtype} col {c} mean {} vs {mu}",
                     mean[c]
                 );
