@@ -919,8 +919,14 @@ fn nan_and_inf_propagate_like_the_reference() {
                     &format!("batch_norm {ctx}"),
                     None,
                 );
+                // PyTorch: the batch mean is Σx / n, so +∞ for an infinity (running mean
+                // 0.9·0 + 0.1·∞ = ∞), NaN for a NaN, in either layout
                 assert!(
-                    got.rm[1].is_nan() || got.rm[1].is_infinite(),
+                    if bad.is_nan() {
+                        got.rm[1].is_nan()
+                    } else {
+                        got.rm[1] == f64::INFINITY
+                    },
                     "batch_norm {ctx}: running_mean[1] {}",
                     got.rm[1]
                 );
@@ -937,7 +943,17 @@ fn nan_and_inf_propagate_like_the_reference() {
                     &format!("instance_norm {ctx}"),
                     None,
                 );
-                let (got, _) = nk_group_norm(dt, &x, &shape, cl, 2, &None, &None, 1e-5);
+                let (got, saved) = nk_group_norm(dt, &x, &shape, cl, 2, &None, &None, 1e-5);
+                // the saved mean of group (n=0, g=0) is Σx / n as in PyTorch: +∞ or NaN
+                let m00 = saved.mean.to_f64_vec()[0];
+                assert!(
+                    if bad.is_nan() {
+                        m00.is_nan()
+                    } else {
+                        m00 == f64::INFINITY
+                    },
+                    "group_norm {ctx}: saved mean of group 0 {m00}"
+                );
                 let (exp, _, _) = rf::group_norm(&x, &shape, 2, None, None, 1e-5);
                 assert_close(
                     &got,

@@ -243,6 +243,14 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
     for t in &tasks {
         all.merge(t);
     }
+    // A non-finite value turns Welford's and Chan's running means into NaN (∞ − ∞) where the
+    // mean `Σx / n` is ±∞ (PyTorch's saved mean and running mean): such columns (rare) get
+    // that mean from a plain sum. `m2` is NaN either way.
+    for (c, m) in all.mean.iter_mut().enumerate() {
+        if m.is_nan() {
+            *m = x[c..].iter().step_by(cols).map(|v| v.to_f64()).sum::<f64>() / rows as f64;
+        }
+    }
     (all.mean, all.m2)
 }
 
@@ -462,6 +470,11 @@ fn sample_group_moments<T: Element>(
                 let total = k + n;
                 chan_step((&mut mu, &mut q), (mb, qb), (n / total, k * n / total));
                 k = total;
+            }
+            if mu.is_nan() {
+                // ±∞ among the channels' means: the mean of the group is their plain mean
+                // (equal counts), ±∞ or NaN as `Σx / n` (see `column_moments`)
+                mu = ms.iter().sum::<f64>() / ms.len() as f64;
             }
             (mu, q)
         })
