@@ -683,3 +683,87 @@ fn bad_arguments_are_errors_not_panics() {
         .is_err()
     );
 }
+
+/// An infinity (NaN) in one channel / group: the kernels' saved mean and BatchNorm's running
+/// mean are Σx/n as on the CPU and in PyTorch, +∞ (NaN), not the NaN that ∞ − ∞ in the Welford
+/// update and Chan's merge would give; the other channels stay finite. Shapes that run one
+/// block per channel, and split over several blocks (sms = 8), both layouts.
+#[test]
+fn non_finite_input_gives_the_mean_of_the_sum() {
+    if !ready() {
+        return;
+    }
+    let split_dev = EmuDevice {
+        sms: 8,
+        reverse_blocks: true,
+        reverse_threads: false,
+    };
+    for dev in [DEVICES[0], DEVICES[1], split_dev] {
+        for order in orders() {
+            for (n, c, s) in [(2usize, 4usize, 5usize), (8, 3, 169), (64, 4, 1000)] {
+                for bad in [f32::INFINITY, f32::NAN] {
+                    let what = format!("{order:?} ({n},{c},{s}) sms {} bad {bad}", dev.sms);
+                    let mut x: Vec<f32> = cast(&data(n * c * s, 3, 1.0));
+                    // channel 1 of sample 0, at its last spatial position (NCHW) / row (NHWC)
+                    let at = match order {
+                        ChannelOrder::Nchw => s + s - 1,
+                        ChannelOrder::Nhwc => (s - 1) * c + 1,
+                    };
+                    x[at] = bad;
+                    let want = |v: f32| {
+                        if bad.is_nan() {
+                            v.is_nan()
+                        } else {
+                            v == f32::INFINITY
+                        }
+                    };
+                    let (mut rm, mut rv) = (vec![0f32; c], vec![1f32; c]);
+                    let mut y = vec![0f32; x.len()];
+                    let (mean, _) = dev
+                        .batch_norm_train::<f32>(
+                            order,
+                            &x,
+                            &mut y,
+                            None,
+                            None,
+                            Some(&mut rm),
+                            Some(&mut rv),
+                            (n, c, s),
+                            1e-5,
+                            0.1,
+                        )
+                        .unwrap();
+                    assert!(
+                        want(mean[1]) && want(rm[1]),
+                        "batch_norm {what}: {mean:?} {rm:?}"
+                    );
+                    assert!(
+                        [0, 2]
+                            .iter()
+                            .all(|&k| mean[k].is_finite() && rm[k].is_finite()),
+                        "batch_norm {what}: {mean:?}"
+                    );
+                    if c % 2 == 0 {
+                        let (mean, _) = dev
+                            .group_norm::<f32>(
+                                order,
+                                &x,
+                                &mut y,
+                                None,
+                                None,
+                                (n, c, s),
+                                2,
+                                1e-5,
+                                false,
+                                false,
+                            )
+                            .unwrap();
+                        // channel 1 of sample 0 is in group 0
+                        assert!(want(mean[0]), "group_norm {what}: {mean:?}");
+                        assert!(mean[1..].iter().all(|m| m.is_finite()), "group_norm {what}");
+                    }
+                }
+            }
+        }
+    }
+}

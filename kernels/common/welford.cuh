@@ -5,6 +5,7 @@
 // and the result does not depend on scheduling.
 #pragma once
 #include "compat.cuh"
+#include "types.cuh"
 
 namespace normkit {
 
@@ -22,10 +23,14 @@ template <class C> NK_DEVICE Welford<C> welford_empty() {
     return w;
 }
 
+// Non-finite data: the mean keeps the value of Σx/n (PyTorch's saved and running mean): ±inf,
+// or NaN after the other infinity or a NaN. The update mean + d/n would turn an infinite mean
+// into NaN at the next finite element (inf - inf), so an infinite mean adds x instead. m2 is
+// NaN either way.
 template <class C> NK_DEVICE void welford_push(Welford<C>& w, C x) {
     w.n += 1;
     C d = x - w.mean;
-    w.mean += d / (C)w.n;
+    w.mean = nk_isfinite(w.mean) ? w.mean + d / (C)w.n : w.mean + x;
     w.m2 += d * (x - w.mean);
 }
 
@@ -37,7 +42,9 @@ template <class C> NK_DEVICE Welford<C> welford_merge(Welford<C> a, Welford<C> b
     r.n = a.n + b.n;
     C nb_over_n = (C)b.n / (C)r.n;
     C d = b.mean - a.mean;
-    r.mean = a.mean + d * nb_over_n;
+    // a non-finite side: the mean of Σx/n (see welford_push)
+    r.mean = (nk_isfinite(a.mean) && nk_isfinite(b.mean)) ? a.mean + d * nb_over_n
+                                                          : a.mean + b.mean;
     r.m2 = a.m2 + b.m2 + d * d * (C)a.n * nb_over_n;
     return r;
 }
