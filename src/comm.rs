@@ -183,7 +183,13 @@ pub fn all_gather_moments(comm: &dyn Communicator, local: &RankMoments) -> Resul
         for k in 0..c {
             let (mb, m2b) = (rank[1 + k], rank[1 + c + k]);
             let delta = mb - merged.mean[k];
-            merged.mean[k] += delta * nb / n;
+            // a non-finite side keeps the mean of Σx/n (±∞, or NaN), which `+= δ·nb/n` would
+            // turn into NaN (∞ − ∞) at the next finite rank; m2 is NaN either way
+            if merged.mean[k].is_finite() && mb.is_finite() {
+                merged.mean[k] += delta * nb / n;
+            } else {
+                merged.mean[k] += mb;
+            }
             merged.m2[k] += m2b + delta * delta * na * nb / n;
         }
         merged.count = n;
@@ -232,6 +238,45 @@ mod tests {
                 (got.mean[0] - mean).abs() < 1e-12 && (got.m2[0] - m2).abs() < 1e-9,
                 "{got:?}"
             );
+        }
+    }
+
+    #[test]
+    fn an_infinite_rank_mean_stays_infinite() {
+        // per channel: (rank 0 mean, rank 1 mean, expected global mean) as Σx/n gives it
+        let cases = [
+            (f64::INFINITY, 1.0, f64::INFINITY),
+            (1.0, f64::NEG_INFINITY, f64::NEG_INFINITY),
+            (f64::INFINITY, f64::NEG_INFINITY, f64::NAN),
+            (f64::NAN, 1.0, f64::NAN),
+            (2.0, 4.0, 3.2),
+        ];
+        let group = LocalCommunicator::group(2);
+        let handles: Vec<_> = group
+            .into_iter()
+            .enumerate()
+            .map(|(r, comm)| {
+                let mean: Vec<f64> = cases.iter().map(|c| [c.0, c.1][r]).collect();
+                std::thread::spawn(move || {
+                    let local = RankMoments {
+                        count: [2.0, 3.0][r],
+                        m2: vec![0.0; mean.len()],
+                        mean,
+                    };
+                    all_gather_moments(&comm, &local)
+                })
+            })
+            .collect();
+        for h in handles {
+            let got = h.join().unwrap().unwrap();
+            for (k, c) in cases.iter().enumerate() {
+                let ok = if c.2.is_nan() {
+                    got.mean[k].is_nan()
+                } else {
+                    (got.mean[k] - c.2).abs() <= 1e-12 * c.2.abs() || got.mean[k] == c.2
+                };
+                assert!(ok, "channel {k}: {} vs {}", got.mean[k], c.2);
+            }
         }
     }
 
