@@ -892,6 +892,38 @@ fn tiny_and_huge_magnitudes() {
 }
 
 #[test]
+fn group_norm_saved_mean_of_an_infinite_group_is_infinite() {
+    // +∞ in the first channel of a group (then a finite channel is merged after it), or in the
+    // last: the saved mean is Σx / n = +∞ as in PyTorch, in both layouts; -∞ and +∞ in one
+    // group give NaN
+    for cl in [false, true] {
+        for (spots, want_nan) in [
+            (vec![(0, 2)], false),
+            (vec![(1, 4)], false),
+            (vec![(0, 1), (1, 3)], true),
+        ] {
+            let shape = [1, 4, 5];
+            let mut x: Vec<f64> = (0..20).map(|i| (i as f64 * 0.3).sin()).collect();
+            for (k, &(c, s)) in spots.iter().enumerate() {
+                x[c * 5 + s] = if k == 0 {
+                    f64::INFINITY
+                } else {
+                    f64::NEG_INFINITY
+                };
+            }
+            let (_, saved) = nk_group_norm(DType::F32, &x, &shape, cl, 2, &None, &None, 1e-5);
+            let m = saved.mean.to_f64_vec();
+            let ok = if want_nan {
+                m[0].is_nan()
+            } else {
+                m[0] == f64::INFINITY
+            };
+            assert!(ok && m[1].is_finite(), "cl {cl} {spots:?}: {m:?}");
+        }
+    }
+}
+
+#[test]
 fn nan_and_inf_propagate_like_the_reference() {
     // A NaN / +Inf in one element poisons exactly the statistics it belongs to; everything else
     // stays finite and correct. The reference computes the same IEEE propagation.

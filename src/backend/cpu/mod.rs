@@ -243,9 +243,11 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
     for t in &tasks {
         all.merge(t);
     }
-    // A non-finite value turns Welford's and Chan's running means into NaN (∞ − ∞) where the
-    // mean `Σx / n` is ±∞ (PyTorch's saved mean and running mean): such columns (rare) get
-    // that mean from a plain sum. `m2` is NaN either way.
+    // A non-finite value turns Welford's running mean within a piece into NaN (∞ − ∞) where
+    // the mean `Σx / n` is ±∞ (PyTorch's saved mean and running mean): such columns (rare) get
+    // that mean from a plain sum here, rather than a select per element in the hot loop of
+    // `welford_columns` (the piece merges keep it themselves: `chan_step`). `m2` is NaN
+    // either way.
     for (c, m) in all.mean.iter_mut().enumerate() {
         if m.is_nan() {
             *m = x[c..].iter().step_by(cols).map(|v| v.to_f64()).sum::<f64>() / rows as f64;
@@ -326,11 +328,17 @@ fn chan_merge(
 }
 
 /// One Chan et al. merge of `(mean_b, m2_b)` into `(mean_a, m2_a)` with the count factors
-/// `f_b = n_b/n` and `w = n_a·n_b/n`.
+/// `f_b = n_b/n` and `w = n_a·n_b/n`. A non-finite side keeps the mean of `Σx / n` (±∞, or
+/// NaN), which `+= δ·f_b` would turn into NaN (`∞ − ∞`) at the next finite side, as in the
+/// CUDA kernels' merge and SyncBatchNorm's; `m2` is NaN either way.
 #[inline(always)]
 fn chan_step((ma, m2a): (&mut f64, &mut f64), (mb, m2b): (f64, f64), (fb, w): (f64, f64)) {
     let d = mb - *ma;
-    *ma += d * fb;
+    *ma = if ma.is_finite() && mb.is_finite() {
+        *ma + d * fb
+    } else {
+        *ma + mb
+    };
     *m2a += m2b + d * d * w;
 }
 
@@ -470,11 +478,6 @@ fn sample_group_moments<T: Element>(
                 let total = k + n;
                 chan_step((&mut mu, &mut q), (mb, qb), (n / total, k * n / total));
                 k = total;
-            }
-            if mu.is_nan() {
-                // ±∞ among the channels' means: the mean of the group is their plain mean
-                // (equal counts), ±∞ or NaN as `Σx / n` (see `column_moments`)
-                mu = ms.iter().sum::<f64>() / ms.len() as f64;
             }
             (mu, q)
         })
