@@ -7,7 +7,12 @@ swapped every round), and the median of the per-round medians is kept. Prints th
 
     python3 benches/compare/compare.py [--normkit target/release/normkit] [--reps 11]
         [--rounds 3] [--threads 1 2] [--dtypes float32 bfloat16] [--filter SUBSTR]
-        [--bandwidth] [--markdown] [--settle 0.25]
+        [--bandwidth] [--markdown] [--settle 0.25] [--device cpu|cuda]
+
+With --device cuda both sides run on GPU 0 (`normkit bench --device cuda`, PyTorch on
+torch.device("cuda")), each timed with CUDA events around every call after warm-up calls; a
+round runs the whole (filtered) suite on one side, then on the other, the order swapped every
+round, and --bandwidth measures a device-to-device copy (bytes read + written) through PyTorch.
 
 Backward ("bwd") cases time only PyTorch's autograd backward of F.batch_norm (training) /
 F.group_norm / F.layer_norm with x, weight and bias requiring grad (dx, dweight, dbias), the
@@ -67,29 +72,46 @@ def torch_module(case, suite):
     return m.to(DTYPES[case["dtype"]])
 
 
-def time_torch(case, suite, threads, reps):
+class Clock:
+    """Milliseconds of one call: the host clock on the CPU, CUDA events on a GPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def time(self, f):
+        if self.cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            f()
+            b.record()
+            b.synchronize()
+            return a.elapsed_time(b)
+        t = time.perf_counter()
+        f()
+        return (time.perf_counter() - t) * 1e3
+
+
+def time_torch(case, suite, threads, reps, device=torch.device("cpu"), warmup=1):
     torch.set_num_threads(threads)
-    m = torch_module(case, suite)
+    m = torch_module(case, suite).to(device)
     x = torch.rand(case["shape"]) * 4 - 1.5
-    x = x.to(DTYPES[case["dtype"]])
+    x = x.to(DTYPES[case["dtype"]]).to(device)
     if case["layout"] in CHANNELS_LAST:
         x = x.contiguous(memory_format=CHANNELS_LAST[case["layout"]])
-    times = []
+    clock = Clock(device)
     if case["mode"] == "bwd":
-        return time_torch_backward(case, suite, m, x, reps)
+        return time_torch_backward(case, suite, m, x, reps, clock, warmup)
     with torch.no_grad():
         try:
-            m(x)
+            for _ in range(warmup):
+                m(x)
         except RuntimeError as e:  # e.g. LRN bf16 at rank 4 on PyTorch's CPU
             return None, str(e).splitlines()[0]
-        for _ in range(reps):
-            t = time.perf_counter()
-            m(x)
-            times.append((time.perf_counter() - t) * 1e3)
+        times = [clock.time(lambda: m(x)) for _ in range(reps)]
     return statistics.median(times), None
 
 
-def time_torch_backward(case, suite, m, x, reps):
+def time_torch_backward(case, suite, m, x, reps, clock, warmup):
     """Times only the backward (grad_input, grad_weight, grad_bias) of F.* with autograd; the
     forward (training mode for BatchNorm, saving the statistics) runs outside the timing."""
     import torch.nn.functional as F
@@ -105,16 +127,15 @@ def time_torch_backward(case, suite, m, x, reps):
         fwd = lambda: F.layer_norm(x, case["normalized_shape"], w, b, eps=eps)
     else:
         raise ValueError(layer)
-    dy = (torch.rand(case["shape"]) * 2 - 1).to(x.dtype)
+    dy = (torch.rand(case["shape"]) * 2 - 1).to(x.dtype).to(x.device)
     if case["layout"] in CHANNELS_LAST:
         dy = dy.contiguous(memory_format=CHANNELS_LAST[case["layout"]])
     times = []
-    for k in range(reps + 1):
+    for k in range(reps + warmup):
         y = fwd()
-        t = time.perf_counter()
-        y.backward(dy)
-        if k:  # the first is a warm-up
-            times.append((time.perf_counter() - t) * 1e3)
+        ms = clock.time(lambda: y.backward(dy))
+        if k >= warmup:
+            times.append(ms)
         x.grad = w.grad = b.grad = None
     return statistics.median(times), None
 
@@ -128,6 +149,60 @@ def time_normkit(exe, case, threads, reps):
     if len(rows) != 1:
         raise RuntimeError(f"{name(case)}: expected one result, got {len(rows)}")
     return rows[0]
+
+
+def time_normkit_suite(exe, dtypes, filt, reps):
+    """One `normkit bench --device cuda` run over the whole (filtered) suite: {name: row}."""
+    cmd = [exe, "bench", "--device", "cuda", "--json", "--reps", str(reps)]
+    for d in dtypes:
+        cmd += ["--dtype", d]
+    if filt:
+        cmd += ["--filter", filt]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    return {name(dict(r, shape=r["shape"])): r for r in rows}
+
+
+def gpu_bandwidth():
+    """GB/s of a 1 GiB device-to-device copy (bytes read + written), median of 20."""
+    a = torch.empty(1 << 28, dtype=torch.float32, device="cuda").uniform_()
+    b = torch.empty_like(a)
+    clock = Clock(a.device)
+    for _ in range(3):
+        b.copy_(a)
+    ms = statistics.median(clock.time(lambda: b.copy_(a)) for _ in range(20))
+    return 2 * a.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def compare_cuda(args, suite):
+    dev = torch.device("cuda")
+    cases = [c for c in expand(suite, args.dtypes) if args.filter in name(c)]
+    nk, th, errs = {}, {}, {}
+    for r in range(args.rounds):
+        order = ("n", "t") if r % 2 == 0 else ("t", "n")
+        for who in order:
+            if who == "n":
+                for k, row in time_normkit_suite(args.normkit, args.dtypes, args.filter,
+                                                 args.reps).items():
+                    nk.setdefault(k, []).append(row)
+            else:
+                for c in cases:
+                    ms, err = time_torch(c, suite, 1, args.reps, dev, warmup=3)
+                    if ms is None:
+                        errs[name(c)] = err
+                    else:
+                        th.setdefault(name(c), []).append(ms)
+                torch.cuda.empty_cache()
+    rows = []
+    for c in cases:
+        k = name(c)
+        if k not in nk:
+            print(f"{k}: no normkit result", file=sys.stderr)
+            continue
+        n_ms = statistics.median(r["median_ms"] for r in nk[k])
+        t_ms = statistics.median(th[k]) if k in th else None
+        rows.append((0, c, n_ms, t_ms, nk[k][0]["bytes"] / (n_ms * 1e-3) / 1e9, errs.get(k)))
+    return rows
 
 
 def bandwidth(exe, threads):
@@ -149,6 +224,7 @@ def main():
     ap.add_argument("--filter", default="")
     ap.add_argument("--bandwidth", action="store_true", help="also measure memory bandwidth")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--settle", type=float, default=0.25,
                     help="seconds of idleness before each side's timing, so that neither "
                          "side's still-spinning worker threads (PyTorch's OpenMP spin-wait, "
@@ -158,9 +234,15 @@ def main():
         suite = json.load(f)
     print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
           f"normkit {args.normkit}", file=sys.stderr)
-    bw = {t: bandwidth(args.normkit, t) for t in args.threads} if args.bandwidth else {}
-    rows = []
-    for t in args.threads:
+    if args.device == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(0)}", file=sys.stderr)
+        args.threads = [0]  # one row per case; "0" = not a CPU thread count
+        bw = {0: gpu_bandwidth()} if args.bandwidth else {}
+        rows = compare_cuda(args, suite)
+    else:
+        bw = {t: bandwidth(args.normkit, t) for t in args.threads} if args.bandwidth else {}
+        rows = []
+    for t in args.threads if args.device == "cpu" else []:
         for case in expand(suite, args.dtypes):
             if args.filter not in name(case):
                 continue
@@ -200,10 +282,12 @@ def main():
                  if tt_ == t and tt and (d == "all" or c["dtype"] == d)]
             if r:
                 gm = math.exp(sum(math.log(v) for v in r) / len(r))
-                print(f"geometric-mean speed-up, {t} thread(s), {d}: {gm:.2f}x over {len(r)} cases"
+                who = "GPU" if args.device == "cuda" else f"{t} thread(s)"
+                print(f"geometric-mean speed-up, {who}, {d}: {gm:.2f}x over {len(r)} cases"
                       f" (slowest {min(r):.2f}x)")
     for t, v in bw.items():
-        print(f"memory bandwidth (scale, read+write), {t} thread(s): {v:.1f} GB/s")
+        what = "device-to-device copy" if args.device == "cuda" else f"scale, {t} thread(s)"
+        print(f"memory bandwidth ({what}, read+write): {v:.1f} GB/s")
 
 
 if __name__ == "__main__":
