@@ -23,9 +23,12 @@ namespace normkit {
 #define LN_WARP_VALUES 32
 #define LN_BLOCK_VALUES 16
 
+// (v − μ)·r·γ_j + β_j. Lanes past the row (j >= cols: padding of the last pack, never
+// stored) skip γ and β, which hold only cols values (found by compute-sanitizer on an H100).
 template <class C>
-NK_DEVICE C ln_affine(C v, C mean, C rstd, const C* w, const C* b, i64 j) {
+NK_DEVICE C ln_affine(C v, C mean, C rstd, const C* w, const C* b, i64 j, i64 cols) {
     C t = (v - mean) * rstd;
+    if (j >= cols) return t;
     if (w) t = t * w[j];
     if (b) t = t + b[j];
     return t;
@@ -71,7 +74,7 @@ NK_DEVICE void layer_norm_fwd_warp(const LayerNormParams p) {
         for (int it = 0; it < ITERS; ++it) {
             const i64 base = ((i64)it * 32 + lane) * N;
 #pragma unroll
-            for (int k = 0; k < N; ++k) v[it][k] = ln_affine<C>(v[it][k], mean, rstd, w, b, base + k);
+            for (int k = 0; k < N; ++k) v[it][k] = ln_affine<C>(v[it][k], mean, rstd, w, b, base + k, cols);
             store_pack<S, N>(yr, base, cols, vec_ok, v[it]);
         }
         if (lane == 0) {
@@ -125,7 +128,7 @@ NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
                 const i64 base = ((i64)it * nthreads + tid) * N;
 #pragma unroll
                 for (int k = 0; k < N; ++k)
-                    v[it][k] = ln_affine<C>(v[it][k], mean, rstd, w, b, base + k);
+                    v[it][k] = ln_affine<C>(v[it][k], mean, rstd, w, b, base + k, cols);
                 store_pack<S, N>(yr, base, cols, vec_ok, v[it]);
             }
             if (tid == 0) {
@@ -156,7 +159,7 @@ NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
             for (i64 i = (i64)tid * N; i < cols; i += nthreads * N) {
                 load_pack<S, N>(xr, i, cols, vec_ok, v);
 #pragma unroll
-                for (int k = 0; k < N; ++k) v[k] = ln_affine<C>(v[k], mean, rstd, w, b, i + k);
+                for (int k = 0; k < N; ++k) v[k] = ln_affine<C>(v[k], mean, rstd, w, b, i + k, cols);
                 store_pack<S, N>(yr, i, cols, vec_ok, v);
             }
             if (tid == 0) {

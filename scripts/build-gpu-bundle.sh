@@ -5,7 +5,7 @@
 # the runner unpacks on first use and which holds:
 #   bin/<test>                  every test executable (release, all features, debug info stripped,
 #                               hash suffix dropped) except the build-machine tests (c_header,
-#                               capi_link, capi_boundary: they need the source tree, cbindgen, cc)
+#                               capi_link, capi_boundary, capi_mpi: they need the source tree, cbindgen, cc, mpicc)
 #   bin/bench-<name>           the criterion bench executables
 #   bin/normkit                 the normkit binary: `info`, and `bench --device cuda --json`, which
 #                               the runner runs last (the bench_device test runs it too, found
@@ -46,7 +46,7 @@ for line in open(src):
         continue
     kinds, name = m["target"]["kind"], m["target"]["name"]
     kind = kinds[0]
-    if name in ("c_header", "capi_link", "capi_boundary"):
+    if name in ("c_header", "capi_link", "capi_boundary", "capi_mpi", "capi_common"):
         continue
     if set(kinds) & {"lib", "rlib", "cdylib", "staticlib"}:
         name = "unit-tests"

@@ -137,7 +137,92 @@ impl Launcher for EmuDevice {
 /// host memory registered here, so pointers that are not inside a live allocation are
 /// rejected like host pointers on a GPU; launches run synchronously.
 /// Live emulated allocations by base address: (storage, size in bytes).
-type Allocations = BTreeMap<u64, (Box<[u128]>, usize)>;
+type Allocations = BTreeMap<u64, (Region, usize)>;
+
+/// The host memory of one emulated allocation, filled with 0xFF bytes (NaN in every float
+/// type, so reads of unwritten memory show up). On Unix the data ends (rounded up to 16 bytes,
+/// the widest access) where an inaccessible guard page begins, so a kernel that reads or writes
+/// past the end of a buffer faults at once in the emulation, as compute-sanitizer reports it on
+/// a GPU, instead of silently using a neighbour's bytes (an LayerNorm kernel read γ/β one pack
+/// past the row, unseen by the emulation and found by compute-sanitizer on an H100).
+struct Region {
+    /// Start of the data (16-byte aligned).
+    ptr: u64,
+    #[cfg(unix)]
+    map: (usize, usize),
+    #[cfg(not(unix))]
+    _storage: Box<[u128]>,
+}
+
+impl Region {
+    #[cfg(unix)]
+    fn new(bytes: usize) -> Result<Region> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let data = bytes.div_ceil(16) * 16;
+        let data_len = data.div_ceil(page) * page;
+        let fail = |what: &str| {
+            Error::new(
+                ErrorKind::Backend,
+                OP,
+                "alloc",
+                "host memory for an emulated allocation",
+                format!(
+                    "{what} failed for {bytes} bytes: {}",
+                    std::io::Error::last_os_error()
+                ),
+            )
+        };
+        let map_len = data_len.checked_add(page).ok_or_else(|| fail("size"))?;
+        // SAFETY: a new private anonymous mapping (no address hint, no file); the result is
+        // checked before use.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(fail("mmap"));
+        }
+        let region = Region {
+            ptr: map as u64 + (data_len - data) as u64,
+            map: (map as usize, map_len),
+        };
+        // SAFETY: the guard page is the last page of the mapping just created (data_len is a
+        // whole number of pages below map_len); on failure `region` unmaps it when dropped.
+        if unsafe { libc::mprotect(map.cast::<u8>().add(data_len).cast(), page, libc::PROT_NONE) }
+            != 0
+        {
+            return Err(fail("mprotect"));
+        }
+        // SAFETY: [ptr, ptr + data) lies in the readable and writable pages of the mapping.
+        unsafe { std::ptr::write_bytes(region.ptr as *mut u8, 0xFF, data) };
+        Ok(region)
+    }
+
+    #[cfg(not(unix))]
+    fn new(bytes: usize) -> Result<Region> {
+        let storage = vec![u128::MAX; bytes.div_ceil(16)].into_boxed_slice();
+        Ok(Region {
+            ptr: storage.as_ptr() as u64,
+            _storage: storage,
+        })
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `map` is the mapping created in `Region::new`, unmapped only here; the
+        // allocation has left the table, so no launch can reach it any more.
+        unsafe { libc::munmap(self.map.0 as *mut c_void, self.map.1) };
+    }
+}
 
 pub struct EmuGpu {
     device: EmuDevice,
@@ -246,10 +331,9 @@ impl GpuBackend for EmuGpu {
         if bytes == 0 {
             return Ok((0, false));
         }
-        // 0xFF bytes: NaN in every float type, so reads of unwritten memory show up
-        let storage = vec![u128::MAX; bytes.div_ceil(16)].into_boxed_slice();
-        let ptr = storage.as_ptr() as u64;
-        self.allocations().insert(ptr, (storage, bytes));
+        let region = Region::new(bytes)?;
+        let ptr = region.ptr;
+        self.allocations().insert(ptr, (region, bytes));
         Ok((ptr, false))
     }
     unsafe fn free(&self, ptr: u64, _stream_ordered: bool) {
