@@ -77,7 +77,21 @@ NK_DEVICE void batch_norm_stats_nchw(const BatchNormStatsParams p) {
     const i64 lo = total * split / p.splits;
     const i64 hi = total * (split + 1) / p.splits;
     Welford<C> acc = welford_empty<C>();
-    for (i64 j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+    // Four loads in flight before the four (dependent) Welford updates, in the same order as
+    // one at a time: the loop was load-latency bound (one 4-byte load per thread in flight).
+    const i64 step = blockDim.x;
+    i64 j = lo + threadIdx.x;
+    for (; j + 3 * step < hi; j += 4 * step) {
+        C v[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const i64 e = j + u * step, n = e / p.s;
+            v[u] = Traits<S>::load(x[(n * p.c + ch) * p.s + (e - n * p.s)]);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) welford_push(acc, v[u]);
+    }
+    for (; j < hi; j += step) {
         const i64 n = j / p.s;
         welford_push(acc, Traits<S>::load(x[(n * p.c + ch) * p.s + (j - n * p.s)]));
     }
@@ -114,9 +128,19 @@ NK_DEVICE void batch_norm_stats_nhwc(const BatchNormStatsParams p) {
     const i64 lo = rows * split / p.splits;
     const i64 hi = rows * (split + 1) / p.splits;
     Welford<C> acc = welford_empty<C>();
-    if (ch < p.c)
-        for (i64 r = lo + threadIdx.y; r < hi; r += blockDim.y)
-            welford_push(acc, Traits<S>::load(x[r * p.c + ch]));
+    if (ch < p.c) {
+        // Four rows' loads in flight before their updates (same order as one at a time).
+        const i64 step = blockDim.y;
+        i64 r = lo + threadIdx.y;
+        for (; r + 3 * step < hi; r += 4 * step) {
+            C v[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) v[u] = Traits<S>::load(x[(r + u * step) * p.c + ch]);
+#pragma unroll
+            for (int u = 0; u < 4; ++u) welford_push(acc, v[u]);
+        }
+        for (; r < hi; r += step) welford_push(acc, Traits<S>::load(x[r * p.c + ch]));
+    }
     sn[threadIdx.y][threadIdx.x] = acc.n;
     smean[threadIdx.y][threadIdx.x] = acc.mean;
     sm2[threadIdx.y][threadIdx.x] = acc.m2;

@@ -171,15 +171,15 @@ NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
 }
 
 // ---- Backward ------------------------------------------------------------------------------
-// layer_norm_bwd: one block per row (blockDim.x = 32..256, chosen by the host from cols),
+// layer_norm_bwd: one block per row (blockDim.x = 32..512, chosen by the host from cols),
 // grid-stride over rows, grid <= 2·SMs. Per row, with d = x − μ, ĝ = dy·γ:
 //   a = Σĝ/cols·r, b = Σĝ·d/cols·r³, dx = ĝ·r − a − d·b        (CPU order, sums in C)
 // and each thread accumulates dγ_j += dy·d·r, dβ_j += dy for its columns j = it·T + tid:
 // in registers when the row fits (cols <= T·LN_BWD_VALUES; x and dy are then read once), else
 // straight into the block's own workspace row (x and dy read twice, the second mostly from
 // L2). Partials: workspace[block][cols] of dγ, then of dβ (no atomics).
-// layer_norm_bwd_params: one thread per column sums the partials in block order (fixed, so
-// results are deterministic) and writes / accumulates grad_weight and grad_bias.
+// layer_norm_bwd_params: 32 columns × 16 slices per block sum the partials in a fixed order
+// (deterministic) and write / accumulate grad_weight and grad_bias.
 #define LN_BWD_VALUES 8
 
 template <class S, int VALUES>
@@ -280,21 +280,38 @@ NK_DEVICE void layer_norm_bwd(const LayerNormBwdParams p) {
     }
 }
 
+// One block of 32 columns × blockDim.y slices: slice y sums the partial rows y, y + Y, ... of
+// its column in increasing order, then slice 0 adds the Y slice sums in order 0..Y-1 (fixed
+// order: deterministic for a given partial count). Grid-stride over column tiles.
 template <class S>
 NK_DEVICE void layer_norm_bwd_params(const LayerNormBwdParams p) {
     typedef typename Traits<S>::C C;
+    __shared__ C sw_s[32][33], sb_s[32][33];
     const C* ws = static_cast<const C*>(p.workspace);
     C* gw = static_cast<C*>(p.grad_weight);
     C* gb = static_cast<C*>(p.grad_bias);
-    for (i64 j = (i64)blockIdx.x * blockDim.x + threadIdx.x; j < p.cols;
-         j += (i64)gridDim.x * blockDim.x) {
+    const int tx = threadIdx.x, ty = threadIdx.y, slices = blockDim.y;
+    for (i64 tile = (i64)blockIdx.x * 32; tile < p.cols; tile += (i64)gridDim.x * 32) {
+        const i64 j = tile + tx;
         C sw = (C)0, sb = (C)0;
-        for (i64 k = 0; k < p.partials; ++k) {
-            sw += ws[k * p.cols + j];
-            sb += ws[(p.partials + k) * p.cols + j];
+        if (j < p.cols)
+            for (i64 k = ty; k < p.partials; k += slices) {
+                sw += ws[k * p.cols + j];
+                sb += ws[(p.partials + k) * p.cols + j];
+            }
+        sw_s[ty][tx] = sw;
+        sb_s[ty][tx] = sb;
+        __syncthreads();
+        if (ty == 0 && j < p.cols) {
+            C tw = (C)0, tb = (C)0;
+            for (int y = 0; y < slices; ++y) {
+                tw += sw_s[y][tx];
+                tb += sb_s[y][tx];
+            }
+            if (gw) gw[j] = p.accumulate ? gw[j] + tw : tw;
+            if (gb) gb[j] = p.accumulate ? gb[j] + tb : tb;
         }
-        if (gw) gw[j] = p.accumulate ? gw[j] + sw : sw;
-        if (gb) gb[j] = p.accumulate ? gb[j] + sb : sb;
+        __syncthreads();
     }
 }
 

@@ -11,7 +11,7 @@
 #      `compare.py --device cuda` (normkit against PyTorch on the GPU, alternating rounds) into
 #      compare-gpu.md;
 #   5. compute-sanitizer memcheck/racecheck/synccheck on the CUDA device tests, if installed;
-#   6. the other (CPU-only) test executables, which CI also runs.
+#   6. the other (CPU-only) test executables, which CI also runs (NORMKIT_GPU_SKIP_CPU=1: not).
 # NORMKIT_GPU_BUDGET_S=N (default: none) skips the steps that would start after N seconds and
 # bounds each step by the time left (coreutils timeout). Logs go to $NORMKIT_GPU_LOGS (default:
 # ./gpu-logs). Exit status: non-zero if any step failed or was cut short (skipped steps are listed
@@ -107,14 +107,17 @@ fi
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
     for tool in memcheck racecheck synccheck; do
-        step "sanitizer-$tool" 150 compute-sanitizer --tool "$tool" --error-exitcode 1 \
-            "$here/bin/cuda_device" --test-threads=1
+        for t in cuda_device cuda_device_backward cuda_modules capi_cuda; do
+            step "sanitizer-$tool-$t" 150 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+                "$here/bin/$t" --test-threads=1
+        done
     done
 else
     echo "=== compute-sanitizer: not installed, skipped"
 fi
 
 for t in "$here"/bin/*; do
+    [ "${NORMKIT_GPU_SKIP_CPU:-0}" = 1 ] && break
     name="$(basename "$t")"
     case " normkit $gpu_tests " in *" $name "*) continue ;; esac
     case "$name" in bench-*) continue ;; esac

@@ -221,10 +221,18 @@ fn elementwise(total: usize, sms: u32) -> LaunchConfig {
 // ---- Backward --------------------------------------------------------------------------------
 
 /// Values per thread the LayerNorm backward keeps in registers (`LN_BWD_VALUES` in
-/// layer_norm.cu); rows up to 256 × this are read once.
+/// layer_norm.cu); rows up to [`LN_BWD_MAX_THREADS`] × this are read once.
 pub const LN_BWD_VALUES: usize = 8;
+/// Largest block of the LayerNorm backward row kernel. 512 (was 256): a 4096-column row stays
+/// in registers, where the streaming path read x and dy twice and read-modify-wrote the dγ/dβ
+/// partial row for every row (4096×4096 bf16 on an H100: 0.37 ms, PyTorch 0.13 ms). Not 1024:
+/// that would need ≤ 64 registers per thread.
+pub const LN_BWD_MAX_THREADS: usize = 512;
 /// Longest LayerNorm row the backward keeps in registers; longer rows are read twice.
-pub const LN_BWD_RESIDENT_COLS: usize = 256 * LN_BWD_VALUES;
+pub const LN_BWD_RESIDENT_COLS: usize = LN_BWD_MAX_THREADS * LN_BWD_VALUES;
+/// Block of the LayerNorm dγ/dβ merge: 32 columns × 16 slices of the partial rows (was one
+/// thread per column summing every partial row: `cols` threads, a few SMs, for 2·SMs rows).
+const LN_BWD_PARAMS_BLOCK: [u32; 3] = [32, 16, 1];
 /// Blocks per SM of the LayerNorm backward (bounds the dγ/dβ partials to 2·SMs rows).
 const LN_BWD_BLOCKS_PER_SM: usize = 2;
 
@@ -240,14 +248,15 @@ pub struct LayerNormBwdPlan {
     pub workspace_bytes: usize,
 }
 
-/// LayerNorm backward over `rows` × `cols` (both ≥ 1): one block per row with 32–256 threads
-/// (enough for `cols` at [`LN_BWD_VALUES`] per thread), grid ≤ 2·SMs.
+/// LayerNorm backward over `rows` × `cols` (both ≥ 1): one block per row with 32–512 threads
+/// (enough for `cols` at [`LN_BWD_VALUES`] per thread), grid ≤ 2·SMs; the merge of the partial
+/// rows takes one block per 32 columns.
 pub fn layer_norm_bwd(dtype: DType, rows: usize, cols: usize, sms: u32) -> LayerNormBwdPlan {
     let t = dtype_suffix(dtype);
     let threads = cols
         .div_ceil(LN_BWD_VALUES)
         .next_power_of_two()
-        .clamp(32, 256) as u32;
+        .clamp(32, LN_BWD_MAX_THREADS) as u32;
     let partials = rows.clamp(1, LN_BWD_BLOCKS_PER_SM * sms.max(1) as usize);
     LayerNormBwdPlan {
         rows: Launch {
@@ -259,7 +268,14 @@ pub fn layer_norm_bwd(dtype: DType, rows: usize, cols: usize, sms: u32) -> Layer
         },
         params: Launch {
             kernel: format!("layer_norm_bwd_params_{t}"),
-            config: elementwise(cols, sms),
+            config: LaunchConfig {
+                grid: [
+                    (cols.div_ceil(LN_BWD_PARAMS_BLOCK[0] as usize) as u64).min(MAX_GRID_X) as u32,
+                    1,
+                    1,
+                ],
+                block: LN_BWD_PARAMS_BLOCK,
+            },
         },
         partials,
         workspace_bytes: 2 * partials * cols * dtype.stat_dtype().size_in_bytes(),
@@ -427,10 +443,14 @@ mod tests {
         assert_eq!(p.partials, 1);
         assert_eq!(p.workspace_bytes, 2 * 7 * 4);
         let p = layer_norm_bwd(DType::F64, 100_000, LN_BWD_RESIDENT_COLS + 1, 132);
-        assert_eq!(p.rows.config.block, [256, 1, 1]);
+        assert_eq!(p.rows.config.block, [512, 1, 1]);
+        assert_eq!(p.params.config.block, [32, 16, 1]);
+        assert_eq!(p.params.config.grid, [129, 1, 1]);
         assert_eq!(p.partials, 264);
         assert_eq!(p.rows.kernel, "layer_norm_bwd_f64");
         assert_eq!(p.params.kernel, "layer_norm_bwd_params_f64");
+        let p = layer_norm_bwd(DType::F32, 4096, 4096, 132);
+        assert_eq!(p.rows.config.block, [512, 1, 1]);
         let p = layer_norm_bwd(DType::BF16, 3, 1025, 132);
         assert_eq!(p.rows.config.block, [256, 1, 1]);
         let p = layer_norm_bwd(DType::F16, 3, 513, 132);
