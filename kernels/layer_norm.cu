@@ -181,6 +181,7 @@ NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
 // layer_norm_bwd_params: 32 columns × 16 slices per block sum the partials in a fixed order
 // (deterministic) and write / accumulate grad_weight and grad_bias.
 #define LN_BWD_VALUES 8
+#define LN_BWD_MAX_THREADS 512  // launch::LN_BWD_MAX_THREADS
 
 template <class S, int VALUES>
 NK_DEVICE void layer_norm_bwd(const LayerNormBwdParams p) {
@@ -328,10 +329,14 @@ NK_ENTRY(layer_norm_fwd_block_f32, LayerNormParams, layer_norm_fwd_block<float, 
 NK_ENTRY(layer_norm_fwd_block_f64, LayerNormParams, layer_norm_fwd_block<double, LN_BLOCK_VALUES>)
 NK_ENTRY(layer_norm_fwd_block_f16, LayerNormParams, layer_norm_fwd_block<f16, LN_BLOCK_VALUES>)
 NK_ENTRY(layer_norm_fwd_block_bf16, LayerNormParams, layer_norm_fwd_block<bf16, LN_BLOCK_VALUES>)
-NK_ENTRY(layer_norm_bwd_f32, LayerNormBwdParams, layer_norm_bwd<float, LN_BWD_VALUES>)
-NK_ENTRY(layer_norm_bwd_f64, LayerNormBwdParams, layer_norm_bwd<double, LN_BWD_VALUES>)
-NK_ENTRY(layer_norm_bwd_f16, LayerNormBwdParams, layer_norm_bwd<f16, LN_BWD_VALUES>)
-NK_ENTRY(layer_norm_bwd_bf16, LayerNormBwdParams, layer_norm_bwd<bf16, LN_BWD_VALUES>)
+NK_ENTRY_BOUNDED(layer_norm_bwd_f32, LayerNormBwdParams, LN_BWD_MAX_THREADS,
+                 layer_norm_bwd<float, LN_BWD_VALUES>)
+NK_ENTRY_BOUNDED(layer_norm_bwd_f64, LayerNormBwdParams, LN_BWD_MAX_THREADS,
+                 layer_norm_bwd<double, LN_BWD_VALUES>)
+NK_ENTRY_BOUNDED(layer_norm_bwd_f16, LayerNormBwdParams, LN_BWD_MAX_THREADS,
+                 layer_norm_bwd<f16, LN_BWD_VALUES>)
+NK_ENTRY_BOUNDED(layer_norm_bwd_bf16, LayerNormBwdParams, LN_BWD_MAX_THREADS,
+                 layer_norm_bwd<bf16, LN_BWD_VALUES>)
 NK_ENTRY(layer_norm_bwd_params_f32, LayerNormBwdParams, layer_norm_bwd_params<float>)
 NK_ENTRY(layer_norm_bwd_params_f64, LayerNormBwdParams, layer_norm_bwd_params<double>)
 NK_ENTRY(layer_norm_bwd_params_f16, LayerNormBwdParams, layer_norm_bwd_params<f16>)

@@ -22,6 +22,16 @@
     extern "C" __global__ void NAME(const PARAMS p) { __VA_ARGS__(p); }                       \
     NK_EMU_REGISTER(NAME, PARAMS)
 
+// An entry point that the host launches with up to MAX_THREADS threads per block: the compiler
+// keeps its registers within what such a block may use (without the bound, a kernel compiled
+// for more registers fails at launch with CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, as
+// layer_norm_bwd_bf16 did at 512 threads on an H100).
+#define NK_ENTRY_BOUNDED(NAME, PARAMS, MAX_THREADS, ...)                                      \
+    extern "C" __global__ void __launch_bounds__(MAX_THREADS) NAME(const PARAMS p) {          \
+        __VA_ARGS__(p);                                                                       \
+    }                                                                                         \
+    NK_EMU_REGISTER(NAME, PARAMS)
+
 namespace normkit {
 typedef long long i64;
 typedef unsigned long long u64;
