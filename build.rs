@@ -93,10 +93,15 @@ fn flatten(path: &Path, root: &Path, seen: &mut HashSet<PathBuf>, out: &mut Stri
     }
 }
 
-/// Names of the `NK_ENTRY(name, …)` lines of a flattened source.
+/// Names of the `NK_ENTRY(name, …)` and `NK_ENTRY_BOUNDED(name, …)` lines of a flattened
+/// source.
 fn entry_names(flat: &str) -> Vec<String> {
     flat.lines()
-        .filter_map(|l| l.trim_start().strip_prefix("NK_ENTRY("))
+        .filter_map(|l| {
+            let l = l.trim_start();
+            l.strip_prefix("NK_ENTRY(")
+                .or_else(|| l.strip_prefix("NK_ENTRY_BOUNDED("))
+        })
         .filter_map(|rest| rest.split(',').next())
         .map(|n| n.trim().to_string())
         .filter(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !n.is_empty())

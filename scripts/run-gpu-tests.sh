@@ -12,7 +12,8 @@
 #      compare-gpu.md;
 #   5. compute-sanitizer memcheck/racecheck/synccheck on the CUDA device tests, if installed;
 #   6. the other (CPU-only) test executables, which CI also runs (NORMKIT_GPU_SKIP_CPU=1: not).
-# NORMKIT_GPU_BUDGET_S=N (default: none) skips the steps that would start after N seconds and
+# NORMKIT_GPU_SKIP="name ..." skips the steps of those names (e.g. kernels_compile, which CI
+# runs with the same NVRTC). NORMKIT_GPU_BUDGET_S=N (default: none) skips the steps that would start after N seconds and
 # bounds each step by the time left (coreutils timeout). Logs go to $NORMKIT_GPU_LOGS (default:
 # ./gpu-logs). Exit status: non-zero if any step failed or was cut short (skipped steps are listed
 # but do not fail). Usage: gpu-bundle/run-gpu-tests.sh
@@ -56,6 +57,10 @@ skipped=()
 step() { # name, timeout in seconds, command...
     local name="$1" limit="$2" rc
     shift 2
+    if [[ " ${NORMKIT_GPU_SKIP:-} " == *" $name "* ]]; then
+        echo "=== $name: skipped (NORMKIT_GPU_SKIP)"
+        return
+    fi
     if [ "$budget" != 0 ]; then
         local left=$((budget - (SECONDS - t0)))
         if [ "$left" -lt 10 ]; then
