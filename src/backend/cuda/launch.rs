@@ -413,6 +413,26 @@ mod tests {
         );
     }
 
+    /// Blocks over 256 threads launch only kernels declared with `__launch_bounds__` of at least
+    /// that size (without it a kernel may be compiled for more registers than such a block can
+    /// have, and fails at launch on a GPU only: layer_norm_bwd_bf16 did at 512 threads).
+    #[test]
+    fn blocks_over_256_threads_use_bounded_kernels() {
+        use crate::backend::cuda::modules::module_of;
+        let p = layer_norm_bwd(DType::BF16, 8, LN_BWD_RESIDENT_COLS, 132);
+        assert_eq!(p.rows.config.block[0] as usize, LN_BWD_MAX_THREADS);
+        for dt in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+            let kernel = layer_norm_bwd(dt, 8, LN_BWD_RESIDENT_COLS, 132).rows.kernel;
+            let src = module_of(&kernel).expect("a module").source;
+            let line =
+                format!("NK_ENTRY_BOUNDED({kernel}, LayerNormBwdParams, LN_BWD_MAX_THREADS,");
+            assert!(src.contains(&line), "{kernel}: not declared with {line}");
+        }
+        let define = format!("#define LN_BWD_MAX_THREADS {LN_BWD_MAX_THREADS} ");
+        let src = module_of("layer_norm_bwd_f32").expect("a module").source;
+        assert!(src.contains(&define), "layer_norm.cu lacks '{define}'");
+    }
+
     #[test]
     fn every_planned_kernel_exists_in_the_sources() {
         use crate::backend::cuda::modules::module_of;
