@@ -79,22 +79,21 @@ NK_DEVICE void batch_norm_stats_nchw(const BatchNormStatsParams p) {
     Welford<C> acc = welford_empty<C>();
     // Four loads in flight before the four (dependent) Welford updates, in the same order as
     // one at a time: the loop was load-latency bound (one 4-byte load per thread in flight).
+    // Element e of this channel (e = n·s + spatial index).
+    auto at = [&](i64 e) {
+        const i64 n = e / p.s;
+        return Traits<S>::load(x[(n * p.c + ch) * p.s + (e - n * p.s)]);
+    };
     const i64 step = blockDim.x;
     i64 j = lo + threadIdx.x;
     for (; j + 3 * step < hi; j += 4 * step) {
         C v[4];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            const i64 e = j + u * step, n = e / p.s;
-            v[u] = Traits<S>::load(x[(n * p.c + ch) * p.s + (e - n * p.s)]);
-        }
+        for (int u = 0; u < 4; ++u) v[u] = at(j + u * step);
 #pragma unroll
         for (int u = 0; u < 4; ++u) welford_push(acc, v[u]);
     }
-    for (; j < hi; j += step) {
-        const i64 n = j / p.s;
-        welford_push(acc, Traits<S>::load(x[(n * p.c + ch) * p.s + (j - n * p.s)]));
-    }
+    for (; j < hi; j += step) welford_push(acc, at(j));
     acc = block_all_reduce_welford(acc, smem);
     const BnWorkspace<C> ws = bn_workspace<C>(p);
     if (threadIdx.x == 0) {

@@ -133,9 +133,6 @@ impl Launcher for EmuDevice {
     }
 }
 
-/// The emulated device as a [`GpuBackend`] (behind [`CudaDevice::emulated`]): device memory is
-/// host memory registered here, so pointers that are not inside a live allocation are
-/// rejected like host pointers on a GPU; launches run synchronously.
 /// Live emulated allocations by base address: (storage, size in bytes).
 type Allocations = BTreeMap<u64, (Region, usize)>;
 
@@ -143,7 +140,7 @@ type Allocations = BTreeMap<u64, (Region, usize)>;
 /// type, so reads of unwritten memory show up). On Unix the data ends (rounded up to 16 bytes,
 /// the widest access) where an inaccessible guard page begins, so a kernel that reads or writes
 /// past the end of a buffer faults at once in the emulation, as compute-sanitizer reports it on
-/// a GPU, instead of silently using a neighbour's bytes (an LayerNorm kernel read γ/β one pack
+/// a GPU, instead of silently using a neighbour's bytes (a LayerNorm kernel read γ/β one pack
 /// past the row, unseen by the emulation and found by compute-sanitizer on an H100).
 struct Region {
     /// Start of the data (16-byte aligned).
@@ -224,6 +221,9 @@ impl Drop for Region {
     }
 }
 
+/// The emulated device as a [`GpuBackend`] (behind [`CudaDevice::emulated`]): device memory is
+/// host memory registered here, so pointers that are not inside a live allocation are
+/// rejected like host pointers on a GPU; launches run synchronously.
 pub struct EmuGpu {
     device: EmuDevice,
     info: CudaDeviceInfo,
