@@ -6,6 +6,7 @@
 //! coefficients of `dx = g·p + (x − μ)·q + o` and into the parameter gradients.
 
 use super::moments::{Centre, LANES, acc_of, add_tail, simd_clones};
+use super::prefetch;
 use super::{
     ChannelLayout, Geom, SplitCentres, fold_centres, reduction_rows, rows_per_piece, sample_runs,
     split_centres,
@@ -421,7 +422,10 @@ fn layer_norm_grad_row<T: Element>(
     (lanes_sum(&a), lanes_sum(&b))
 }
 
-/// One LayerNorm row of `dx = g·w·r − a − (x − μ)·b`.
+/// One LayerNorm row of `dx = g·w·r − a − (x − μ)·b`, prefetching the lines of the slices
+/// in `next` (the next row's `x`, `g` and `dx`) one line per line of this row, so memory
+/// fetches them while this in-cache pass computes ([`prefetch`]).
+#[allow(clippy::too_many_arguments)]
 fn layer_norm_grad_apply<T: Element>(
     xr: &[T],
     gr: &[T],
@@ -429,12 +433,26 @@ fn layer_norm_grad_apply<T: Element>(
     dr: &mut [T],
     mu: Centre<T::Compute>,
     (rs, a, b): (T::Compute, T::Compute, T::Compute),
+    next: [&[T]; 3],
 ) {
     // −a − (x − μ)·b as (x − hi)·(−b) + o' with o' = −a + lo·b (Centre::fold)
     let (hi, o) = mu.fold(-b, -a);
-    for ((d, &wv), (&xv, &gv)) in dr.iter_mut().zip(w).zip(xr.iter().zip(gr)) {
-        *d = T::from_compute(gv.to_compute() * wv * rs + (xv.to_compute() - hi) * -b + o);
+    let run = |dr: &mut [T], w: &[T::Compute], xr: &[T], gr: &[T]| {
+        for ((d, &wv), (&xv, &gv)) in dr.iter_mut().zip(w).zip(xr.iter().zip(gr)) {
+            *d = T::from_compute(gv.to_compute() * wv * rs + (xv.to_compute() - hi) * -b + o);
+        }
+    };
+    let step = prefetch::line_elems::<T>();
+    let (mut dc, wc) = (dr.chunks_exact_mut(step), w.chunks_exact(step));
+    let (xc, gc) = (xr.chunks_exact(step), gr.chunks_exact(step));
+    let (wt, xt, gt) = (wc.remainder(), xc.remainder(), gc.remainder());
+    for (j, ((d, w), (x, g))) in (&mut dc).zip(wc).zip(xc.zip(gc)).enumerate() {
+        for s in next {
+            prefetch::line(s, j * step);
+        }
+        run(d, w, x, g);
     }
+    run(dc.into_remainder(), wt, xt, gt);
 }
 }
 
@@ -546,8 +564,14 @@ pub fn layer_norm_backward<T: Element>(
             if let Some(dc) = dc.as_deref_mut() {
                 let a = T::Compute::from_f64(sa) / m * rs;
                 let b = T::Compute::from_f64(sb) / m * rs * rs * rs;
-                let dr = &mut dc[k * cols..(k + 1) * cols];
-                layer_norm_grad_apply(xr, gr, w, dr, c, (rs, a, b));
+                let (dr, d_rest) = dc[k * cols..].split_at_mut(cols);
+                let rest = (k + 1) * cols..(k + 2) * cols;
+                let next = [
+                    xc.get(rest.clone()).unwrap_or(&[]),
+                    gc.get(rest).unwrap_or(&[]),
+                    &d_rest[..cols.min(d_rest.len())],
+                ];
+                layer_norm_grad_apply(xr, gr, w, dr, c, (rs, a, b), next);
             }
         }
         (dw, db)

@@ -10,6 +10,7 @@
 
 pub mod backward;
 pub mod moments;
+pub mod prefetch;
 pub mod threads;
 
 use crate::dtype::{Element, Real};
@@ -586,24 +587,16 @@ fn group_norm_first_fused<T: Element>(
     p: &GroupAffine<'_, T::Compute>,
 ) -> GroupStats<T::Compute> {
     let count = g.c / p.groups * g.s;
-    let total = g.n * g.c * g.s;
-    let m = count as f64;
-    let stats: Vec<(f64, f64, T::Compute)> = y[..total]
-        .par_chunks_mut(count)
-        .zip(x[..total].par_chunks(count))
-        .enumerate()
-        .map(|(i, (yg, xg))| {
-            let mean = sum_before_writing(xg, yg).to_f64() / m;
-            let m2 = sum_sq_dev(xg, Centre::of(mean)).to_f64();
-            let rs = (p.finish)(m2);
-            let c0 = (i % p.groups) * (g.c / p.groups);
-            for (j, (yp, xp)) in yg.chunks_mut(g.s).zip(xg.chunks(g.s)).enumerate() {
-                let c = c0 + j;
-                affine_run(xp, yp, Centre::of(mean), rs * p.gamma[c], p.beta[c]);
-            }
-            (mean, m2, rs)
-        })
-        .collect();
+    let mut stats = vec![(0.0, 0.0, T::Compute::ZERO); g.n * p.groups];
+    fused_runs(x, y, count, &mut stats, |i, xg, yg, mean, m2| {
+        let rs = (p.finish)(m2);
+        let c0 = (i % p.groups) * (g.c / p.groups);
+        for (j, (yp, xp)) in yg.chunks_mut(g.s).zip(xg.chunks(g.s)).enumerate() {
+            let c = c0 + j;
+            affine_run(xp, yp, Centre::of(mean), rs * p.gamma[c], p.beta[c]);
+        }
+        (mean, m2, rs)
+    });
     unzip3(stats)
 }
 
@@ -703,6 +696,7 @@ pub(crate) fn sample_runs(
 /// squared deviations (`finish` gives `r`) and the apply `y = (x − μ)·r·γ + β` run back to
 /// back while the row is in L1/L2, so `x` is read from memory once. The same operations in the
 /// same order as [`row_moments`] then [`apply_rows`], so the results are bit-identical.
+/// Runs through [`fused_runs`] (which prefetches the next row).
 /// Returns the f64 means and the `r` of every row.
 pub fn layer_norm_fused<T: Element>(
     x: &[T],
@@ -717,19 +711,63 @@ pub fn layer_norm_fused<T: Element>(
         let (mean, m2) = row_moments(x, rows, cols);
         return (mean, m2.into_iter().map(finish).collect());
     }
-    let m = cols as f64;
-    let stats: Vec<(f64, T::Compute)> = y[..rows * cols]
-        .par_chunks_mut(cols)
-        .zip(x[..rows * cols].par_chunks(cols))
-        .map(|(yr, xr)| {
-            let mean = sum_before_writing(xr, yr).to_f64() / m;
-            let rs = finish(sum_sq_dev(xr, Centre::of(mean)).to_f64());
-            layer_norm_row(xr, yr, Centre::of(mean), rs, weight, bias);
-            (mean, rs)
-        })
-        .collect();
+    let mut stats = vec![(0.0, T::Compute::ZERO); rows];
+    fused_runs(x, y, cols, &mut stats, |_, xr, yr, mean, m2| {
+        let rs = finish(m2);
+        layer_norm_row(xr, yr, Centre::of(mean), rs, weight, bias);
+        (mean, rs)
+    });
     stats.into_iter().unzip()
 }
+
+/// Statistics and apply fused per contiguous run of `len` elements (LayerNorm rows, GroupNorm
+/// / InstanceNorm channels-first groups), for the `out.len()` runs of `x`: each run's sum, its
+/// sum of squared deviations, then `out[i] = apply(i, x_run, y_run, mean, m2)`, back to back
+/// while the run is in L1/L2, so `x` is read from memory once. While a run is in cache, the
+/// next run of its block is prefetched ([`prefetch`]): its `x` during the centred pass, its
+/// `y` after the apply, so memory works during the in-cache passes (same-run A/B: see
+/// docs/perf/cpu.md, "Software prefetch"). The runs are split into at most [`ROW_BLOCKS`]
+/// blocks of consecutive runs (a partition by shape only; each run's results do not depend
+/// on it at all).
+fn fused_runs<T: Element, S: Send>(
+    x: &[T],
+    y: &mut [T],
+    len: usize,
+    out: &mut [S],
+    apply: impl Fn(usize, &[T], &mut [T], f64, f64) -> S + Sync,
+) {
+    let runs = out.len();
+    if runs * len == 0 {
+        return;
+    }
+    let block = runs.div_ceil(ROW_BLOCKS);
+    let m = len as f64;
+    y[..runs * len]
+        .par_chunks_mut(block * len)
+        .zip(x[..runs * len].par_chunks(block * len))
+        .zip(out.par_chunks_mut(block))
+        .enumerate()
+        .for_each(|(b, ((yb, xb), ob))| {
+            for (r, o) in ob.iter_mut().enumerate() {
+                let xr = &xb[r * len..(r + 1) * len];
+                let x_next = xb.get((r + 1) * len..(r + 2) * len).unwrap_or(&[]);
+                let (yr, y_rest) = yb[r * len..].split_at_mut(len);
+                // the block's later runs had their `y` prefetched (below)
+                let s = if r == 0 {
+                    sum_before_writing(xr, yr)
+                } else {
+                    sum(xr)
+                };
+                let mean = s.to_f64() / m;
+                let m2 = moments::sum_sq_dev_prefetching(xr, Centre::of(mean), x_next);
+                *o = apply(b * block + r, xr, yr, mean, m2.to_f64());
+                prefetch::all(&y_rest[..len.min(y_rest.len())]);
+            }
+        });
+}
+
+/// At most this many blocks of consecutive runs in [`fused_runs`].
+const ROW_BLOCKS: usize = 256;
 
 /// LayerNorm apply over row-major `(rows, cols)`: `y = (x − μ_row)·r_row·γ_col + β_col`.
 pub fn apply_rows<T: Element>(
@@ -1006,19 +1044,21 @@ mod tests {
         );
     }
 
+    /// Both layouts: channels last (s = 5000 rows of 8 channels: three reduction pieces per
+    /// sample), channels first (37 samples of 8 groups: 296 runs in blocks of 2, the last one
+    /// short, each block prefetching its next run).
     #[test]
-    fn fused_group_norm_channels_last_matches_moments_then_apply() {
+    fn fused_group_norm_matches_moments_then_apply() {
         use super::{
             ChannelLayout, Coefficients, Geom, GroupAffine, apply_channel, group_moments,
             group_norm_fused, moments::Centre, moments::finish, threads::install,
         };
-        // s = 5000 rows of 8 channels: three reduction pieces per sample.
-        let g = Geom {
-            n: 3,
-            c: 8,
-            s: 5000,
-        };
-        fn check<T: crate::dtype::Element>(x: &[T], g: Geom, groups: usize, threads: usize) {
+        fn check<T: crate::dtype::Element>(
+            x: &[T],
+            (g, layout): (Geom, ChannelLayout),
+            groups: usize,
+            threads: usize,
+        ) {
             let cg = g.c / groups;
             let fin = |m: f64| finish::<T::Compute>(cg * g.s, m, 1e-5, true, false).1;
             let real = <T::Compute as crate::dtype::Real>::from_f64;
@@ -1032,11 +1072,9 @@ mod tests {
                 beta: &beta,
             };
             let (m1, v1, r1) = install(Some(threads), || {
-                group_norm_fused(x, &mut y1, g, ChannelLayout::Last, &p)
+                group_norm_fused(x, &mut y1, g, layout, &p)
             });
-            let (m2, v2) = install(Some(threads), || {
-                group_moments(x, g, groups, ChannelLayout::Last)
-            });
+            let (m2, v2) = install(Some(threads), || group_moments(x, g, groups, layout));
             let r2: Vec<T::Compute> = v2.iter().map(|&m| fin(m)).collect();
             let nc = g.n * g.c;
             let stat = |i: usize| (i / g.c) * groups + (i % g.c) / cg;
@@ -1050,27 +1088,72 @@ mod tests {
                 per_sample: true,
             };
             let mut y2 = vec![T::default(); x.len()];
-            install(Some(threads), || {
-                apply_channel(x, &mut y2, g, ChannelLayout::Last, &k)
-            });
+            install(Some(threads), || apply_channel(x, &mut y2, g, layout, &k));
             assert_eq!(
                 (m1, v1, r1),
                 (m2, v2, r2),
-                "groups {groups} threads {threads}"
+                "{layout:?} groups {groups} threads {threads}"
             );
             let bits = |y: &[T]| y.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
-            assert!(bits(&y1) == bits(&y2), "groups {groups} threads {threads}");
+            assert!(
+                bits(&y1) == bits(&y2),
+                "{layout:?} groups {groups} threads {threads}"
+            );
         }
-        let values: Vec<f64> = (0..g.n * g.c * g.s)
-            .map(|i| 7.0 + ((i * 7919) % 1013) as f64 / 97.0)
-            .collect();
-        let f32s: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-        let bf16s: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f64(v)).collect();
-        // 1 thread: one task per sample; 4 threads > 3 samples: parallel inside each sample.
-        for threads in [1, 4] {
-            for groups in [2, 8] {
-                check(&f32s, g, groups, threads);
-                check(&bf16s, g, groups, threads);
+        let last = Geom {
+            n: 3,
+            c: 8,
+            s: 5000,
+        };
+        let first = Geom { n: 37, c: 8, s: 13 };
+        for case in [(last, ChannelLayout::Last), (first, ChannelLayout::First)] {
+            let g = case.0;
+            let values: Vec<f64> = (0..g.n * g.c * g.s)
+                .map(|i| 7.0 + ((i * 7919) % 1013) as f64 / 97.0)
+                .collect();
+            let f32s: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            let bf16s: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f64(v)).collect();
+            // channels last, 1 thread: one task per sample; 4 threads > 3 samples: parallel
+            // inside each sample.
+            for threads in [1, 4] {
+                for groups in [2, 8] {
+                    check(&f32s, case, groups, threads);
+                    check(&bf16s, case, groups, threads);
+                }
+            }
+        }
+    }
+
+    /// The fused LayerNorm forward (blocks of rows, each prefetching its next row) gives the
+    /// same bits as the row moments, then the apply, for row counts that leave a short last
+    /// block (1, 7, 257, 1027 rows: blocks of 1, 1, 2 and 5 rows, the last one short for 257
+    /// and 1027) and odd row lengths, f32 and bf16.
+    #[test]
+    fn fused_layer_norm_matches_moments_then_apply() {
+        use super::{apply_rows, layer_norm_fused, moments::Centre, moments::finish, row_moments};
+        fn check<T: crate::dtype::Element>(rows: usize, cols: usize) {
+            let x: Vec<T> = (0..rows * cols)
+                .map(|i| T::from_f64(1e3 + ((i * 7919) % 1013) as f64 / 97.0))
+                .collect();
+            let fin = |m: f64| finish::<T::Compute>(cols, m, 1e-5, false, true).1;
+            let real = <T::Compute as crate::dtype::Real>::from_f64;
+            let w: Vec<T::Compute> = (0..cols).map(|c| real(0.5 + c as f64)).collect();
+            let b: Vec<T::Compute> = (0..cols).map(|c| real(c as f64 - 2.0)).collect();
+            let mut y1 = vec![T::default(); x.len()];
+            let (m1, r1) = layer_norm_fused(&x, &mut y1, rows, cols, fin, Some(&w), Some(&b));
+            let (m2, v2) = row_moments(&x, rows, cols);
+            let r2: Vec<T::Compute> = v2.iter().map(|&m| fin(m)).collect();
+            let mu: Vec<Centre<T::Compute>> = m2.iter().map(|&m| Centre::of(m)).collect();
+            let mut y2 = vec![T::default(); x.len()];
+            apply_rows(&x, &mut y2, cols, &mu, &r2, Some(&w), Some(&b));
+            assert_eq!((m1, r1), (m2, r2), "{rows}x{cols}");
+            let bits = |y: &[T]| y.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
+            assert!(bits(&y1) == bits(&y2), "{rows}x{cols}");
+        }
+        for rows in [1, 7, 257, 1027] {
+            for cols in [1, 13, 97] {
+                check::<f32>(rows, cols);
+                check::<half::bf16>(rows, cols);
             }
         }
     }

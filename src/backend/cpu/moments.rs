@@ -138,21 +138,51 @@ simd_clones! {
 /// Σ (x − mean)² over `xs`: the difference and its square in the compute type, the sum in the
 /// accumulator type.
 pub fn sum_sq_dev<T: Element>(xs: &[T], mean: Centre<T::Compute>) -> T::Acc {
+    lane_sum_sq_dev(xs, mean, |_| {})
+}
+}
+
+simd_clones! {
+/// [`sum_sq_dev`] of `xs` (the same result, bit for bit) that also prefetches the lines of
+/// `next` (the run the caller reads after this one; [`super::prefetch`]), one line per line of
+/// `xs`, so memory fetches it while this in-cache pass computes.
+pub fn sum_sq_dev_prefetching<T: Element>(
+    xs: &[T],
+    mean: Centre<T::Compute>,
+    next: &[T],
+) -> T::Acc {
+    let step = super::prefetch::line_elems::<T>();
+    lane_sum_sq_dev(xs, mean, |k| {
+        if (k * LANES) % step == 0 {
+            super::prefetch::line(next, k * LANES);
+        }
+    })
+}
+}
+
+/// The body of [`sum_sq_dev`] (and [`sum_sq_dev_prefetching`]): `after_chunk(k)` after chunk
+/// `k` of [`LANES`] elements.
+#[inline(always)]
+fn lane_sum_sq_dev<T: Element>(
+    xs: &[T],
+    mean: Centre<T::Compute>,
+    mut after_chunk: impl FnMut(usize),
+) -> T::Acc {
     let mut acc = [T::Acc::ZERO; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
-    for c in chunks {
+    for (k, c) in chunks.enumerate() {
         for i in 0..LANES {
             let d = mean.centre(c[i].to_compute());
             acc[i] += acc_of::<T>(d * d);
         }
+        after_chunk(k);
     }
     add_tail(&mut acc, tail.len(), |i| {
         let d = mean.centre(tail[i].to_compute());
         acc_of::<T>(d * d)
     });
     combine(&acc)
-}
 }
 
 /// Converts a compute-type value into the accumulator type (exact: the accumulator is at

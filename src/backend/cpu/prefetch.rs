@@ -1,0 +1,61 @@
+//! Software prefetch of the rows a loop will read (or write) next.
+//!
+//! The row-wise kernels (LayerNorm forward and backward) alternate a memory phase (the first
+//! pass over a row, which misses) with in-cache phases (the centred pass and the apply, from
+//! L1/L2). During the in-cache phases nothing asks for the next row, so memory sits idle and
+//! the time is the sum of the two phases. Prefetching the next row's lines while the current
+//! one is computed overlaps them. A prefetch is a hint: it has no effect on the program's
+//! results, cannot fault, and a line it brings in that is not used is only wasted bandwidth.
+//!
+//! The instruction comes from the `prefetch-index` crate (a safe function around
+//! `_mm_prefetch` / `prfm`), so this backend keeps `forbid(unsafe_code)`.
+
+/// Bytes per cache line (x86_64 and the common aarch64 cores).
+pub const LINE: usize = 64;
+
+/// Elements of `T` per cache line.
+#[inline(always)]
+pub const fn line_elems<T>() -> usize {
+    let n = LINE / std::mem::size_of::<T>();
+    if n == 0 { 1 } else { n }
+}
+
+/// Prefetches the line holding `s[i]` into all cache levels; nothing when `i` is past the end.
+#[inline(always)]
+pub fn line<T>(s: &[T], i: usize) {
+    if i < s.len() {
+        prefetch_index::prefetch_index(s, i);
+    }
+}
+
+/// Prefetches every line of `s` (a burst: for short slices, or between passes).
+#[inline(always)]
+pub fn all<T>(s: &[T]) {
+    for i in (0..s.len()).step_by(line_elems::<T>()) {
+        prefetch_index::prefetch_index(s, i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_per_element_type() {
+        assert_eq!(line_elems::<f32>(), 16);
+        assert_eq!(line_elems::<half::bf16>(), 32);
+        assert_eq!(line_elems::<f64>(), 8);
+        assert_eq!(line_elems::<[u8; 128]>(), 1);
+    }
+
+    #[test]
+    fn prefetch_leaves_data_alone_and_ignores_indices_past_the_end() {
+        let v: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        for i in [0, 15, 16, 99, 100, usize::MAX] {
+            line(&v, i);
+        }
+        all(&v);
+        all::<f32>(&[]);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as f32));
+    }
+}
