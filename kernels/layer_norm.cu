@@ -23,15 +23,31 @@ namespace normkit {
 #define LN_WARP_VALUES 32
 #define LN_BLOCK_VALUES 16
 
-// (v − μ)·r·γ_j + β_j. Lanes past the row (j >= cols: padding of the last pack, never
-// stored) skip γ and β, which hold only cols values (found by compute-sanitizer on an H100).
-template <class C>
-NK_DEVICE C ln_affine(C v, C mean, C rstd, const C* w, const C* b, i64 j, i64 cols) {
-    C t = (v - mean) * rstd;
-    if (j >= cols) return t;
-    if (w) t = t * w[j];
-    if (b) t = t + b[j];
-    return t;
+// (v − μ)·r·γ_j + β_j for the pack of N values at columns [j, j + N). γ and β come through
+// load_params: vector loads when `params_vec`, and lanes past the row (j + k >= cols: padding
+// of the last pack, never stored) read no γ/β, which hold only cols values (an out-of-bounds
+// read found by compute-sanitizer on an H100).
+// Before: one scalar load of γ_j and of β_j per element, lanes N elements apart, so each warp
+// load spanned 32·N·sizeof(C) bytes (1 KiB for bf16): 2N such loads per pack made the bf16
+// forward as slow as the f32 one (H100, docs/perf/gpu.md).
+template <class C, int N>
+NK_DEVICE void ln_affine_pack(C (&v)[N], C mean, C rstd, const C* w, const C* b, i64 j, i64 cols,
+                              bool params_vec) {
+    C wv[N], bv[N];
+    if (w) load_params<C, N>(w, j, cols, params_vec, wv);
+    if (b) load_params<C, N>(b, j, cols, params_vec, bv);
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+        C t = (v[k] - mean) * rstd;
+        if (w) t = t * wv[k];
+        if (b) t = t + bv[k];
+        v[k] = t;
+    }
+}
+
+// Whether γ and β (those given) can be read as vectors alongside packs of the input.
+NK_DEVICE bool ln_params_vec(bool vec_ok, const void* w, const void* b) {
+    return vec_ok && (!w || is_aligned16(w)) && (!b || is_aligned16(b));
 }
 
 template <class S, int VALUES>
@@ -46,6 +62,7 @@ NK_DEVICE void layer_norm_fwd_warp(const LayerNormParams p) {
     const int warps = blockDim.x >> 5;
     const i64 cols = p.cols;
     const bool vec_ok = is_aligned16(x) && is_aligned16(y) && cols % N == 0;
+    const bool params_vec = ln_params_vec(vec_ok, w, b);
     for (i64 row = (i64)blockIdx.x * warps + (threadIdx.x >> 5); row < p.rows;
          row += (i64)gridDim.x * warps) {
         const S* xr = x + row * cols;
@@ -73,8 +90,7 @@ NK_DEVICE void layer_norm_fwd_warp(const LayerNormParams p) {
 #pragma unroll
         for (int it = 0; it < ITERS; ++it) {
             const i64 base = ((i64)it * 32 + lane) * N;
-#pragma unroll
-            for (int k = 0; k < N; ++k) v[it][k] = ln_affine<C>(v[it][k], mean, rstd, w, b, base + k, cols);
+            ln_affine_pack<C, N>(v[it], mean, rstd, w, b, base, cols, params_vec);
             store_pack<S, N>(yr, base, cols, vec_ok, v[it]);
         }
         if (lane == 0) {
@@ -97,6 +113,7 @@ NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
     const i64 nthreads = blockDim.x;
     const i64 cols = p.cols;
     const bool vec_ok = is_aligned16(x) && is_aligned16(y) && cols % N == 0;
+    const bool params_vec = ln_params_vec(vec_ok, w, b);
     const bool resident = cols <= nthreads * VALUES;
     for (i64 row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const S* xr = x + row * cols;
@@ -126,9 +143,7 @@ NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
 #pragma unroll
             for (int it = 0; it < ITERS; ++it) {
                 const i64 base = ((i64)it * nthreads + tid) * N;
-#pragma unroll
-                for (int k = 0; k < N; ++k)
-                    v[it][k] = ln_affine<C>(v[it][k], mean, rstd, w, b, base + k, cols);
+                ln_affine_pack<C, N>(v[it], mean, rstd, w, b, base, cols, params_vec);
                 store_pack<S, N>(yr, base, cols, vec_ok, v[it]);
             }
             if (tid == 0) {
@@ -158,8 +173,7 @@ NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
             const C rstd = rstd_from_m2<C>(m2, cols, p.eps, false, false);
             for (i64 i = (i64)tid * N; i < cols; i += nthreads * N) {
                 load_pack<S, N>(xr, i, cols, vec_ok, v);
-#pragma unroll
-                for (int k = 0; k < N; ++k) v[k] = ln_affine<C>(v[k], mean, rstd, w, b, i + k, cols);
+                ln_affine_pack<C, N>(v, mean, rstd, w, b, i, cols, params_vec);
                 store_pack<S, N>(yr, i, cols, vec_ok, v);
             }
             if (tid == 0) {

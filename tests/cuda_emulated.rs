@@ -166,6 +166,8 @@ where
         LN_WARP_MAX_COLS + 1,
         LN_BLOCK_RESIDENT_COLS,
         LN_BLOCK_RESIDENT_COLS + 1,
+        // streamed rows with whole packs: vector loads of x, y, γ and β
+        LN_BLOCK_RESIDENT_COLS + 8,
     ];
     for (i, &cols) in colses.iter().enumerate() {
         let rows = if cols > 1000 { 3 } else { [1, 7, 13][i % 3] };

@@ -30,6 +30,28 @@ NK_DEVICE void load_pack(const S* p, i64 i, i64 end, bool vec_ok,
     }
 }
 
+// Loads elements [i, i + N) of a compute-type parameter array (γ, β: C = f32 or f64) for the
+// pack of N input elements starting at i; lanes at or beyond `end` read as 0. When `vec_ok`
+// (16-byte aligned base, and i a multiple of N, which makes p + i 16-byte aligned because
+// N·sizeof(C) is a multiple of 16) the pack comes as N·sizeof(C)/16 vector loads instead of N
+// scalar loads: a warp whose lanes hold consecutive packs then issues 2 (bf16/f16) or 1
+// (f32/f64) load per array and pack, not N loads each spanning the warp's whole stride.
+template <class C, int N>
+NK_DEVICE void load_params(const C* p, i64 i, i64 end, bool vec_ok, C (&out)[N]) {
+    enum { PER = 16 / sizeof(C), VECS = N / PER };
+    if (vec_ok && VECS * PER == N && i + N <= end) {
+#pragma unroll
+        for (int v = 0; v < VECS; ++v) {
+            Pack<C, PER> pk = *reinterpret_cast<const Pack<C, PER>*>(p + i + v * PER);
+#pragma unroll
+            for (int k = 0; k < PER; ++k) out[v * PER + k] = pk.v[k];
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < N; ++k) out[k] = (i + k < end) ? p[i + k] : (C)0;
+    }
+}
+
 // Stores elements [i, min(i + N, end)).
 template <class S, int N>
 NK_DEVICE void store_pack(S* p, i64 i, i64 end, bool vec_ok,
