@@ -11,7 +11,8 @@
 //   (r = 1/sqrt(var + eps), r = 0 when var == 0 and eps == 0), updates the running statistics
 //   (running_var with the unbiased variance M2/(count − 1)) and resets the counter, so repeated
 //   launches and graph replays need no memset.
-//   apply_{nchw,nhwc}  y = (x − μ_c)·(r_c·γ_c) + β_c, one thread per element, grid-stride.
+//   apply_{nchw,nhwc}  y = (x − μ_c)·(r_c·γ_c) + β_c, grid-stride, a 16-byte pack per thread
+//               step where the layout allows (bn_affine), else one element.
 // Inference = 1 launch: infer_{nchw,nhwc} with scale = 1/sqrt(rv + eps)·γ in the compute type;
 //   where that scale is not finite, PyTorch's folded form x·scale + (β − μ·scale) is used so NaN
 //   and ∞ appear where PyTorch's do.
@@ -21,6 +22,7 @@
 #include "common/welford.cuh"
 #include "common/reduce.cuh"
 #include "common/params.cuh"
+#include "common/memory.cuh"
 
 namespace normkit {
 
@@ -177,48 +179,98 @@ template <bool NHWC> NK_DEVICE i64 bn_channel(const BatchNormApplyParams& p, i64
     return NHWC ? i % p.c : (i / p.s) % p.c;
 }
 
-template <class S, bool NHWC>
-NK_DEVICE void batch_norm_apply(const BatchNormApplyParams p) {
+// Per-channel coefficients of y = (x − shift)·scale + offset for the K channels [c0, c0 + K)
+// (K = 1, or a pack of N adjacent channels channels last). Training apply (INFER false), from
+// the saved statistics: (μ_c, r_c·γ_c, β_c). Inference (INFER true), from the running
+// statistics: scale = 1/sqrt(rv + eps)·γ, shift = rm, offset = β, and where that scale is not
+// finite PyTorch's folded form (shift 0, offset β − rm·scale), so NaN and ∞ appear where
+// PyTorch's do. The per-channel arrays come through load_params (vector loads when `vec`).
+template <class C, bool INFER> struct BnCoef {
+    const C* mean;  // saved mean, or running mean
+    const C* r;     // saved rstd, or running variance
+    const C* w;
+    const C* b;
+    i64 c;
+    bool vec;
+    C eps;
+    template <int K> NK_MEMBER void pack(i64 c0, C (&shift)[K], C (&scale)[K], C (&offset)[K]) const {
+        C r_[K], wv[K], bv[K];
+        load_params<C, K>(mean, c0, c, vec, shift);
+        load_params<C, K>(r, c0, c, vec, r_);
+        if (w) load_params<C, K>(w, c0, c, vec, wv);
+        if (b) load_params<C, K>(b, c0, c, vec, bv);
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            offset[k] = b ? bv[k] : (C)0;
+            if (!INFER) {
+                scale[k] = w ? r_[k] * wv[k] : r_[k];
+            } else {
+                scale[k] = (C)1 / nk_sqrt(r_[k] + eps) * (w ? wv[k] : (C)1);
+                if (!nk_isfinite(scale[k])) {
+                    offset[k] = offset[k] - shift[k] * scale[k];
+                    shift[k] = (C)0;
+                }
+            }
+        }
+    }
+};
+
+// y = (x − shift_c)·scale_c + offset_c over the whole tensor, grid-stride. When x and y are
+// 16-byte aligned and a pack of N = 16/sizeof(S) elements never crosses a channel boundary
+// (channels first: s % N == 0, one channel per pack) or a row (channels last: c % N == 0, N
+// adjacent channels per pack), each thread moves whole packs: one 16-byte load and store, one
+// channel index (a 64-bit division) and one set of coefficient loads per pack instead of per
+// element. Otherwise one element per thread. The same arithmetic per element either way.
+template <class S, bool NHWC, class Coef>
+NK_DEVICE void bn_affine(const BatchNormApplyParams& p, const Coef& coef) {
     typedef typename Traits<S>::C C;
+    enum { N = PackWidth<S>::N };
     const S* x = static_cast<const S*>(p.x);
     S* y = static_cast<S*>(p.y);
-    const C* mean = static_cast<const C*>(p.mean);
-    const C* rstd = static_cast<const C*>(p.rstd_or_var);
-    const C* w = static_cast<const C*>(p.weight);
-    const C* b = static_cast<const C*>(p.bias);
     const i64 total = p.n * p.c * p.s;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (i64)gridDim.x * blockDim.x) {
-        const i64 c = bn_channel<NHWC>(p, i);
-        const C scale = w ? rstd[c] * w[c] : rstd[c];
-        const C shift = b ? b[c] : (C)0;
-        y[i] = Traits<S>::store((Traits<S>::load(x[i]) - mean[c]) * scale + shift);
+    const i64 first = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    const bool packs = is_aligned16(x) && is_aligned16(y) && (NHWC ? p.c % N : p.s % N) == 0;
+    if (packs) {
+        for (i64 i = first * N; i < total; i += stride * N) {
+            C v[N];
+            load_pack<S, N>(x, i, total, true, v);
+            if (NHWC) {
+                C sh[N], sc[N], of[N];
+                coef.template pack<N>(i % p.c, sh, sc, of);
+#pragma unroll
+                for (int k = 0; k < N; ++k) v[k] = (v[k] - sh[k]) * sc[k] + of[k];
+            } else {
+                C sh[1], sc[1], of[1];
+                coef.template pack<1>((i / p.s) % p.c, sh, sc, of);
+#pragma unroll
+                for (int k = 0; k < N; ++k) v[k] = (v[k] - sh[0]) * sc[0] + of[0];
+            }
+            store_pack<S, N>(y, i, total, true, v);
+        }
+    } else {
+        for (i64 i = first; i < total; i += stride) {
+            C sh[1], sc[1], of[1];
+            coef.template pack<1>(bn_channel<NHWC>(p, i), sh, sc, of);
+            y[i] = Traits<S>::store((Traits<S>::load(x[i]) - sh[0]) * sc[0] + of[0]);
+        }
     }
 }
 
-template <class S, bool NHWC>
-NK_DEVICE void batch_norm_infer(const BatchNormApplyParams p) {
+// apply (INFER false) and infer (INFER true): bn_affine with BnCoef.
+template <class S, bool NHWC, bool INFER>
+NK_DEVICE void batch_norm_affine(const BatchNormApplyParams p) {
     typedef typename Traits<S>::C C;
-    const S* x = static_cast<const S*>(p.x);
-    S* y = static_cast<S*>(p.y);
-    const C* rm = static_cast<const C*>(p.mean);
-    const C* rv = static_cast<const C*>(p.rstd_or_var);
-    const C* w = static_cast<const C*>(p.weight);
-    const C* b = static_cast<const C*>(p.bias);
-    const i64 total = p.n * p.c * p.s;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (i64)gridDim.x * blockDim.x) {
-        const i64 c = bn_channel<NHWC>(p, i);
-        const C gamma = w ? w[c] : (C)1;
-        const C beta = b ? b[c] : (C)0;
-        const C scale = (C)1 / nk_sqrt(rv[c] + (C)p.eps) * gamma;
-        C shift = rm[c], offset = beta;
-        if (!nk_isfinite(scale)) {
-            offset = beta - rm[c] * scale;
-            shift = (C)0;
-        }
-        y[i] = Traits<S>::store((Traits<S>::load(x[i]) - shift) * scale + offset);
-    }
+    BnCoef<C, INFER> k;
+    k.mean = static_cast<const C*>(p.mean);
+    k.r = static_cast<const C*>(p.rstd_or_var);
+    k.w = static_cast<const C*>(p.weight);
+    k.b = static_cast<const C*>(p.bias);
+    k.c = p.c;
+    k.vec = is_aligned16(k.mean) && is_aligned16(k.r) && (!k.w || is_aligned16(k.w)) &&
+            (!k.b || is_aligned16(k.b));
+    k.eps = (C)p.eps;
+    bn_affine<S, NHWC>(p, k);
 }
 
 // ---- Backward ------------------------------------------------------------------------------
@@ -397,22 +449,22 @@ NK_ENTRY(batch_norm_stats_nhwc_f32, BatchNormStatsParams, batch_norm_stats_nhwc<
 NK_ENTRY(batch_norm_stats_nhwc_f64, BatchNormStatsParams, batch_norm_stats_nhwc<double>)
 NK_ENTRY(batch_norm_stats_nhwc_f16, BatchNormStatsParams, batch_norm_stats_nhwc<f16>)
 NK_ENTRY(batch_norm_stats_nhwc_bf16, BatchNormStatsParams, batch_norm_stats_nhwc<bf16>)
-NK_ENTRY(batch_norm_apply_nchw_f32, BatchNormApplyParams, batch_norm_apply<float, false>)
-NK_ENTRY(batch_norm_apply_nchw_f64, BatchNormApplyParams, batch_norm_apply<double, false>)
-NK_ENTRY(batch_norm_apply_nchw_f16, BatchNormApplyParams, batch_norm_apply<f16, false>)
-NK_ENTRY(batch_norm_apply_nchw_bf16, BatchNormApplyParams, batch_norm_apply<bf16, false>)
-NK_ENTRY(batch_norm_apply_nhwc_f32, BatchNormApplyParams, batch_norm_apply<float, true>)
-NK_ENTRY(batch_norm_apply_nhwc_f64, BatchNormApplyParams, batch_norm_apply<double, true>)
-NK_ENTRY(batch_norm_apply_nhwc_f16, BatchNormApplyParams, batch_norm_apply<f16, true>)
-NK_ENTRY(batch_norm_apply_nhwc_bf16, BatchNormApplyParams, batch_norm_apply<bf16, true>)
-NK_ENTRY(batch_norm_infer_nchw_f32, BatchNormApplyParams, batch_norm_infer<float, false>)
-NK_ENTRY(batch_norm_infer_nchw_f64, BatchNormApplyParams, batch_norm_infer<double, false>)
-NK_ENTRY(batch_norm_infer_nchw_f16, BatchNormApplyParams, batch_norm_infer<f16, false>)
-NK_ENTRY(batch_norm_infer_nchw_bf16, BatchNormApplyParams, batch_norm_infer<bf16, false>)
-NK_ENTRY(batch_norm_infer_nhwc_f32, BatchNormApplyParams, batch_norm_infer<float, true>)
-NK_ENTRY(batch_norm_infer_nhwc_f64, BatchNormApplyParams, batch_norm_infer<double, true>)
-NK_ENTRY(batch_norm_infer_nhwc_f16, BatchNormApplyParams, batch_norm_infer<f16, true>)
-NK_ENTRY(batch_norm_infer_nhwc_bf16, BatchNormApplyParams, batch_norm_infer<bf16, true>)
+NK_ENTRY(batch_norm_apply_nchw_f32, BatchNormApplyParams, batch_norm_affine<float, false, false>)
+NK_ENTRY(batch_norm_apply_nchw_f64, BatchNormApplyParams, batch_norm_affine<double, false, false>)
+NK_ENTRY(batch_norm_apply_nchw_f16, BatchNormApplyParams, batch_norm_affine<f16, false, false>)
+NK_ENTRY(batch_norm_apply_nchw_bf16, BatchNormApplyParams, batch_norm_affine<bf16, false, false>)
+NK_ENTRY(batch_norm_apply_nhwc_f32, BatchNormApplyParams, batch_norm_affine<float, true, false>)
+NK_ENTRY(batch_norm_apply_nhwc_f64, BatchNormApplyParams, batch_norm_affine<double, true, false>)
+NK_ENTRY(batch_norm_apply_nhwc_f16, BatchNormApplyParams, batch_norm_affine<f16, true, false>)
+NK_ENTRY(batch_norm_apply_nhwc_bf16, BatchNormApplyParams, batch_norm_affine<bf16, true, false>)
+NK_ENTRY(batch_norm_infer_nchw_f32, BatchNormApplyParams, batch_norm_affine<float, false, true>)
+NK_ENTRY(batch_norm_infer_nchw_f64, BatchNormApplyParams, batch_norm_affine<double, false, true>)
+NK_ENTRY(batch_norm_infer_nchw_f16, BatchNormApplyParams, batch_norm_affine<f16, false, true>)
+NK_ENTRY(batch_norm_infer_nchw_bf16, BatchNormApplyParams, batch_norm_affine<bf16, false, true>)
+NK_ENTRY(batch_norm_infer_nhwc_f32, BatchNormApplyParams, batch_norm_affine<float, true, true>)
+NK_ENTRY(batch_norm_infer_nhwc_f64, BatchNormApplyParams, batch_norm_affine<double, true, true>)
+NK_ENTRY(batch_norm_infer_nhwc_f16, BatchNormApplyParams, batch_norm_affine<f16, true, true>)
+NK_ENTRY(batch_norm_infer_nhwc_bf16, BatchNormApplyParams, batch_norm_affine<bf16, true, true>)
 NK_ENTRY(batch_norm_bwd_reduce_nchw_f32, NormBwdParams, batch_norm_bwd_reduce_nchw<float>)
 NK_ENTRY(batch_norm_bwd_reduce_nchw_f64, NormBwdParams, batch_norm_bwd_reduce_nchw<double>)
 NK_ENTRY(batch_norm_bwd_reduce_nchw_f16, NormBwdParams, batch_norm_bwd_reduce_nchw<f16>)

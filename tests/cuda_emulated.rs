@@ -507,8 +507,18 @@ where
     T::Compute: ElementData,
 {
     // (8, 3, 169) and (4, 33, 97) split over several blocks at sms = 8 (straddling the
-    // 32-channel NHWC tile for C = 33); (13, 1, 1) is BatchNorm1d-like.
-    let cases = [(2, 3, 7), (8, 3, 169), (1, 5, 97), (13, 1, 1), (4, 33, 97)];
+    // 32-channel NHWC tile for C = 33); (13, 1, 1) is BatchNorm1d-like. (3, 16, 24) and
+    // (2, 40, 8): C and S multiples of every pack width, so the apply and inference kernels
+    // take their 16-byte pack paths (with vector loads of the per-channel parameters).
+    let cases = [
+        (2, 3, 7),
+        (8, 3, 169),
+        (1, 5, 97),
+        (13, 1, 1),
+        (4, 33, 97),
+        (3, 16, 24),
+        (2, 40, 8),
+    ];
     let split_dev = EmuDevice {
         sms: 8,
         reverse_blocks: true,

@@ -15,6 +15,8 @@
 
 // Device helpers: `static __device__ __forceinline__`.
 #define NK_DEVICE static __device__ __forceinline__
+// Member functions of device-side structs (no `static`).
+#define NK_MEMBER __device__ __forceinline__
 
 // One kernel entry point: forwards to a templated __device__ body, nothing else.
 //   NK_ENTRY(layer_norm_fwd_warp_f32, LayerNormParams, layer_norm_fwd_warp<float, 32>)
