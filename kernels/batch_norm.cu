@@ -194,18 +194,28 @@ template <class C, bool INFER> struct BnCoef {
     bool vec;
     C eps;
     template <int K> NK_MEMBER void pack(i64 c0, C (&shift)[K], C (&scale)[K], C (&offset)[K]) const {
-        C r_[K], wv[K], bv[K];
+        C r_[K], wv[K];
         load_params<C, K>(mean, c0, c, vec, shift);
         load_params<C, K>(r, c0, c, vec, r_);
-        if (w) load_params<C, K>(w, c0, c, vec, wv);
-        if (b) load_params<C, K>(b, c0, c, vec, bv);
+        if (b) {
+            load_params<C, K>(b, c0, c, vec, offset);
+        } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) offset[k] = (C)0;
+        }
+        if (w) {
+            load_params<C, K>(w, c0, c, vec, wv);
+        } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) wv[k] = (C)1;
+        }
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            offset[k] = b ? bv[k] : (C)0;
+            const C gamma = wv[k];
             if (!INFER) {
-                scale[k] = w ? r_[k] * wv[k] : r_[k];
+                scale[k] = w ? r_[k] * gamma : r_[k];
             } else {
-                scale[k] = (C)1 / nk_sqrt(r_[k] + eps) * (w ? wv[k] : (C)1);
+                scale[k] = (C)1 / nk_sqrt(r_[k] + eps) * gamma;
                 if (!nk_isfinite(scale[k])) {
                     offset[k] = offset[k] - shift[k] * scale[k];
                     shift[k] = (C)0;
