@@ -838,15 +838,54 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Runs `prep` once (warm-up) and checks it, then times `reps` runs on a pool of `threads`.
-pub fn measure(prep: &mut Prepared, threads: usize, reps: usize) -> Result<Measurement, String> {
+/// Warm-up before a CPU timing: at least `runs` runs, and more until `ms` milliseconds have
+/// passed (at most [`Warmup::MAX_RUNS`]).
+///
+/// Why time as well as runs: on the 2-vCPU VM of docs/perf/cpu.md a fresh process's first
+/// runs of a ~1 ms op are up to 2x slower than its steady state, for a varying number of runs
+/// (BatchNorm1d eval bf16, 2 threads: 2.06, 1.66, then 0.8–0.9 ms in one process; in another
+/// the median of 25 runs after one warm-up was 1.7–2.1 ms against 0.8 ms over 200 runs), while
+/// a long-lived process such as PyTorch's in `benches/compare/compare.py` is already warm.
+/// `compare.py` warms PyTorch up the same way, so both sides are timed in their steady state.
+#[derive(Clone, Copy, Debug)]
+pub struct Warmup {
+    pub runs: usize,
+    pub ms: f64,
+}
+
+impl Warmup {
+    /// Upper bound on warm-up runs (an op of a few microseconds stops here, not at `ms`).
+    pub const MAX_RUNS: usize = 10_000;
+}
+
+impl Default for Warmup {
+    fn default() -> Self {
+        Warmup { runs: 3, ms: 200.0 }
+    }
+}
+
+/// Warms `prep` up ([`Warmup`]) and checks its output, then times `reps` runs on a pool of
+/// `threads`.
+pub fn measure(
+    prep: &mut Prepared,
+    threads: usize,
+    reps: usize,
+    warmup: Warmup,
+) -> Result<Measurement, String> {
     let name = prep.case.name();
     let run = |p: &mut Prepared| -> Result<f64, String> {
         let t = Instant::now();
         threads::install(Some(threads), || p.run()).map_err(|e| format!("{name}: {e}"))?;
         Ok(t.elapsed().as_secs_f64() * 1e3)
     };
-    run(prep)?;
+    let start = Instant::now();
+    let mut runs = 0;
+    while runs < warmup.runs.max(1)
+        || (start.elapsed().as_secs_f64() * 1e3 < warmup.ms && runs < Warmup::MAX_RUNS)
+    {
+        run(prep)?;
+        runs += 1;
+    }
     prep.check(256)?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
@@ -1011,6 +1050,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `measure` warms up for at least `Warmup::ms` (and still checks the output and times
+    /// `reps` runs); `ms = 0` leaves only the run count.
+    #[test]
+    fn measure_warms_up_for_the_requested_time() {
+        let s = Suite::standard().unwrap();
+        let case = s.cases(&[DType::F32])[0].shrunk(1 << 12);
+        let mut p = Prepared::new(&case, &s).unwrap();
+        let t = std::time::Instant::now();
+        let warm = Warmup { runs: 1, ms: 60.0 };
+        let m = measure(&mut p, 1, 2, warm).unwrap();
+        assert!(t.elapsed().as_secs_f64() * 1e3 >= 60.0);
+        assert_eq!(m.reps, 2);
+        assert!(m.median_ms > 0.0 && m.min_ms <= m.median_ms);
+        let m = measure(&mut p, 1, 1, Warmup { runs: 1, ms: 0.0 }).unwrap();
+        assert_eq!(m.reps, 1);
     }
 
     #[test]

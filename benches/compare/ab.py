@@ -2,7 +2,10 @@
 """A/B timing of two normkit binaries on the standard cases, alternating per case.
 
 usage: ab.py BASE_EXE NEW_EXE THREADS DTYPE REPS ROUNDS [FILTER]
-Prints base and new medians (median over rounds of per-run medians) and the speed-up."""
+Prints base and new medians (median over rounds of per-run medians) and the speed-up.
+Both binaries must warm up the same way: builds before the time-based warm-up of
+`normkit bench` (--warmup-ms, default 200 ms) warm up with one run only, which times a fresh
+process's slower first runs; compare such a build only with another such build."""
 import json, subprocess, sys, statistics
 base, new, t, d, reps, rounds = sys.argv[1:7]
 filt = sys.argv[7] if len(sys.argv) > 7 else ""

@@ -91,7 +91,17 @@ class Clock:
         return (time.perf_counter() - t) * 1e3
 
 
-def time_torch(case, suite, threads, reps, device=torch.device("cpu"), warmup=1):
+def warm(f, runs, ms):
+    """Calls f() at least `runs` times and until `ms` milliseconds have passed (the same rule
+    as `normkit bench --warmup N --warmup-ms MS`, so both sides are timed warm)."""
+    start = time.perf_counter()
+    k = 0
+    while k < max(runs, 1) or (time.perf_counter() - start) * 1e3 < ms and k < 10000:
+        f()
+        k += 1
+
+
+def time_torch(case, suite, threads, reps, device=torch.device("cpu"), warmup=3, warmup_ms=200.0):
     torch.set_num_threads(threads)
     m = torch_module(case, suite).to(device)
     x = torch.rand(case["shape"]) * 4 - 1.5
@@ -100,18 +110,17 @@ def time_torch(case, suite, threads, reps, device=torch.device("cpu"), warmup=1)
         x = x.contiguous(memory_format=CHANNELS_LAST[case["layout"]])
     clock = Clock(device)
     if case["mode"] == "bwd":
-        return time_torch_backward(case, suite, m, x, reps, clock, warmup)
+        return time_torch_backward(case, suite, m, x, reps, clock, warmup, warmup_ms)
     with torch.no_grad():
         try:
-            for _ in range(warmup):
-                m(x)
+            warm(lambda: m(x), warmup, warmup_ms)
         except RuntimeError as e:  # e.g. LRN bf16 at rank 4 on PyTorch's CPU
             return None, str(e).splitlines()[0]
         times = [clock.time(lambda: m(x)) for _ in range(reps)]
     return statistics.median(times), None
 
 
-def time_torch_backward(case, suite, m, x, reps, clock, warmup):
+def time_torch_backward(case, suite, m, x, reps, clock, warmup, warmup_ms):
     """Times only the backward (grad_input, grad_weight, grad_bias) of F.* with autograd; the
     forward (training mode for BatchNorm, saving the statistics) runs outside the timing."""
     import torch.nn.functional as F
@@ -130,20 +139,21 @@ def time_torch_backward(case, suite, m, x, reps, clock, warmup):
     dy = (torch.rand(case["shape"]) * 2 - 1).to(x.dtype).to(x.device)
     if case["layout"] in CHANNELS_LAST:
         dy = dy.contiguous(memory_format=CHANNELS_LAST[case["layout"]])
-    times = []
-    for k in range(reps + warmup):
+    def step():
         y = fwd()
         ms = clock.time(lambda: y.backward(dy))
-        if k >= warmup:
-            times.append(ms)
         x.grad = w.grad = b.grad = None
+        return ms
+    warm(step, warmup, warmup_ms)
+    times = [step() for _ in range(reps)]
     return statistics.median(times), None
 
 
-def time_normkit(exe, case, threads, reps):
+def time_normkit(exe, case, threads, reps, warmup_ms):
     out = subprocess.run(
         [exe, "bench", "--json", "--threads", str(threads), "--dtype", case["dtype"],
-         "--filter", name(case), "--reps", str(reps)],
+         "--filter", name(case), "--reps", str(reps), "--warmup", "3",
+         "--warmup-ms", str(warmup_ms)],
         check=True, capture_output=True, text=True).stdout
     rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
     if len(rows) != 1:
@@ -190,7 +200,7 @@ def compare_cuda(args, suite):
                     nk.setdefault(k, []).append(row)
             else:
                 for c in cases:
-                    ms, err = time_torch(c, suite, 1, args.reps, dev, warmup=3)
+                    ms, err = time_torch(c, suite, 1, args.reps, dev, warmup=3, warmup_ms=0.0)
                     if ms is None:
                         errs[name(c)] = err
                     else:
@@ -232,6 +242,10 @@ def main():
                     help="seconds of idleness before each side's timing, so that neither "
                          "side's still-spinning worker threads (PyTorch's OpenMP spin-wait, "
                          "normkit's) compete with the other's")
+    ap.add_argument("--warmup-ms", type=float, default=200.0,
+                    help="CPU: warm each side up for at least this long before timing (a fresh "
+                         "normkit process's first runs are slower than its steady state; "
+                         "PyTorch's process is long-lived)")
     args = ap.parse_args()
     with open(CASES) as f:
         suite = json.load(f)
@@ -255,9 +269,11 @@ def main():
                 for who in order:
                     time.sleep(args.settle)
                     if who == "n":
-                        nk.append(time_normkit(args.normkit, case, t, args.reps))
+                        nk.append(time_normkit(args.normkit, case, t, args.reps,
+                                               args.warmup_ms))
                     else:
-                        ms, err = time_torch(case, suite, t, args.reps)
+                        ms, err = time_torch(case, suite, t, args.reps,
+                                             warmup_ms=args.warmup_ms)
                         if ms is not None:
                             th.append(ms)
             n_ms = statistics.median(r["median_ms"] for r in nk)

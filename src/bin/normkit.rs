@@ -14,7 +14,7 @@ const USAGE: &str = "usage:
   normkit info
   normkit bench [--device cpu|cuda|cuda:N|emu|auto] [--json] [--threads N]
                 [--dtype f32|bf16|...] [--filter SUBSTR] [--reps N | --quick] [--warmup N]
-                [--max-elements N] [--bandwidth]
+                [--warmup-ms MS] [--max-elements N] [--bandwidth]
   normkit bandwidth [--threads N] [--size-mib N] [--reps N]
 
 bench runs every standard case (benches/cases.json, embedded) and checks a sample of outputs
@@ -31,6 +31,11 @@ kernels, timed by the host clock (a smoke test of the device path, not a GPU tim
 --filter matches the full-size names). --device auto (the default) takes CUDA device 0 when this
 build has the cuda feature and finds a GPU, else the CPU (saying why).
 
+On the CPU each case is warmed up for at least --warmup runs (default 3) and --warmup-ms
+milliseconds (default 200; a fresh process's first runs are slower than its steady state;
+--quick: 5 reps and no time-based warm-up), its output checked, then timed --reps times
+(median and minimum reported).
+
 CPU workers spin for 2 ms after each op before sleeping (as OpenMP runtimes do); the
 environment variable NORMKIT_SPIN_US=N changes that (0 = sleep at once).";
 
@@ -43,6 +48,7 @@ struct Opts {
     filter: Option<String>,
     reps: usize,
     warmup: usize,
+    warmup_ms: f64,
     max_elements: Option<usize>,
     bandwidth: bool,
     size_mib: usize,
@@ -57,6 +63,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         filter: None,
         reps: 15,
         warmup: 3,
+        warmup_ms: normkit::bench::Warmup::default().ms,
         max_elements: None,
         bandwidth: false,
         size_mib: 1024,
@@ -85,7 +92,20 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             }
             "--filter" => o.filter = Some(value("--filter")?),
             "--reps" => o.reps = count("--reps", value("--reps")?)?,
-            "--quick" => o.reps = 5,
+            "--quick" => {
+                o.reps = 5;
+                o.warmup_ms = 0.0;
+            }
+            "--warmup-ms" => {
+                let v = value("--warmup-ms")?;
+                o.warmup_ms = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                    .ok_or_else(|| {
+                        format!("--warmup-ms: expected a non-negative number, got '{v}'")
+                    })?;
+            }
             "--warmup" => {
                 let v = value("--warmup")?;
                 o.warmup = v
@@ -288,7 +308,11 @@ fn run_bench(o: &Opts) -> Result<bool, String> {
                 };
                 for &t in &threads {
                     progress.step(&format!("{} threads={t}", case.name()));
-                    record(normkit::bench::measure(&mut prep, t, o.reps));
+                    let warm = normkit::bench::Warmup {
+                        runs: o.warmup,
+                        ms: o.warmup_ms,
+                    };
+                    record(normkit::bench::measure(&mut prep, t, o.reps, warm));
                 }
             }
             progress.finish();
