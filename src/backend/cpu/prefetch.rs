@@ -1,7 +1,8 @@
 //! Software prefetch of the rows a loop will read (or write) next.
 //!
-//! The row-wise kernels (LayerNorm forward and backward) alternate a memory phase (the first
-//! pass over a row, which misses) with in-cache phases (the centred pass and the apply, from
+//! The run-wise kernels (LayerNorm forward and backward, GroupNorm / InstanceNorm channels-first
+//! forward) alternate a memory phase (the first pass over a row, which misses) with in-cache
+//! phases (the centred pass and the apply, from
 //! L1/L2). During the in-cache phases nothing asks for the next row, so memory sits idle and
 //! the time is the sum of the two phases. Prefetching the next row's lines while the current
 //! one is computed overlaps them. A prefetch is a hint: it has no effect on the program's
@@ -16,8 +17,12 @@ pub const LINE: usize = 64;
 /// Elements of `T` per cache line.
 #[inline(always)]
 pub const fn line_elems<T>() -> usize {
-    let n = LINE / std::mem::size_of::<T>();
-    if n == 0 { 1 } else { n }
+    let size = std::mem::size_of::<T>();
+    if size == 0 || size >= LINE {
+        1
+    } else {
+        LINE / size
+    }
 }
 
 /// Prefetches the line holding `s[i]` into all cache levels; nothing when `i` is past the end.
@@ -46,6 +51,7 @@ mod tests {
         assert_eq!(line_elems::<half::bf16>(), 32);
         assert_eq!(line_elems::<f64>(), 8);
         assert_eq!(line_elems::<[u8; 128]>(), 1);
+        assert_eq!(line_elems::<()>(), 1);
     }
 
     #[test]
