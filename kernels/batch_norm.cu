@@ -277,8 +277,8 @@ NK_DEVICE void batch_norm_affine(const BatchNormApplyParams p) {
     k.w = static_cast<const C*>(p.weight);
     k.b = static_cast<const C*>(p.bias);
     k.c = p.c;
-    k.vec = is_aligned16(k.mean) && is_aligned16(k.r) && (!k.w || is_aligned16(k.w)) &&
-            (!k.b || is_aligned16(k.b));
+    k.vec = is_aligned16(k.mean) && is_aligned16(k.r) && optional_aligned16(k.w) &&
+            optional_aligned16(k.b);
     k.eps = (C)p.eps;
     bn_affine<S, NHWC>(p, k);
 }

@@ -45,11 +45,6 @@ NK_DEVICE void ln_affine_pack(C (&v)[N], C mean, C rstd, const C* w, const C* b,
     }
 }
 
-// Whether γ and β (those given) can be read as vectors alongside packs of the input.
-NK_DEVICE bool ln_params_vec(bool vec_ok, const void* w, const void* b) {
-    return vec_ok && (!w || is_aligned16(w)) && (!b || is_aligned16(b));
-}
-
 template <class S, int VALUES>
 NK_DEVICE void layer_norm_fwd_warp(const LayerNormParams p) {
     typedef typename Traits<S>::C C;
@@ -62,7 +57,7 @@ NK_DEVICE void layer_norm_fwd_warp(const LayerNormParams p) {
     const int warps = blockDim.x >> 5;
     const i64 cols = p.cols;
     const bool vec_ok = is_aligned16(x) && is_aligned16(y) && cols % N == 0;
-    const bool params_vec = ln_params_vec(vec_ok, w, b);
+    const bool params_vec = vec_ok && optional_aligned16(w) && optional_aligned16(b);
     for (i64 row = (i64)blockIdx.x * warps + (threadIdx.x >> 5); row < p.rows;
          row += (i64)gridDim.x * warps) {
         const S* xr = x + row * cols;
@@ -113,7 +108,7 @@ NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
     const i64 nthreads = blockDim.x;
     const i64 cols = p.cols;
     const bool vec_ok = is_aligned16(x) && is_aligned16(y) && cols % N == 0;
-    const bool params_vec = ln_params_vec(vec_ok, w, b);
+    const bool params_vec = vec_ok && optional_aligned16(w) && optional_aligned16(b);
     const bool resident = cols <= nthreads * VALUES;
     for (i64 row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const S* xr = x + row * cols;

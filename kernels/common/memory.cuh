@@ -15,6 +15,9 @@ template <class S, int N> struct alignas(16) Pack { S v[N]; };
 
 NK_DEVICE bool is_aligned16(const void* p) { return (((u64)p) & 15u) == 0; }
 
+// An optional array (γ, β: null when absent) that load_params may read as vectors.
+NK_DEVICE bool optional_aligned16(const void* p) { return !p || is_aligned16(p); }
+
 // Loads elements [i, i + N) of `p` as compute values; lanes at or beyond `end` read as 0.
 template <class S, int N>
 NK_DEVICE void load_pack(const S* p, i64 i, i64 end, bool vec_ok,
