@@ -1,9 +1,15 @@
 // group_norm.cu: GroupNorm forward (InstanceNorm = GroupNorm with groups == channels).
 //
 // View x as (n, c, s) with s = prod(spatial); group g holds channels [g·cg, (g+1)·cg),
-// cg = c / groups. Per (n, g): Welford statistics over its cg·s elements (thread -> warp ->
-// block, Chan merges in fixed order), then y = (x − μ)·(r·γ_c) + β_c in the same kernel
-// (a second read of the group, mostly from L2). One block per (n, g), grid-stride over groups.
+// cg = c / groups. One block per (n, g), grid-stride over
+// groups; y = (x − μ)·(r·γ_c) + β_c.
+//   nchw  group (n, g) is the contiguous run of cg·s elements at (n·groups + g)·cg·s: a row of
+//         row_norm_block (common/row_norm.cuh, the LayerNorm block kernel's body): 16-byte
+//         packs, two-pass statistics from registers when the group fits (cg·s <= blockDim.x ·
+//         GN_ROW_VALUES; the host sizes the block for that, up to GN_ROW_MAX_THREADS), else
+//         three streaming reads; one channel index and one γ/β load per pack when s % N == 0.
+//   nhwc  Welford statistics per thread over the group's strided elements (thread -> warp ->
+//         block, Chan merges in fixed order), then the apply (a second read, mostly from L2).
 //   GroupNorm:    r = 1/sqrt(max(var, 0) + eps)          (clamp_var = 1)
 //   InstanceNorm: r = 0 when var == 0 and eps == 0       (zero_var_rule = 1)
 // Variants by layout: nchw (each group is one contiguous run of cg·s elements) and nhwc
@@ -15,6 +21,7 @@
 #include "common/welford.cuh"
 #include "common/reduce.cuh"
 #include "common/params.cuh"
+#include "common/row_norm.cuh"
 
 namespace normkit {
 
@@ -31,6 +38,86 @@ NK_DEVICE i64 gn_offset(const P& p, i64 n, i64 g, i64 cg, i64 i, i64* channel) {
     return (n * p.c + g * cg) * p.s + i;
 }
 
+#define GN_ROW_VALUES 16
+#define GN_ROW_MAX_THREADS 512  // launch::GN_ROW_MAX_THREADS
+// __launch_bounds__(512, 1): up to 128 registers a thread. With the first argument alone
+// ptxas chose 64 for f32 and spilled (kernels_compile test).
+#define GN_ROW_BOUNDS GN_ROW_MAX_THREADS, 1
+
+// GroupNorm / InstanceNorm's epilogue for row_norm_block: row = n·groups + g, column j of the
+// row is channel g·cg + j / s. A pack within one channel (always when s % N == 0 and the row
+// is 16-byte aligned) takes one index division and one γ, β load; a pack across channels
+// (s % N != 0) takes them per element.
+template <class C> struct GnEpilogue {
+    const C* w;
+    const C* b;
+    C* mean;
+    C* rstd_out;
+    C* m2_out;
+    i64 s;
+    i64 cg;
+    i64 groups;
+    double eps;
+    bool clamp_var;
+    bool zero_var_rule;
+    NK_MEMBER C rstd(C m2) const {
+        return rstd_from_m2<C>(m2, cg * s, eps, clamp_var, zero_var_rule);
+    }
+    // The group-relative channel of column j: a 32-bit division where the group allows (a
+    // 64-bit one is a long instruction sequence).
+    NK_MEMBER i64 channel_of(i64 j) const {
+        return (cg * s <= 0x7fffffffLL) ? (i64)((u32)j / (u32)s) : j / s;
+    }
+    template <int N> NK_MEMBER void apply(C (&v)[N], C mu, C r, i64 row, i64 j) const {
+        const i64 c0 = (row % groups) * cg;
+        const i64 ch = channel_of(j);
+        if (j - ch * s + N <= s) {
+            const C scale = w ? r * w[c0 + ch] : r;
+            const C shift = b ? b[c0 + ch] : (C)0;
+#pragma unroll
+            for (int k = 0; k < N; ++k) v[k] = (v[k] - mu) * scale + shift;
+        } else {
+#pragma unroll
+            for (int k = 0; k < N; ++k) {
+                // lanes past the row (padding, never stored) take the group's last channel
+                const i64 t = channel_of(j + k);
+                const i64 ck = t < cg ? t : cg - 1;
+                const C scale = w ? r * w[c0 + ck] : r;
+                const C shift = b ? b[c0 + ck] : (C)0;
+                v[k] = (v[k] - mu) * scale + shift;
+            }
+        }
+    }
+    NK_MEMBER void save(i64 row, C mu, C r, C m2) const {
+        if (mean) mean[row] = mu;
+        if (rstd_out) rstd_out[row] = r;
+        if (m2_out) m2_out[row] = m2;
+    }
+};
+
+template <class S>
+NK_DEVICE void group_norm_fwd_rows(const GroupNormParams p) {
+    typedef typename Traits<S>::C C;
+    const S* x = static_cast<const S*>(p.x);
+    S* y = static_cast<S*>(p.y);
+    GnEpilogue<C> ep;
+    ep.w = static_cast<const C*>(p.weight);
+    ep.b = static_cast<const C*>(p.bias);
+    ep.mean = static_cast<C*>(p.mean);
+    ep.rstd_out = static_cast<C*>(p.rstd);
+    ep.m2_out = static_cast<C*>(p.m2);
+    ep.s = p.s;
+    ep.cg = p.c / p.groups;
+    ep.groups = p.groups;
+    ep.eps = p.eps;
+    ep.clamp_var = p.clamp_var != 0;
+    ep.zero_var_rule = p.zero_var_rule != 0;
+    const i64 len = ep.cg * p.s;
+    const bool vec_ok = is_aligned16(x) && is_aligned16(y) && len % PackWidth<S>::N == 0;
+    row_norm_block<S, GN_ROW_VALUES>(x, y, p.n * p.groups, len, vec_ok, ep);
+}
+
+// nhwc.
 template <class S, bool NHWC>
 NK_DEVICE void group_norm_fwd(const GroupNormParams p) {
     typedef typename Traits<S>::C C;
@@ -199,10 +286,14 @@ NK_DEVICE void group_norm_bwd(const NormBwdParams p) {
 
 using namespace normkit;
 
-NK_ENTRY(group_norm_fwd_nchw_f32, GroupNormParams, group_norm_fwd<float, false>)
-NK_ENTRY(group_norm_fwd_nchw_f64, GroupNormParams, group_norm_fwd<double, false>)
-NK_ENTRY(group_norm_fwd_nchw_f16, GroupNormParams, group_norm_fwd<f16, false>)
-NK_ENTRY(group_norm_fwd_nchw_bf16, GroupNormParams, group_norm_fwd<bf16, false>)
+NK_ENTRY_BOUNDED(group_norm_fwd_nchw_f32, GroupNormParams, GN_ROW_BOUNDS,
+                 group_norm_fwd_rows<float>)
+NK_ENTRY_BOUNDED(group_norm_fwd_nchw_f64, GroupNormParams, GN_ROW_BOUNDS,
+                 group_norm_fwd_rows<double>)
+NK_ENTRY_BOUNDED(group_norm_fwd_nchw_f16, GroupNormParams, GN_ROW_BOUNDS,
+                 group_norm_fwd_rows<f16>)
+NK_ENTRY_BOUNDED(group_norm_fwd_nchw_bf16, GroupNormParams, GN_ROW_BOUNDS,
+                 group_norm_fwd_rows<bf16>)
 NK_ENTRY(group_norm_fwd_nhwc_f32, GroupNormParams, group_norm_fwd<float, true>)
 NK_ENTRY(group_norm_fwd_nhwc_f64, GroupNormParams, group_norm_fwd<double, true>)
 NK_ENTRY(group_norm_fwd_nhwc_f16, GroupNormParams, group_norm_fwd<f16, true>)

@@ -9,7 +9,8 @@
 //          blockDim.x = 128 (4 rows per block), grid-stride over rows.
 //   block  one block per row (blockDim.x = 256), row in registers up to 256 * LN_BLOCK_VALUES
 //          (4096); longer rows stream: three reads of the row (sum, squared deviations, apply),
-//          the second and third mostly from L2. Grid-stride over rows.
+//          the second and third mostly from L2. Grid-stride over rows. The body is
+//          row_norm_block (common/row_norm.cuh), shared with GroupNorm NCHW.
 // Host preconditions: rows >= 1, cols >= 1, x/y distinct or identical (in place is fine: each
 // element is read before it is written by the same thread).
 #include "common/compat.cuh"
@@ -17,6 +18,7 @@
 #include "common/memory.cuh"
 #include "common/reduce.cuh"
 #include "common/params.cuh"
+#include "common/row_norm.cuh"
 
 namespace normkit {
 
@@ -95,88 +97,40 @@ NK_DEVICE void layer_norm_fwd_warp(const LayerNormParams p) {
     }
 }
 
+// LayerNorm's epilogue for row_norm_block (common/row_norm.cuh).
+template <class C> struct LnEpilogue {
+    const C* w;
+    const C* b;
+    C* mean;
+    C* rstd_out;
+    i64 cols;
+    double eps;
+    bool params_vec;
+    NK_MEMBER C rstd(C m2) const { return rstd_from_m2<C>(m2, cols, eps, false, false); }
+    template <int N> NK_MEMBER void apply(C (&v)[N], C mu, C r, i64, i64 j) const {
+        ln_affine_pack<C, N>(v, mu, r, w, b, j, cols, params_vec);
+    }
+    NK_MEMBER void save(i64 row, C mu, C r, C) const {
+        if (mean) mean[row] = mu;
+        if (rstd_out) rstd_out[row] = r;
+    }
+};
+
 template <class S, int VALUES>
 NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
     typedef typename Traits<S>::C C;
-    enum { N = PackWidth<S>::N, ITERS = VALUES / PackWidth<S>::N };
-    __shared__ C smem[32];
     const S* x = static_cast<const S*>(p.x);
     S* y = static_cast<S*>(p.y);
-    const C* w = static_cast<const C*>(p.weight);
-    const C* b = static_cast<const C*>(p.bias);
-    const int tid = threadIdx.x;
-    const i64 nthreads = blockDim.x;
-    const i64 cols = p.cols;
-    const bool vec_ok = is_aligned16(x) && is_aligned16(y) && cols % N == 0;
-    const bool params_vec = vec_ok && optional_aligned16(w) && optional_aligned16(b);
-    const bool resident = cols <= nthreads * VALUES;
-    for (i64 row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const S* xr = x + row * cols;
-        S* yr = y + row * cols;
-        C mean, m2;
-        if (resident) {
-            C v[ITERS][N];
-            C sum = (C)0;
-#pragma unroll
-            for (int it = 0; it < ITERS; ++it) {
-                load_pack<S, N>(xr, ((i64)it * nthreads + tid) * N, cols, vec_ok, v[it]);
-#pragma unroll
-                for (int k = 0; k < N; ++k) sum += v[it][k];
-            }
-            mean = block_all_reduce_sum(sum, smem) / (C)cols;
-            C sq = (C)0;
-#pragma unroll
-            for (int it = 0; it < ITERS; ++it)
-#pragma unroll
-                for (int k = 0; k < N; ++k)
-                    if (((i64)it * nthreads + tid) * N + k < cols) {
-                        C d = v[it][k] - mean;
-                        sq += d * d;
-                    }
-            m2 = block_all_reduce_sum(sq, smem);
-            const C rstd = rstd_from_m2<C>(m2, cols, p.eps, false, false);
-#pragma unroll
-            for (int it = 0; it < ITERS; ++it) {
-                const i64 base = ((i64)it * nthreads + tid) * N;
-                ln_affine_pack<C, N>(v[it], mean, rstd, w, b, base, cols, params_vec);
-                store_pack<S, N>(yr, base, cols, vec_ok, v[it]);
-            }
-            if (tid == 0) {
-                if (p.mean) static_cast<C*>(p.mean)[row] = mean;
-                if (p.rstd) static_cast<C*>(p.rstd)[row] = rstd;
-            }
-        } else {
-            C v[N];
-            C sum = (C)0;
-            for (i64 i = (i64)tid * N; i < cols; i += nthreads * N) {
-                load_pack<S, N>(xr, i, cols, vec_ok, v);
-#pragma unroll
-                for (int k = 0; k < N; ++k) sum += v[k];
-            }
-            mean = block_all_reduce_sum(sum, smem) / (C)cols;
-            C sq = (C)0;
-            for (i64 i = (i64)tid * N; i < cols; i += nthreads * N) {
-                load_pack<S, N>(xr, i, cols, vec_ok, v);
-#pragma unroll
-                for (int k = 0; k < N; ++k)
-                    if (i + k < cols) {
-                        C d = v[k] - mean;
-                        sq += d * d;
-                    }
-            }
-            m2 = block_all_reduce_sum(sq, smem);
-            const C rstd = rstd_from_m2<C>(m2, cols, p.eps, false, false);
-            for (i64 i = (i64)tid * N; i < cols; i += nthreads * N) {
-                load_pack<S, N>(xr, i, cols, vec_ok, v);
-                ln_affine_pack<C, N>(v, mean, rstd, w, b, i, cols, params_vec);
-                store_pack<S, N>(yr, i, cols, vec_ok, v);
-            }
-            if (tid == 0) {
-                if (p.mean) static_cast<C*>(p.mean)[row] = mean;
-                if (p.rstd) static_cast<C*>(p.rstd)[row] = rstd;
-            }
-        }
-    }
+    LnEpilogue<C> ep;
+    ep.w = static_cast<const C*>(p.weight);
+    ep.b = static_cast<const C*>(p.bias);
+    ep.mean = static_cast<C*>(p.mean);
+    ep.rstd_out = static_cast<C*>(p.rstd);
+    ep.cols = p.cols;
+    ep.eps = p.eps;
+    const bool vec_ok = is_aligned16(x) && is_aligned16(y) && p.cols % PackWidth<S>::N == 0;
+    ep.params_vec = vec_ok && optional_aligned16(ep.w) && optional_aligned16(ep.b);
+    row_norm_block<S, VALUES>(x, y, p.rows, p.cols, vec_ok, ep);
 }
 
 // ---- Backward ------------------------------------------------------------------------------

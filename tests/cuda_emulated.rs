@@ -305,13 +305,20 @@ where
     T: ElementData,
     T::Compute: ElementData,
 {
-    let cases: [((usize, usize, usize), usize); 6] = [
+    // The NCHW kernel (row_norm_block): (2, 8, 64) and (1, 4, 4096) take 16-byte packs within
+    // one channel, registers up to a 512-thread block; (1, 2, 8200) streams with packs,
+    // (1, 3, 3001) streams element by element; s % N != 0 elsewhere (packs across channels).
+    let cases: [((usize, usize, usize), usize); 10] = [
         ((1, 1, 7), 1),
         ((2, 6, 7), 3),
         ((3, 4, 13), 2),
         ((1, 8, 97), 8),
         ((2, 12, 1), 4),
         ((1, 4, 1025), 2),
+        ((2, 8, 64), 4),
+        ((1, 4, 4096), 2),
+        ((1, 2, 8200), 1),
+        ((1, 3, 3001), 1),
     ];
     for (i, &(shape, groups)) in cases.iter().enumerate() {
         for order in orders() {

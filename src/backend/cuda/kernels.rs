@@ -64,7 +64,9 @@ pub unsafe fn group_norm_fwd(
     order: ChannelOrder,
     p: &GroupNormParams,
 ) -> Result<()> {
-    let plan = launch::group_norm_fwd(dtype, order, p.n as usize, p.groups as usize, l.sm_count());
+    let (n, groups) = (p.n as usize, p.groups as usize);
+    let len = (p.c as usize / groups.max(1)) * p.s as usize;
+    let plan = launch::group_norm_fwd(dtype, order, n, groups, len, l.sm_count());
     // SAFETY: the caller upholds the buffer contract above, which is the kernel's.
     unsafe { launch(l, &plan.kernel, plan.config, p) }
 }

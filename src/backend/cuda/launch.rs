@@ -100,19 +100,39 @@ pub fn layer_norm_fwd(dtype: DType, rows: usize, cols: usize, sms: u32) -> Launc
     }
 }
 
-/// GroupNorm / InstanceNorm forward: one block per (n, group), grid-stride.
+/// Values per thread of the GroupNorm NCHW kernel's register-resident path (`GN_ROW_VALUES`
+/// in group_norm.cu).
+pub const GN_ROW_VALUES: usize = 16;
+/// Largest block of the GroupNorm NCHW kernel (`GN_ROW_MAX_THREADS`, its `__launch_bounds__`):
+/// groups up to `GN_ROW_MAX_THREADS × GN_ROW_VALUES` (8192) elements are read once.
+pub const GN_ROW_MAX_THREADS: usize = 512;
+/// Block of the channels-last GroupNorm kernel.
+const GN_NHWC_THREADS: u32 = 256;
+
+/// GroupNorm / InstanceNorm forward over `n` samples of `groups` groups of `len = (c/groups)·s`
+/// elements: one block per (n, group), grid-stride. NCHW: the smallest power-of-two block (32
+/// to [`GN_ROW_MAX_THREADS`]) that holds the group in registers, so a group is read once
+/// ([`GN_ROW_VALUES`] per thread; longer groups stream with the largest block).
 pub fn group_norm_fwd(
     dtype: DType,
     order: ChannelOrder,
     n: usize,
     groups: usize,
+    len: usize,
     sms: u32,
 ) -> Launch {
+    let threads = match order {
+        ChannelOrder::Nchw => len
+            .div_ceil(GN_ROW_VALUES)
+            .next_power_of_two()
+            .clamp(32, GN_ROW_MAX_THREADS) as u32,
+        ChannelOrder::Nhwc => GN_NHWC_THREADS,
+    };
     Launch {
         kernel: format!("group_norm_fwd_{}_{}", order.suffix(), dtype_suffix(dtype)),
         config: LaunchConfig {
             grid: [persistent_grid((n * groups) as u64, 1, sms), 1, 1],
-            block: [256, 1, 1],
+            block: [threads, 1, 1],
         },
     }
 }
@@ -402,7 +422,7 @@ mod tests {
         let l = batch_norm_apply(DType::F32, ChannelOrder::Nchw, usize::MAX / 2, true, 132);
         assert_eq!(l.config.grid[0] as u64, 132 * 8);
         assert_eq!(l.kernel, "batch_norm_infer_nchw_f32");
-        let l = group_norm_fwd(DType::F16, ChannelOrder::Nchw, 2, 3, 132);
+        let l = group_norm_fwd(DType::F16, ChannelOrder::Nchw, 2, 3, 10, 132);
         assert_eq!(l.config.grid, [6, 1, 1]);
         let l = instance_norm_running(DType::BF16, 1000, 132);
         assert_eq!(l.kernel, "instance_norm_running_f32");
@@ -431,6 +451,47 @@ mod tests {
         let define = format!("#define LN_BWD_MAX_THREADS {LN_BWD_MAX_THREADS} ");
         let src = module_of("layer_norm_bwd_f32").expect("a module").source;
         assert!(src.contains(&define), "layer_norm.cu lacks '{define}'");
+        let p = group_norm_fwd(DType::F32, ChannelOrder::Nchw, 2, 4, 8192, 132);
+        assert_eq!(p.config.block[0] as usize, GN_ROW_MAX_THREADS);
+        for dt in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+            let kernel = group_norm_fwd(dt, ChannelOrder::Nchw, 1, 1, 1 << 20, 132).kernel;
+            let src = module_of(&kernel).expect("a module").source;
+            let line = format!("NK_ENTRY_BOUNDED({kernel}, GroupNormParams, GN_ROW_BOUNDS,");
+            assert!(src.contains(&line), "{kernel}: not declared with {line}");
+        }
+        let src = module_of("group_norm_fwd_nchw_f32")
+            .expect("a module")
+            .source;
+        for define in [
+            format!("#define GN_ROW_MAX_THREADS {GN_ROW_MAX_THREADS} "),
+            "#define GN_ROW_BOUNDS GN_ROW_MAX_THREADS, 1\n".to_string(),
+            format!("#define GN_ROW_VALUES {GN_ROW_VALUES}\n"),
+        ] {
+            assert!(src.contains(&define), "group_norm.cu lacks '{define}'");
+        }
+    }
+
+    /// NCHW GroupNorm blocks: the smallest power of two from 32 that holds the group at
+    /// GN_ROW_VALUES per thread, at most GN_ROW_MAX_THREADS; channels last: 256.
+    #[test]
+    fn group_norm_blocks_fit_the_group() {
+        let threads = |order, len| {
+            group_norm_fwd(DType::F32, order, 3, 2, len, 132)
+                .config
+                .block
+        };
+        for (len, want) in [
+            (1, 32),
+            (512, 32),
+            (513, 64),
+            (4096, 256),
+            (4097, 512),
+            (8192, 512),
+            (1 << 30, 512),
+        ] {
+            assert_eq!(threads(ChannelOrder::Nchw, len), [want, 1, 1], "len {len}");
+            assert_eq!(threads(ChannelOrder::Nhwc, len), [256, 1, 1], "len {len}");
+        }
     }
 
     #[test]
@@ -441,7 +502,7 @@ mod tests {
                 let names = [
                     layer_norm_fwd(dt, 1, 1, 1).kernel,
                     layer_norm_fwd(dt, 1, 5000, 1).kernel,
-                    group_norm_fwd(dt, order, 1, 1, 1).kernel,
+                    group_norm_fwd(dt, order, 1, 1, 1, 1).kernel,
                     instance_norm_running(dt, 1, 1).kernel,
                     batch_norm_stats(dt, order, 1, 1, 2, 1).launch.kernel,
                     batch_norm_apply(dt, order, 1, false, 1).kernel,
