@@ -5,7 +5,13 @@
 //! `(n, c)`, `A = Σ_s g` and `B = Σ_s g·(x − μ)`; the ops layer turns them into per-`(n, c)`
 //! coefficients of `dx = g·p + (x − μ)·q + o` and into the parameter gradients.
 
-use super::moments::{Centre, LANES, acc_of, add_tail, simd_clones};
+use super::moments::{Centre, acc_of, add_tail, simd_clones};
+
+/// Independent partial sums per run of the backward reductions (as the forward statistics'
+/// `moments::LANES` before round 8; the backward's f64 lanes for f32 input were left at 16
+/// when the forward moved to 32 lanes of f32 partials: a same-run A/B read 0.85–1.01x on the
+/// GroupNorm backward with 32 f64 lanes, within the noise but not a gain).
+pub const LANES: usize = 16;
 use super::prefetch;
 use super::{
     ChannelLayout, Geom, SplitCentres, fold_centres, reduction_rows, rows_per_piece, sample_runs,

@@ -14,7 +14,7 @@ pub mod prefetch;
 pub mod threads;
 
 use crate::dtype::{Element, Real};
-use moments::{Centre, simd_clones, sum, sum_before_writing, sum_sq_dev};
+use moments::{Centre, moments, moments_by, simd_clones};
 use rayon::prelude::*;
 
 /// The instruction set the hot loops dispatch to on this machine (the `multiversion` clones:
@@ -343,21 +343,31 @@ fn chan_step((ma, m2a): (&mut f64, &mut f64), (mb, m2b): (f64, f64), (fb, w): (f
     *m2a += m2b + d * d * w;
 }
 
-/// `(mean, m2)` over one channel's planes (in `n` order): the sum of every plane added in
-/// order, then the sums of squared deviations from the f64 mean, in order.
+/// `(mean, m2)` over one channel's planes taken as one run ([`moments_by`]): each pass adds
+/// the planes' sums in `n` order.
 fn planes_moments<T: Element>(planes: &[&[T]]) -> (f64, f64) {
     let count: usize = planes.iter().map(|p| p.len()).sum();
-    let mut s = T::Acc::ZERO;
-    for p in planes {
-        s += sum(p);
-    }
-    let mean64 = s.to_f64() / count as f64;
-    let mean = Centre::of(mean64);
-    let mut m2 = T::Acc::ZERO;
-    for p in planes {
-        m2 += sum_sq_dev(p, mean);
-    }
-    (mean64, m2.to_f64())
+    let first = planes.iter().find_map(|p| p.first().copied());
+    moments_by(
+        count,
+        first,
+        |shift| {
+            let mut s = T::Acc::ZERO;
+            for p in planes {
+                s += moments::shifted_sum(p, shift);
+            }
+            s
+        },
+        |h| {
+            let (mut sd, mut sq) = (T::Acc::ZERO, T::Acc::ZERO);
+            for p in planes {
+                let (d, q) = moments::dev_sums(p, h);
+                sd += d;
+                sq += q;
+            }
+            (sd, sq)
+        },
+    )
 }
 
 /// BatchNorm training forward in [`ChannelLayout::First`] (local statistics only), fused per
@@ -433,15 +443,11 @@ pub fn group_moments<T: Element>(
     if count == 0 {
         return (vec![0.0; n_stats], vec![0.0; n_stats]);
     }
-    let m = count as f64;
     match layout {
         ChannelLayout::First => {
             let stats: Vec<(f64, f64)> = x[..g.n * g.c * g.s]
                 .par_chunks(count)
-                .map(|run| {
-                    let mean = sum(run).to_f64() / m;
-                    (mean, sum_sq_dev(run, Centre::of(mean)).to_f64())
-                })
+                .map(moments)
                 .collect();
             stats.into_iter().unzip()
         }
@@ -605,14 +611,7 @@ pub fn row_moments<T: Element>(x: &[T], rows: usize, cols: usize) -> (Vec<f64>, 
     if cols == 0 {
         return (vec![0.0; rows], vec![0.0; rows]);
     }
-    let m = cols as f64;
-    let stats: Vec<(f64, f64)> = x[..rows * cols]
-        .par_chunks(cols)
-        .map(|row| {
-            let mean = sum(row).to_f64() / m;
-            (mean, sum_sq_dev(row, Centre::of(mean)).to_f64())
-        })
-        .collect();
+    let stats: Vec<(f64, f64)> = x[..rows * cols].par_chunks(cols).map(moments).collect();
     stats.into_iter().unzip()
 }
 
@@ -741,7 +740,6 @@ fn fused_runs<T: Element, S: Send>(
         return;
     }
     let block = runs.div_ceil(ROW_BLOCKS);
-    let m = len as f64;
     y[..runs * len]
         .par_chunks_mut(block * len)
         .zip(x[..runs * len].par_chunks(block * len))
@@ -752,15 +750,20 @@ fn fused_runs<T: Element, S: Send>(
                 let xr = &xb[r * len..(r + 1) * len];
                 let x_next = xb.get((r + 1) * len..(r + 2) * len).unwrap_or(&[]);
                 let (yr, y_rest) = yb[r * len..].split_at_mut(len);
-                // the block's later runs had their `y` prefetched (below)
-                let s = if r == 0 {
-                    sum_before_writing(xr, yr)
-                } else {
-                    sum(xr)
-                };
-                let mean = s.to_f64() / m;
-                let m2 = moments::sum_sq_dev_prefetching(xr, Centre::of(mean), x_next);
-                *o = apply(b * block + r, xr, yr, mean, m2.to_f64());
+                let (mean, m2) = moments_by(
+                    len,
+                    xr.first().copied(),
+                    |shift| {
+                        // the block's later runs had their `y` prefetched (below)
+                        if r == 0 {
+                            moments::shifted_sum_before_writing(xr, yr, shift)
+                        } else {
+                            moments::shifted_sum(xr, shift)
+                        }
+                    },
+                    |h| moments::dev_sums_prefetching(xr, h, x_next),
+                );
+                *o = apply(b * block + r, xr, yr, mean, m2);
                 prefetch::all(&y_rest[..len.min(y_rest.len())]);
             }
         });

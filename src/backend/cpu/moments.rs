@@ -1,15 +1,31 @@
-//! Two-pass moments (mean, then the sum of squared deviations) over contiguous runs.
+//! Two-pass moments (a rough mean, then the deviations from it) over contiguous runs
+//! ([`moments`], [`moments_by`]).
 //!
-//! Never `E[x²] − E[x]²`: the second pass sums `(x − μ)²` with the mean already known, so data
-//! with a large offset and a small spread keeps its precision. Sums run over [`LANES`]
-//! independent accumulators (a blocked, pairwise-like order that also vectorises), in the
+//! Never `E[x²] − E[x]²`: the second pass sums `(x − h)` and `(x − h)²` with `h` the first
+//! pass's mean, so data with a large offset and a small spread keeps its precision, and the
+//! corrected two-pass formulas remove the first pass's rounding. Sums run over [`LANES`]
+//! independent lanes (a blocked, pairwise-like order that also vectorises); each lane sums
+//! [`FLUSH`] terms in the compute type (f32 for f16/bf16/f32) before adding them into the
 //! element type's accumulator (`f64` for f32/f64 input, `f32` for f16/bf16).
+//!
+//! Before round 8 every f32 term was converted to f64 and added into 16 f64 lanes: on AVX-512
+//! two dependent chains of additions per sum, 4 cycles per 16 elements (perf annotate of the
+//! GroupNorm forward). Same-run A/B of the change, docs/perf/cpu.md "Round 8".
 
 use crate::dtype::{Element, Real};
 
-/// Independent partial sums per run; the order of their final combination is fixed, so
-/// results never depend on the thread count.
-pub const LANES: usize = 16;
+/// Independent partial sums per run (element `k` of a run goes to lane `k mod LANES`); the
+/// order of their final combination is fixed, so results never depend on the thread count or
+/// the CPU. 32 lanes: two AVX-512 (four AVX2) registers of f32 per sum, enough independent
+/// additions to hide their latency (with 16, one register of f32 lanes made every sum a single
+/// chain of dependent additions: 4 cycles per 16 elements).
+pub const LANES: usize = 32;
+
+/// Chunks of [`LANES`] elements that the statistics passes sum per lane in the compute type
+/// (f32 for f16/bf16/f32) before adding the lane's partial into its accumulator-type lane (f64
+/// for f32 input): each compute-type partial holds at most `FLUSH` terms, so its rounding error
+/// stays within about `FLUSH·ε` of its terms, while the additions run at the f32 vector rate.
+pub const FLUSH: usize = 16;
 
 /// Compiles each enclosed function once per instruction set (AVX-512, AVX2+FMA, baseline) and
 /// picks the clone at run time (`multiversion`; no `unsafe` here). The clones perform the same
@@ -28,42 +44,113 @@ macro_rules! simd_clones {
 }
 pub(crate) use simd_clones;
 
+/// `(mean, m2)` of a run (or of several runs taken as one, in order) from its two statistics
+/// passes, which the caller runs through `sum` and `dev` (so fused loops can touch or prefetch
+/// memory during them); `count` elements, the first of them `first`.
+///
+/// 1. `sum(shift)` = Σ (x − shift) with `shift` = the first element (0 if it is not finite), in
+///    compute-type partials of [`FLUSH`] terms ([`shifted_sum`]): a rough mean
+///    `μ̂ = shift + Σ/count`. Shifting by a data value keeps the terms at the data's spread,
+///    not its offset, and makes a constant run sum to exactly 0 (its mean is then exact and its
+///    `m2` exactly 0, which InstanceNorm's `var == 0 && eps == 0` rule needs).
+/// 2. `dev(h)` = (Σ d, Σ d²) with `d = x − h`, `h = μ̂` rounded to the compute type
+///    ([`dev_sums`]); then the corrected two-pass formulas (Chan, Golub & LeVeque, 1983)
+///    `mean = h + Σd/count`, `m2 = Σd² − (Σd)²/count` in f64. The correction is the small
+///    second-order term of an already centred sum — not `E[x²] − E[x]²`, which cancels the
+///    whole offset — and it removes the first pass's rounding (and `h`'s) from both results.
+///
+/// A non-finite rough mean (Inf or NaN in the data, or deviations beyond the compute type's
+/// range, where f32 sums overflow as PyTorch's do) is returned as the mean with `m2 = NaN`,
+/// without the second pass. `count == 0` gives `(NaN, 0)`.
+#[inline(always)]
+pub fn moments_by<T: Element>(
+    count: usize,
+    first: Option<T>,
+    sum: impl FnOnce(T::Compute) -> T::Acc,
+    dev: impl FnOnce(T::Compute) -> (T::Acc, T::Acc),
+) -> (f64, f64) {
+    if count == 0 {
+        return (f64::NAN, 0.0);
+    }
+    let n = count as f64;
+    let shift = first
+        .map(|v| v.to_compute())
+        .filter(|v| v.is_finite())
+        .unwrap_or(T::Compute::ZERO);
+    let rough = shift.to_f64() + sum(shift).to_f64() / n;
+    let h = T::Compute::from_f64(rough);
+    if !h.is_finite() {
+        return (rough, f64::NAN);
+    }
+    let (sd, sq) = dev(h);
+    let (sd, sq) = (sd.to_f64(), sq.to_f64());
+    let m2 = sq - sd * sd / n;
+    // Σd² ≥ (Σd)²/count exactly; rounding may cross it by an ulp when all d are nearly equal
+    (h.to_f64() + sd / n, if m2 < 0.0 { 0.0 } else { m2 })
+}
+
+/// `(mean, m2)` of `xs` ([`moments_by`] with the plain passes).
+#[inline]
+pub fn moments<T: Element>(xs: &[T]) -> (f64, f64) {
+    moments_by(
+        xs.len(),
+        xs.first().copied(),
+        |s| shifted_sum(xs, s),
+        |h| dev_sums(xs, h),
+    )
+}
+
 simd_clones! {
-/// Σ x over `xs`, in the accumulator type.
-pub fn sum<T: Element>(xs: &[T]) -> T::Acc {
-    lane_sum(xs, |_| {})
+/// Σ (x − shift) over `xs`: [`LANES`] lanes of compute-type partials, each added into its
+/// accumulator-type lane every [`FLUSH`] chunks.
+pub fn shifted_sum<T: Element>(xs: &[T], shift: T::Compute) -> T::Acc {
+    lane_sum(xs, shift, |_| {})
 }
 }
 
-/// The body of [`sum`] (and [`sum_touching`]): [`LANES`] accumulators over the whole chunks,
-/// `after_chunk(k)` after chunk `k`, then the tail and the fixed lane tree.
+/// The body of [`shifted_sum`] (and [`sum_touching`]): `after_chunk(k)` after chunk `k` of
+/// [`LANES`] elements, then the tail and the fixed lane tree.
 #[inline(always)]
-fn lane_sum<T: Element>(xs: &[T], mut after_chunk: impl FnMut(usize)) -> T::Acc {
+fn lane_sum<T: Element>(xs: &[T], shift: T::Compute, mut after_chunk: impl FnMut(usize)) -> T::Acc {
     let mut acc = [T::Acc::ZERO; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for (k, c) in chunks.enumerate() {
-        for i in 0..LANES {
-            acc[i] += c[i].to_acc();
+    let whole = xs.len() - xs.len() % LANES;
+    for (b, block) in xs[..whole].chunks(LANES * FLUSH).enumerate() {
+        let mut part = [T::Compute::ZERO; LANES];
+        for (k, c) in block.chunks_exact(LANES).enumerate() {
+            for i in 0..LANES {
+                part[i] += c[i].to_compute() - shift;
+            }
+            after_chunk(b * FLUSH + k);
         }
-        after_chunk(k);
+        flush::<T>(&mut acc, &part);
     }
-    add_tail(&mut acc, tail.len(), |i| tail[i].to_acc());
+    let tail = &xs[whole..];
+    add_tail(&mut acc, tail.len(), |i| {
+        acc_of::<T>(tail[i].to_compute() - shift)
+    });
     combine(&acc)
 }
 
+/// `acc[i] += part[i]` (compute type into accumulator type, exact conversion).
+#[inline(always)]
+fn flush<T: Element>(acc: &mut [T::Acc; LANES], part: &[T::Compute; LANES]) {
+    for i in 0..LANES {
+        acc[i] += acc_of::<T>(part[i]);
+    }
+}
+
 simd_clones! {
-/// [`sum`] of `xs` (the same result, bit for bit) that also reads one element of `ys` per
-/// 64 bytes (a cache line) and returns a value made from them, for the caller to pass to
+/// [`shifted_sum`] of `xs` (the same result, bit for bit) that also reads one element of `ys`
+/// per 64 bytes (a cache line) and returns a value made from them, for the caller to pass to
 /// `black_box`. Used just before `ys` is written: the destination's lines come from memory in
 /// the same loop as `xs`'s, overlapped with them, instead of one by one through the stores'
 /// read-for-ownership, which stalls the apply loop once the store queue is full (streaming
 /// stores would avoid the read but need `unsafe` intrinsics). For element types of at least
-/// 4 bytes (a chunk of `LANES` spans whole lines); see [`sum_before_writing`].
-pub fn sum_touching<T: Element>(xs: &[T], ys: &[T]) -> (T::Acc, T::Compute) {
+/// 4 bytes; see [`shifted_sum_before_writing`].
+pub fn sum_touching<T: Element>(xs: &[T], ys: &[T], shift: T::Compute) -> (T::Acc, T::Compute) {
     let mut touch = T::Compute::ZERO;
-    let step = (64 / std::mem::size_of::<T>()).clamp(1, LANES);
-    let s = lane_sum(xs, |k| {
+    let step = super::prefetch::line_elems::<T>().min(LANES);
+    let s = lane_sum(xs, shift, |k| {
         for j in (0..LANES).step_by(step) {
             if let Some(v) = ys.get(k * LANES + j) {
                 touch = touch.max(v.to_compute());
@@ -74,16 +161,16 @@ pub fn sum_touching<T: Element>(xs: &[T], ys: &[T]) -> (T::Acc, T::Compute) {
 }
 }
 
-/// Σ `xs` ([`sum`], bit for bit) before `ys` is written: through [`sum_touching`] for 4- and
-/// 8-byte elements (f32 LayerNorm / GroupNorm forward 1.07–1.33x in a same-run A/B); plain
-/// [`sum`] for f16/bf16, where a chunk is half a line and the touch measured 0.89–1.07x.
-pub fn sum_before_writing<T: Element>(xs: &[T], ys: &[T]) -> T::Acc {
+/// [`shifted_sum`] of `xs` (bit for bit) before `ys` is written: through [`sum_touching`] for
+/// 4- and 8-byte elements (f32 LayerNorm / GroupNorm forward 1.07–1.33x in a same-run A/B);
+/// plain [`shifted_sum`] for f16/bf16, where the touch measured 0.89–1.07x.
+pub fn shifted_sum_before_writing<T: Element>(xs: &[T], ys: &[T], shift: T::Compute) -> T::Acc {
     if std::mem::size_of::<T>() >= 4 {
-        let (s, touched) = sum_touching(xs, ys);
+        let (s, touched) = sum_touching(xs, ys, shift);
         std::hint::black_box(touched);
         s
     } else {
-        sum(xs)
+        shifted_sum(xs, shift)
     }
 }
 
@@ -135,54 +222,67 @@ impl<C: Real> Centre<C> {
 }
 
 simd_clones! {
-/// Σ (x − mean)² over `xs`: the difference and its square in the compute type, the sum in the
-/// accumulator type.
-pub fn sum_sq_dev<T: Element>(xs: &[T], mean: Centre<T::Compute>) -> T::Acc {
-    lane_sum_sq_dev(xs, mean, |_| {})
+/// `(Σ d, Σ d²)` over `xs` with `d = x − h`: the difference and its square in the compute
+/// type, each sum as in [`shifted_sum`] (compute-type partials of [`FLUSH`] terms per lane).
+pub fn dev_sums<T: Element>(xs: &[T], h: T::Compute) -> (T::Acc, T::Acc) {
+    lane_dev_sums(xs, h, |_| {})
 }
 }
 
 simd_clones! {
-/// [`sum_sq_dev`] of `xs` (the same result, bit for bit) that also prefetches the lines of
+/// [`dev_sums`] of `xs` (the same result, bit for bit) that also prefetches the lines of
 /// `next` (the run the caller reads after this one; [`super::prefetch`]), one line per line of
 /// `xs`, so memory fetches it while this in-cache pass computes.
-pub fn sum_sq_dev_prefetching<T: Element>(
+pub fn dev_sums_prefetching<T: Element>(
     xs: &[T],
-    mean: Centre<T::Compute>,
+    h: T::Compute,
     next: &[T],
-) -> T::Acc {
+) -> (T::Acc, T::Acc) {
     let step = super::prefetch::line_elems::<T>();
-    lane_sum_sq_dev(xs, mean, |k| {
-        if (k * LANES) % step == 0 {
-            super::prefetch::line(next, k * LANES);
+    lane_dev_sums(xs, h, |k| {
+        for j in (0..LANES).step_by(step.min(LANES)) {
+            if (k * LANES + j) % step == 0 {
+                super::prefetch::line(next, k * LANES + j);
+            }
         }
     })
 }
 }
 
-/// The body of [`sum_sq_dev`] (and [`sum_sq_dev_prefetching`]): `after_chunk(k)` after chunk
-/// `k` of [`LANES`] elements.
+/// The body of [`dev_sums`] (and [`dev_sums_prefetching`]): `after_chunk(k)` after chunk `k`
+/// of [`LANES`] elements.
 #[inline(always)]
-fn lane_sum_sq_dev<T: Element>(
+fn lane_dev_sums<T: Element>(
     xs: &[T],
-    mean: Centre<T::Compute>,
+    h: T::Compute,
     mut after_chunk: impl FnMut(usize),
-) -> T::Acc {
-    let mut acc = [T::Acc::ZERO; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for (k, c) in chunks.enumerate() {
-        for i in 0..LANES {
-            let d = mean.centre(c[i].to_compute());
-            acc[i] += acc_of::<T>(d * d);
+) -> (T::Acc, T::Acc) {
+    let mut acc_d = [T::Acc::ZERO; LANES];
+    let mut acc_q = [T::Acc::ZERO; LANES];
+    let whole = xs.len() - xs.len() % LANES;
+    for (b, block) in xs[..whole].chunks(LANES * FLUSH).enumerate() {
+        let mut part_d = [T::Compute::ZERO; LANES];
+        let mut part_q = [T::Compute::ZERO; LANES];
+        for (k, c) in block.chunks_exact(LANES).enumerate() {
+            for i in 0..LANES {
+                let d = c[i].to_compute() - h;
+                part_d[i] += d;
+                part_q[i] += d * d;
+            }
+            after_chunk(b * FLUSH + k);
         }
-        after_chunk(k);
+        flush::<T>(&mut acc_d, &part_d);
+        flush::<T>(&mut acc_q, &part_q);
     }
-    add_tail(&mut acc, tail.len(), |i| {
-        let d = mean.centre(tail[i].to_compute());
+    let tail = &xs[whole..];
+    add_tail(&mut acc_d, tail.len(), |i| {
+        acc_of::<T>(tail[i].to_compute() - h)
+    });
+    add_tail(&mut acc_q, tail.len(), |i| {
+        let d = tail[i].to_compute() - h;
         acc_of::<T>(d * d)
     });
-    combine(&acc)
+    (combine(&acc_d), combine(&acc_q))
 }
 
 /// Converts a compute-type value into the accumulator type (exact: the accumulator is at
@@ -192,13 +292,8 @@ pub fn acc_of<T: Element>(v: T::Compute) -> T::Acc {
     T::Acc::from_f64(v.to_f64())
 }
 
-/// Converts an accumulator value to the compute type (rounds f64 → f32 where they differ).
-#[inline(always)]
-pub fn compute_of<T: Element>(v: T::Acc) -> T::Compute {
-    T::Compute::from_f64(v.to_f64())
-}
-
-/// `acc[i] += f(i)` for the `len < LANES` elements of a run's tail.
+/// `acc[i] += f(i)` for the `len < N` elements of a run's tail (`N` lanes: [`LANES`] here,
+/// `backward::LANES` in the backward sums).
 ///
 /// Never inlined, as [`combine`]: when the tail's (or the combination's) scalar code is inlined
 /// after a lane-accumulation loop, LLVM's SLP vectoriser lays the loop's accumulators out to
@@ -206,7 +301,11 @@ pub fn compute_of<T: Element>(v: T::Acc) -> T::Compute {
 /// whole vectors of consecutive lanes; behind calls the loop keeps plain vector loads. Same
 /// IEEE operations either way.
 #[inline(never)]
-pub(crate) fn add_tail<A: Real>(acc: &mut [A; LANES], len: usize, f: impl Fn(usize) -> A) {
+pub(crate) fn add_tail<A: Real, const N: usize>(
+    acc: &mut [A; N],
+    len: usize,
+    f: impl Fn(usize) -> A,
+) {
     for (i, a) in acc.iter_mut().enumerate().take(len) {
         *a += f(i);
     }
@@ -214,9 +313,9 @@ pub(crate) fn add_tail<A: Real>(acc: &mut [A; LANES], len: usize, f: impl Fn(usi
 
 /// Pairwise tree over the lanes. Never inlined (see [`add_tail`]).
 #[inline(never)]
-pub(crate) fn combine<A: Real>(acc: &[A; LANES]) -> A {
+pub(crate) fn combine<A: Real, const N: usize>(acc: &[A; N]) -> A {
     let mut w = *acc;
-    let mut n = LANES;
+    let mut n = N;
     while n > 1 {
         n /= 2;
         for i in 0..n {
@@ -256,13 +355,30 @@ mod tests {
     use super::*;
     use half::bf16;
 
+    /// (mean, m2) of `xs` in f64, the reference (two-pass over the f64 values).
+    fn reference(xs: &[f64]) -> (f64, f64) {
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        (mean, xs.iter().map(|&v| (v - mean).powi(2)).sum())
+    }
+
     #[test]
-    fn sum_before_writing_is_sum_bit_for_bit() {
+    fn touching_and_prefetching_passes_are_the_plain_ones_bit_for_bit() {
         fn check<T: Element>(xs: &[T], ys: &[T], n: usize) {
-            let (a, b) = (sum_before_writing(xs, ys), sum(xs));
+            let shift = xs
+                .first()
+                .map(|v| v.to_compute())
+                .unwrap_or(T::Compute::ZERO);
+            let (a, b) = (
+                shifted_sum_before_writing(xs, ys, shift),
+                shifted_sum(xs, shift),
+            );
             assert_eq!(a.to_f64().to_bits(), b.to_f64().to_bits(), "n={n}");
+            let (c, d) = (dev_sums_prefetching(xs, shift, ys), dev_sums(xs, shift));
+            assert_eq!(c.0.to_f64().to_bits(), d.0.to_f64().to_bits(), "n={n}");
+            assert_eq!(c.1.to_f64().to_bits(), d.1.to_f64().to_bits(), "n={n}");
         }
-        for n in [0usize, 1, 7, 13, 16, 17, 97, 1025, 4099] {
+        for n in [0usize, 1, 7, 13, 16, 17, 97, 1025, 4099, 20_000] {
             let v: Vec<f64> = (0..n).map(|i| 1e4 + (i as f64 * 0.37).sin()).collect();
             // the destination holds anything, NaN and infinities included
             let junk: Vec<f64> = (0..n)
@@ -273,38 +389,92 @@ mod tests {
             check(&v, &junk, n);
             let h = |v: &[f64]| v.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>();
             check(&h(&v), &h(&junk), n);
-            assert_eq!(sum_touching(&f(&v), &f(&v)).0, sum(&f(&v)), "n={n}");
         }
     }
 
     #[test]
-    fn sums_match_naive_for_odd_lengths() {
-        for n in [0usize, 1, 7, 13, 15, 16, 17, 97, 1025] {
-            let xs: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let naive: f64 = xs.iter().map(|&v| v as f64).sum();
-            assert!((sum(&xs) - naive).abs() < 1e-9, "n={n}");
-            let mean = (naive / n.max(1) as f64) as f32;
-            let naive2: f64 = xs.iter().map(|&v| ((v - mean) * (v - mean)) as f64).sum();
+    fn moments_match_f64_for_odd_lengths_and_partials_over_many_flushes() {
+        // LANES·FLUSH = 512 elements per flush: 20_000 spans 39 of them and a tail
+        for n in [
+            1usize, 7, 13, 15, 16, 17, 31, 32, 33, 97, 511, 513, 1025, 20_000,
+        ] {
+            let xs: Vec<f32> = (0..n)
+                .map(|i| (i as f32 * 0.37).sin() * 3.0 + 0.5)
+                .collect();
+            let x64: Vec<f64> = xs.iter().map(|&v| v as f64).collect();
+            let (mean, m2) = moments(&xs);
+            let (rm, rm2) = reference(&x64);
             assert!(
-                (sum_sq_dev(&xs, Centre { hi: mean, lo: 0.0 }) - naive2).abs() < 1e-9,
-                "n={n}"
+                (mean - rm).abs() <= 1e-7 * (1.0 + rm.abs()),
+                "n={n}: {mean} vs {rm}"
+            );
+            assert!(
+                (m2 - rm2).abs() <= 1e-6 * (1e-30 + rm2),
+                "n={n}: {m2} vs {rm2}"
             );
         }
     }
 
     #[test]
     fn large_offset_keeps_its_spread() {
-        // 1e4 + small spread: E[x²]−E[x]² in f32 would lose every digit here.
-        let xs: Vec<f32> = (0..1000)
-            .map(|i| 1e4 + 0.01 * ((i % 7) as f32 - 3.0))
-            .collect();
-        let s = sum(&xs);
-        let m2 = sum_sq_dev(&xs, Centre::<f32>::of(s / 1000.0));
-        let var = m2 / 1000.0;
-        // exact spread of the f32-rounded data
-        let mean64: f64 = xs.iter().map(|&v| v as f64).sum::<f64>() / 1000.0;
-        let var64: f64 = xs.iter().map(|&v| (v as f64 - mean64).powi(2)).sum::<f64>() / 1000.0;
-        assert!((var - var64).abs() / var64 < 1e-4, "var {var} vs {var64}");
+        // 1e4 + small spread: E[x²]−E[x]² in f32 would lose every digit here; so would a
+        // plain f32 sum's mean (half an ulp of 1e4 is 5 % of the spread)
+        for n in [1000usize, 20_000] {
+            let xs: Vec<f32> = (0..n)
+                .map(|i| 1e4 + 0.01 * ((i % 7) as f32 - 3.0))
+                .collect();
+            let (mean, m2) = moments(&xs);
+            let (rm, rm2) = reference(&xs.iter().map(|&v| v as f64).collect::<Vec<_>>());
+            assert!((m2 - rm2).abs() / rm2 < 1e-5, "n={n}: m2 {m2} vs {rm2}");
+            assert!(
+                (mean - rm).abs() < 1e-3 * (rm2 / n as f64).sqrt(),
+                "n={n}: {mean} vs {rm}"
+            );
+            // the first element far from the rest (an outlier as the shift)
+            let mut ys = xs.clone();
+            ys[0] = -3e4;
+            let (mean, m2) = moments(&ys);
+            let (rm, rm2) = reference(&ys.iter().map(|&v| v as f64).collect::<Vec<_>>());
+            assert!(
+                (m2 - rm2).abs() / rm2 < 1e-5,
+                "n={n}: outlier m2 {m2} vs {rm2}"
+            );
+            assert!(
+                (mean - rm).abs() / rm.abs() < 1e-9,
+                "n={n}: outlier {mean} vs {rm}"
+            );
+        }
+    }
+
+    #[test]
+    fn constant_runs_have_their_exact_mean_and_zero_m2() {
+        // the shift (the first element) makes every deviation exactly 0
+        for n in [1usize, 7, 33, 1025, 20_000] {
+            for c in [0.1f32, -3.7e5, 1e-30, 16_777_215.0] {
+                assert_eq!(moments(&vec![c; n]), (c as f64, 0.0), "n={n} c={c}");
+            }
+            let b = bf16::from_f32(0.3);
+            assert_eq!(moments(&vec![b; n]), (b.to_f64(), 0.0), "bf16 n={n}");
+            assert_eq!(moments(&vec![0.1f64; n]), (0.1, 0.0), "f64 n={n}");
+        }
+    }
+
+    #[test]
+    fn non_finite_data() {
+        let mut xs = vec![1.0f32; 100];
+        xs[50] = f32::INFINITY;
+        let (mean, m2) = moments(&xs);
+        assert_eq!(mean, f64::INFINITY);
+        assert!(m2.is_nan());
+        xs[0] = f32::INFINITY; // an infinite first element is not the shift
+        assert_eq!(moments(&xs).0, f64::INFINITY);
+        xs[10] = f32::NEG_INFINITY;
+        assert!(moments(&xs).0.is_nan());
+        let mut ys = vec![2.0f32; 100];
+        ys[0] = f32::NAN;
+        let (mean, m2) = moments(&ys);
+        assert!(mean.is_nan() && m2.is_nan());
+        assert_eq!(moments::<f32>(&[]).1, 0.0);
     }
 
     #[test]
@@ -321,6 +491,8 @@ mod tests {
     fn bf16_accumulates_in_f32() {
         let xs = vec![bf16::from_f32(1.0); 1000];
         // bf16 accumulation would stall at 256; f32 reaches 1000 exactly
-        assert_eq!(sum(&xs), 1000.0f32);
+        assert_eq!(shifted_sum(&xs, 0.0), 1000.0f32);
+        let ys: Vec<bf16> = (0..1000).map(|i| bf16::from_f32((i % 2) as f32)).collect();
+        assert_eq!(moments(&ys), (0.5, 250.0));
     }
 }
