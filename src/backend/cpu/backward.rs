@@ -5,12 +5,10 @@
 //! `(n, c)`, `A = Σ_s g` and `B = Σ_s g·(x − μ)`; the ops layer turns them into per-`(n, c)`
 //! coefficients of `dx = g·p + (x − μ)·q + o` and into the parameter gradients.
 
-use super::moments::{Centre, acc_of, add_tail, simd_clones};
+use super::moments::{self, Centre, acc_of, add_tail, simd_clones};
 
-/// Independent partial sums per run of the backward reductions (as the forward statistics'
-/// `moments::LANES` before round 8; the backward's f64 lanes for f32 input were left at 16
-/// when the forward moved to 32 lanes of f32 partials: a same-run A/B read 0.85–1.01x on the
-/// GroupNorm backward with 32 f64 lanes, within the noise but not a gain).
+/// Independent f64 (f32 input) partial sums of the LayerNorm backward row reductions
+/// ([`layer_norm_grad_row`]; the channels-first sums run through `moments::pair_sums`).
 pub const LANES: usize = 16;
 use super::prefetch;
 use super::{
@@ -310,26 +308,15 @@ type GradColumns<'a, C> = (&'a [C], &'a [C], &'a [C]);
 type PairSums<A> = Vec<(Vec<A>, Vec<A>)>;
 
 simd_clones! {
-/// `(Σ g, Σ g·(x − m))` over one contiguous run, in [`LANES`] independent accumulators
-/// (element `k` goes to lane `k mod LANES`), combined in lane order.
+/// `(Σ g, Σ g·(x − m))` over one contiguous run ([`moments::pair_sums`]: compute-type partials
+/// in lanes, flushed into accumulator-type lanes). The second sum is taken around `m.hi` and
+/// corrected by `m.lo·Σg` in f64, one subtraction per element fewer than centring on both.
 fn grad_sums_run<T: Element>(xs: &[T], gs: &[T], m: Centre<T::Compute>) -> (f64, f64) {
-    let mut a = [T::Acc::ZERO; LANES];
-    let mut b = [T::Acc::ZERO; LANES];
-    let (xc, gc) = (xs.chunks_exact(LANES), gs.chunks_exact(LANES));
-    let (xt, gt) = (xc.remainder(), gc.remainder());
-    for (xv, gv) in xc.zip(gc) {
-        for i in 0..LANES {
-            let g = gv[i].to_compute();
-            a[i] += acc_of::<T>(g);
-            b[i] += acc_of::<T>(g * m.centre(xv[i].to_compute()));
-        }
-    }
-    let len = xt.len().min(gt.len());
-    add_tail(&mut a, len, |i| acc_of::<T>(gt[i].to_compute()));
-    add_tail(&mut b, len, |i| acc_of::<T>(gt[i].to_compute() * m.centre(xt[i].to_compute())));
-    (lanes_sum(&a), lanes_sum(&b))
+    let hi = m.hi;
+    let (a, b) = moments::pair_sums(gs, xs, |g, x| (g, g * (x - hi)), |_| {});
+    let a = a.to_f64();
+    (a, b.to_f64() - m.lo.to_f64() * a)
 }
-
 /// `dx = g·p + (x − m)·q + o` over one contiguous run.
 #[allow(clippy::too_many_arguments)]
 fn grad_apply_run<T: Element>(

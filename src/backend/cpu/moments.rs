@@ -255,34 +255,61 @@ pub fn dev_sums_prefetching<T: Element>(
 fn lane_dev_sums<T: Element>(
     xs: &[T],
     h: T::Compute,
+    after_chunk: impl FnMut(usize),
+) -> (T::Acc, T::Acc) {
+    // `xs` twice: the second read of the same element is the same load, folded by the compiler
+    pair_sums(
+        xs,
+        xs,
+        |x, _| {
+            let d = x - h;
+            (d, d * d)
+        },
+        after_chunk,
+    )
+}
+
+/// `(Σ u, Σ v)` with `(u, v) = term(x, y)` over the pairs of `xs` and `ys` (the shorter's
+/// length): [`LANES`] lanes of compute-type partials, each added into its accumulator-type lane
+/// every [`FLUSH`] chunks, `after_chunk(k)` after chunk `k`, then the tail and the fixed lane
+/// tree. The body of [`dev_sums`] and of the backward's `(Σ g, Σ g·(x − μ))`.
+#[inline(always)]
+pub(crate) fn pair_sums<T: Element>(
+    xs: &[T],
+    ys: &[T],
+    term: impl Fn(T::Compute, T::Compute) -> (T::Compute, T::Compute),
     mut after_chunk: impl FnMut(usize),
 ) -> (T::Acc, T::Acc) {
-    let mut acc_d = [T::Acc::ZERO; LANES];
-    let mut acc_q = [T::Acc::ZERO; LANES];
-    let whole = xs.len() - xs.len() % LANES;
-    for (b, block) in xs[..whole].chunks(LANES * FLUSH).enumerate() {
-        let mut part_d = [T::Compute::ZERO; LANES];
-        let mut part_q = [T::Compute::ZERO; LANES];
-        for (k, c) in block.chunks_exact(LANES).enumerate() {
+    let len = xs.len().min(ys.len());
+    let whole = len - len % LANES;
+    let mut acc_u = [T::Acc::ZERO; LANES];
+    let mut acc_v = [T::Acc::ZERO; LANES];
+    let blocks = xs[..whole]
+        .chunks(LANES * FLUSH)
+        .zip(ys[..whole].chunks(LANES * FLUSH));
+    for (b, (xb, yb)) in blocks.enumerate() {
+        let mut part_u = [T::Compute::ZERO; LANES];
+        let mut part_v = [T::Compute::ZERO; LANES];
+        for (k, (xc, yc)) in xb
+            .chunks_exact(LANES)
+            .zip(yb.chunks_exact(LANES))
+            .enumerate()
+        {
             for i in 0..LANES {
-                let d = c[i].to_compute() - h;
-                part_d[i] += d;
-                part_q[i] += d * d;
+                let (u, v) = term(xc[i].to_compute(), yc[i].to_compute());
+                part_u[i] += u;
+                part_v[i] += v;
             }
             after_chunk(b * FLUSH + k);
         }
-        flush::<T>(&mut acc_d, &part_d);
-        flush::<T>(&mut acc_q, &part_q);
+        flush::<T>(&mut acc_u, &part_u);
+        flush::<T>(&mut acc_v, &part_v);
     }
-    let tail = &xs[whole..];
-    add_tail(&mut acc_d, tail.len(), |i| {
-        acc_of::<T>(tail[i].to_compute() - h)
-    });
-    add_tail(&mut acc_q, tail.len(), |i| {
-        let d = tail[i].to_compute() - h;
-        acc_of::<T>(d * d)
-    });
-    (combine(&acc_d), combine(&acc_q))
+    let (xt, yt) = (&xs[whole..len], &ys[whole..len]);
+    let t = |i: usize| term(xt[i].to_compute(), yt[i].to_compute());
+    add_tail(&mut acc_u, xt.len(), |i| acc_of::<T>(t(i).0));
+    add_tail(&mut acc_v, xt.len(), |i| acc_of::<T>(t(i).1));
+    (combine(&acc_u), combine(&acc_v))
 }
 
 /// Converts a compute-type value into the accumulator type (exact: the accumulator is at
