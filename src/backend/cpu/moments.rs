@@ -111,24 +111,9 @@ pub fn shifted_sum<T: Element>(xs: &[T], shift: T::Compute) -> T::Acc {
 /// The body of [`shifted_sum`] (and [`sum_touching`]): `after_chunk(k)` after chunk `k` of
 /// [`LANES`] elements, then the tail and the fixed lane tree.
 #[inline(always)]
-fn lane_sum<T: Element>(xs: &[T], shift: T::Compute, mut after_chunk: impl FnMut(usize)) -> T::Acc {
-    let mut acc = [T::Acc::ZERO; LANES];
-    let whole = xs.len() - xs.len() % LANES;
-    for (b, block) in xs[..whole].chunks(LANES * FLUSH).enumerate() {
-        let mut part = [T::Compute::ZERO; LANES];
-        for (k, c) in block.chunks_exact(LANES).enumerate() {
-            for i in 0..LANES {
-                part[i] += c[i].to_compute() - shift;
-            }
-            after_chunk(b * FLUSH + k);
-        }
-        flush::<T>(&mut acc, &part);
-    }
-    let tail = &xs[whole..];
-    add_tail(&mut acc, tail.len(), |i| {
-        acc_of::<T>(tail[i].to_compute() - shift)
-    });
-    combine(&acc)
+fn lane_sum<T: Element>(xs: &[T], shift: T::Compute, after_chunk: impl FnMut(usize)) -> T::Acc {
+    let [s] = lane_sums::<T, 1>(xs, xs, |x, _| [x - shift], after_chunk);
+    s
 }
 
 /// `acc[i] += part[i]` (compute type into accumulator type, exact conversion).
@@ -278,38 +263,60 @@ pub(crate) fn pair_sums<T: Element>(
     xs: &[T],
     ys: &[T],
     term: impl Fn(T::Compute, T::Compute) -> (T::Compute, T::Compute),
-    mut after_chunk: impl FnMut(usize),
+    after_chunk: impl FnMut(usize),
 ) -> (T::Acc, T::Acc) {
+    let [u, v] = lane_sums::<T, 2>(
+        xs,
+        ys,
+        |x, y| {
+            let (u, v) = term(x, y);
+            [u, v]
+        },
+        after_chunk,
+    );
+    (u, v)
+}
+
+/// The `K` sums `Σ term(x, y)[j]` over the pairs of `xs` and `ys` (the shorter's length), each
+/// in [`LANES`] lanes of compute-type partials added into accumulator-type lanes every
+/// [`FLUSH`] chunks; `after_chunk(k)` after chunk `k`, then the tail and the fixed lane tree.
+/// The one body of [`shifted_sum`] (`K = 1`), [`dev_sums`] and [`pair_sums`] (`K = 2`).
+#[inline(always)]
+fn lane_sums<T: Element, const K: usize>(
+    xs: &[T],
+    ys: &[T],
+    term: impl Fn(T::Compute, T::Compute) -> [T::Compute; K],
+    mut after_chunk: impl FnMut(usize),
+) -> [T::Acc; K] {
     let len = xs.len().min(ys.len());
     let whole = len - len % LANES;
-    let mut acc_u = [T::Acc::ZERO; LANES];
-    let mut acc_v = [T::Acc::ZERO; LANES];
+    let mut acc = [[T::Acc::ZERO; LANES]; K];
     let blocks = xs[..whole]
         .chunks(LANES * FLUSH)
         .zip(ys[..whole].chunks(LANES * FLUSH));
     for (b, (xb, yb)) in blocks.enumerate() {
-        let mut part_u = [T::Compute::ZERO; LANES];
-        let mut part_v = [T::Compute::ZERO; LANES];
-        for (k, (xc, yc)) in xb
-            .chunks_exact(LANES)
-            .zip(yb.chunks_exact(LANES))
-            .enumerate()
-        {
+        let mut part = [[T::Compute::ZERO; LANES]; K];
+        let chunks = xb.chunks_exact(LANES).zip(yb.chunks_exact(LANES));
+        for (k, (xc, yc)) in chunks.enumerate() {
             for i in 0..LANES {
-                let (u, v) = term(xc[i].to_compute(), yc[i].to_compute());
-                part_u[i] += u;
-                part_v[i] += v;
+                let t = term(xc[i].to_compute(), yc[i].to_compute());
+                for j in 0..K {
+                    part[j][i] += t[j];
+                }
             }
             after_chunk(b * FLUSH + k);
         }
-        flush::<T>(&mut acc_u, &part_u);
-        flush::<T>(&mut acc_v, &part_v);
+        for j in 0..K {
+            flush::<T>(&mut acc[j], &part[j]);
+        }
     }
     let (xt, yt) = (&xs[whole..len], &ys[whole..len]);
-    let t = |i: usize| term(xt[i].to_compute(), yt[i].to_compute());
-    add_tail(&mut acc_u, xt.len(), |i| acc_of::<T>(t(i).0));
-    add_tail(&mut acc_v, xt.len(), |i| acc_of::<T>(t(i).1));
-    (combine(&acc_u), combine(&acc_v))
+    std::array::from_fn(|j| {
+        add_tail(&mut acc[j], xt.len(), |i| {
+            acc_of::<T>(term(xt[i].to_compute(), yt[i].to_compute())[j])
+        });
+        combine(&acc[j])
+    })
 }
 
 /// Converts a compute-type value into the accumulator type (exact: the accumulator is at
