@@ -14,7 +14,7 @@ pub mod prefetch;
 pub mod threads;
 
 use crate::dtype::{Element, Real};
-use moments::{Centre, moments, moments_by, simd_clones};
+use moments::{Centre, Pass, moments, moments_by, simd_clones};
 use rayon::prelude::*;
 
 /// The instruction set the hot loops dispatch to on this machine (the `multiversion` clones:
@@ -388,27 +388,24 @@ fn chan_step((ma, m2a): (&mut f64, &mut f64), (mb, m2b): (f64, f64), (fb, w): (f
 /// the planes' sums in `n` order.
 fn planes_moments<T: Element>(planes: &[&[T]]) -> (f64, f64) {
     let count: usize = planes.iter().map(|p| p.len()).sum();
-    let first = planes.iter().find_map(|p| p.first().copied());
-    moments_by(
-        count,
-        first,
-        |shift| {
-            let mut s = T::Acc::ZERO;
-            for p in planes {
-                s += moments::shifted_sum(p, shift);
-            }
-            s
-        },
-        |h| {
-            let (mut sd, mut sq) = (T::Acc::ZERO, T::Acc::ZERO);
-            for p in planes {
-                let (d, q) = moments::dev_sums(p, h);
-                sd += d;
-                sq += q;
-            }
-            (sd, sq)
-        },
-    )
+    let head = planes
+        .iter()
+        .find(|p| !p.is_empty())
+        .copied()
+        .unwrap_or(&[]);
+    moments_by(count, head, |h, pass| {
+        let (mut sd, mut sq) = (T::Acc::ZERO, T::Acc::ZERO);
+        for (i, p) in planes.iter().enumerate() {
+            // from memory, each plane prefetches the next (the planes lie C·S apart)
+            let (d, q) = match (pass, planes.get(i + 1)) {
+                (Pass::Single, Some(next)) => moments::dev_sums_prefetching(p, h, next),
+                _ => moments::dev_sums(p, h),
+            };
+            sd += d;
+            sq += q;
+        }
+        (sd, sq)
+    })
 }
 
 /// BatchNorm training forward in [`ChannelLayout::First`] (local statistics only), fused per
@@ -623,7 +620,7 @@ fn group_norm_last_fused<T: Element>(
 }
 
 /// GroupNorm / InstanceNorm (`groups = C`) forward in [`ChannelLayout::First`], fused per
-/// `(n, g)` group: the group's sum, its sum of squared deviations (`finish` gives `r`) and the
+/// `(n, g)` group: the group's moments ([`moments_by`]; `finish` gives `r`) and the
 /// apply `y = (x − μ)·(r·γ_c) + β_c` of its planes run back to back while the group
 /// (`(C/G)·S` elements) is in L1/L2, so `x` is read from memory once. The same operations in
 /// the same order as [`group_moments`] then [`apply_channel`], so the results are
@@ -732,8 +729,8 @@ pub(crate) fn sample_runs(
     }
 }
 
-/// LayerNorm forward fused per row over row-major `(rows, cols)`: the row's sum, its sum of
-/// squared deviations (`finish` gives `r`) and the apply `y = (x − μ)·r·γ + β` run back to
+/// LayerNorm forward fused per row over row-major `(rows, cols)`: the row's moments
+/// ([`moments_by`]; `finish` gives `r`) and the apply `y = (x − μ)·r·γ + β` run back to
 /// back while the row is in L1/L2, so `x` is read from memory once. The same operations in the
 /// same order as [`row_moments`] then [`apply_rows`], so the results are bit-identical.
 /// Runs through [`fused_runs`] (which prefetches the next row).
@@ -761,14 +758,14 @@ pub fn layer_norm_fused<T: Element>(
 }
 
 /// Statistics and apply fused per contiguous run of `len` elements (LayerNorm rows, GroupNorm
-/// / InstanceNorm channels-first groups), for the `out.len()` runs of `x`: each run's sum, its
-/// sum of squared deviations, then `out[i] = apply(i, x_run, y_run, mean, m2)`, back to back
-/// while the run is in L1/L2, so `x` is read from memory once. While a run is in cache, the
-/// next run of its block is prefetched ([`prefetch`]): its `x` during the centred pass, its
-/// `y` after the apply, so memory works during the in-cache passes (same-run A/B: see
-/// docs/perf/cpu.md, "Software prefetch"). The runs are split into at most [`ROW_BLOCKS`]
-/// blocks of consecutive runs (a partition by shape only; each run's results do not depend
-/// on it at all).
+/// / InstanceNorm channels-first groups), for the `out.len()` runs of `x`: each run's
+/// statistics ([`moments_by`]: one pass from memory in the common case, a second one from
+/// cache when the run's head was far from its mean), then `out[i] = apply(i, x_run, y_run,
+/// mean, m2)` while the run is in L1/L2, so `x` is read from memory once. The next run of the
+/// block is prefetched ([`prefetch`]): its `x` during the statistics pass, its `y` after the
+/// apply (same-run A/Bs: docs/perf/cpu.md, "Software prefetch" and "Round 9"). The runs are
+/// split into at most [`ROW_BLOCKS`] blocks of consecutive runs (a partition by shape only;
+/// each run's results do not depend on it at all).
 fn fused_runs<T: Element, S: Send>(
     x: &[T],
     y: &mut [T],
@@ -791,19 +788,11 @@ fn fused_runs<T: Element, S: Send>(
                 let xr = &xb[r * len..(r + 1) * len];
                 let x_next = xb.get((r + 1) * len..(r + 2) * len).unwrap_or(&[]);
                 let (yr, y_rest) = yb[r * len..].split_at_mut(len);
-                let (mean, m2) = moments_by(
-                    len,
-                    xr.first().copied(),
-                    |shift| {
-                        // the block's later runs had their `y` prefetched (below)
-                        if r == 0 {
-                            moments::shifted_sum_before_writing(xr, yr, shift)
-                        } else {
-                            moments::shifted_sum(xr, shift)
-                        }
-                    },
-                    |h| moments::dev_sums_prefetching(xr, h, x_next),
-                );
+                // one pass from memory (prefetching the next run meanwhile) in the common case
+                let (mean, m2) = moments_by(len, xr, |h, pass| match pass {
+                    Pass::Single => moments::dev_sums_prefetching(xr, h, x_next),
+                    Pass::Again => moments::dev_sums(xr, h),
+                });
                 *o = apply(b * block + r, xr, yr, mean, m2);
                 prefetch::all(&y_rest[..len.min(y_rest.len())]);
             }
