@@ -207,8 +207,9 @@ pub fn dev_sums<T: Element>(xs: &[T], h: T::Compute) -> (T::Acc, T::Acc) {
 
 simd_clones! {
 /// [`dev_sums`] of `xs` (the same result, bit for bit) that also prefetches the lines of
-/// `next` (the run the caller reads after this one; [`super::prefetch`]), one line per line of
-/// `xs`, so memory fetches it while this in-cache pass computes.
+/// `next` (the run or plane the caller reads after this one; [`super::prefetch`]), one line
+/// per line of `xs`, so the next stream is already on its way when this one ends (the
+/// hardware prefetcher starts each new stream cold).
 pub fn dev_sums_prefetching<T: Element>(
     xs: &[T],
     h: T::Compute,
