@@ -207,19 +207,23 @@ pub fn dev_sums<T: Element>(xs: &[T], h: T::Compute) -> (T::Acc, T::Acc) {
 
 simd_clones! {
 /// [`dev_sums`] of `xs` (the same result, bit for bit) that also prefetches the lines of
-/// `next` (the run or plane the caller reads after this one; [`super::prefetch`]), one line
-/// per line of `xs`, so the next stream is already on its way when this one ends (the
-/// hardware prefetcher starts each new stream cold).
+/// `next` and of `dest` ([`super::prefetch`]), one line of each per line of `xs`: `next` is
+/// the run or plane the caller reads after this one (the hardware prefetcher starts each new
+/// stream cold), `dest` the output this run is written to right after (so the stores find
+/// their lines in cache instead of waiting for their read-for-ownership). Spread over the
+/// pass, the prefetches never fill the line-fill buffers at once.
 pub fn dev_sums_prefetching<T: Element>(
     xs: &[T],
     h: T::Compute,
     next: &[T],
+    dest: &[T],
 ) -> (T::Acc, T::Acc) {
     let step = super::prefetch::line_elems::<T>();
     lane_dev_sums(xs, h, |k| {
         for j in (0..LANES).step_by(step.min(LANES)) {
             if (k * LANES + j) % step == 0 {
                 super::prefetch::line(next, k * LANES + j);
+                super::prefetch::line(dest, k * LANES + j);
             }
         }
     })
@@ -392,7 +396,7 @@ mod tests {
     fn the_prefetching_pass_is_the_plain_one_bit_for_bit() {
         fn check<T: Element>(xs: &[T], next: &[T], n: usize) {
             let h = head_mean(xs);
-            let (c, d) = (dev_sums_prefetching(xs, h, next), dev_sums(xs, h));
+            let (c, d) = (dev_sums_prefetching(xs, h, next, xs), dev_sums(xs, h));
             assert_eq!(c.0.to_f64().to_bits(), d.0.to_f64().to_bits(), "n={n}");
             assert_eq!(c.1.to_f64().to_bits(), d.1.to_f64().to_bits(), "n={n}");
         }

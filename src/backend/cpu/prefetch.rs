@@ -1,12 +1,14 @@
-//! Software prefetch of the rows a loop will read (or write) next.
+//! Software prefetch of the memory a loop will read (or write) next.
 //!
 //! The run-wise kernels (LayerNorm forward and backward, GroupNorm / InstanceNorm channels-first
-//! forward) alternate a memory phase (the first pass over a row, which misses) with in-cache
-//! phases (the centred pass and the apply, from
-//! L1/L2). During the in-cache phases nothing asks for the next row, so memory sits idle and
-//! the time is the sum of the two phases. Prefetching the next row's lines while the current
-//! one is computed overlaps them. A prefetch is a hint: it has no effect on the program's
-//! results, cannot fault, and a line it brings in that is not used is only wasted bandwidth.
+//! forward, BatchNorm channels-first training forward) read each run (row, group, channel
+//! plane) from memory once and then work on it in cache. The hardware prefetcher starts each
+//! new stream cold, and the apply's stores wait for their lines' read-for-ownership, so the
+//! statistics pass prefetches, one line per line it reads, the next run's input and (forward)
+//! the current run's output (round 9: spread over the pass rather than in a burst after the
+//! apply, which stalled on full line-fill buffers where the data sat in L3). A prefetch is a
+//! hint: it has no effect on the program's results, cannot fault, and a line it brings in
+//! that is not used is only wasted bandwidth.
 //!
 //! The instruction comes from the `prefetch-index` crate (a safe function around
 //! `_mm_prefetch` / `prfm`), so this backend keeps `forbid(unsafe_code)`.
@@ -33,14 +35,6 @@ pub fn line<T>(s: &[T], i: usize) {
     }
 }
 
-/// Prefetches every line of `s` (a burst: for short slices, or between passes).
-#[inline(always)]
-pub fn all<T>(s: &[T]) {
-    for i in (0..s.len()).step_by(line_elems::<T>()) {
-        prefetch_index::prefetch_index(s, i);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,8 +54,6 @@ mod tests {
         for i in [0, 15, 16, 99, 100, usize::MAX] {
             line(&v, i);
         }
-        all(&v);
-        all::<f32>(&[]);
         assert!(v.iter().enumerate().all(|(i, &x)| x == i as f32));
     }
 }
