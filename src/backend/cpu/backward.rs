@@ -38,7 +38,7 @@ pub fn channel_grad_sums<T: Element>(
                 .par_chunks(s)
                 .zip(g[..nc * s].par_chunks(s))
                 .enumerate()
-                .map(|(i, (xp, gp))| grad_sums_run(xp, gp, mu[i]))
+                .map(|(i, (xp, gp))| grad_sums_run(xp, gp, mu[i], [&[]; 3]))
                 .collect();
             sums.into_iter().unzip()
         }
@@ -75,6 +75,11 @@ impl UnitPairs {
 /// A unit's planes of `x`, `g` and `dx`.
 type UnitPlanes<'a, T> = (&'a [&'a [T]], &'a [&'a [T]], Vec<&'a mut [T]>);
 
+/// `v[i]`, or an empty slice past the end.
+fn plane<'a, T>(v: &[&'a [T]], i: usize) -> &'a [T] {
+    v.get(i).copied().unwrap_or(&[])
+}
+
 /// One unit of channels-first planes: each plane's `(A, B)` in order, `coefficients`, then the
 /// apply of each plane, while the unit is in cache.
 fn unit_grad<T: Element>(
@@ -83,12 +88,23 @@ fn unit_grad<T: Element>(
     mu: &[Centre<T::Compute>],
     coefficients: &(impl Fn(UnitPairs, &[f64], &[f64]) -> UnitCoefficients<T::Compute> + Sync),
 ) -> (Vec<f64>, Vec<f64>) {
+    // the sums read each plane from memory: they prefetch the next plane's `x` and `g` and
+    // (4- and 8-byte elements) this plane's `dx`, written by the apply below
+    let dests: Vec<&[T]> = if std::mem::size_of::<T>() >= 4 {
+        ds.iter().map(|d| &**d).collect()
+    } else {
+        Vec::new()
+    };
     let (a, b): (Vec<f64>, Vec<f64>) = xs
         .iter()
         .zip(gs)
         .enumerate()
-        .map(|(j, (xp, gp))| grad_sums_run(xp, gp, mu[pairs.pair(j)]))
+        .map(|(j, (xp, gp))| {
+            let ahead = [plane(xs, j + 1), plane(gs, j + 1), plane(&dests, j)];
+            grad_sums_run(xp, gp, mu[pairs.pair(j)], ahead)
+        })
         .unzip();
+    drop(dests);
     let (p, q, o) = coefficients(pairs, &a, &b);
     for (j, (dp, (xp, gp))) in ds.into_iter().zip(xs.iter().zip(gs)).enumerate() {
         grad_apply_run(xp, gp, dp, mu[pairs.pair(j)], p[j], q[j], o[j]);
@@ -311,9 +327,18 @@ simd_clones! {
 /// `(Σ g, Σ g·(x − m))` over one contiguous run ([`moments::pair_sums`]: compute-type partials
 /// in lanes, flushed into accumulator-type lanes). The second sum is taken around `m.hi` and
 /// corrected by `m.lo·Σg` in f64, one subtraction per element fewer than centring on both.
-fn grad_sums_run<T: Element>(xs: &[T], gs: &[T], m: Centre<T::Compute>) -> (f64, f64) {
+/// Prefetches the lines of the slices of `ahead` (empty ones: none) as it reads, one line of
+/// each per line of the run (`moments::prefetch_chunk`).
+fn grad_sums_run<T: Element>(
+    xs: &[T],
+    gs: &[T],
+    m: Centre<T::Compute>,
+    ahead: [&[T]; 3],
+) -> (f64, f64) {
     let hi = m.hi;
-    let (a, b) = moments::pair_sums(gs, xs, |g, x| (g, g * (x - hi)), |_| {});
+    let (a, b) = moments::pair_sums(gs, xs, |g, x| (g, g * (x - hi)), |k| {
+        moments::prefetch_chunk(k, ahead)
+    });
     let a = a.to_f64();
     (a, b.to_f64() - m.lo.to_f64() * a)
 }

@@ -218,16 +218,23 @@ pub fn dev_sums_prefetching<T: Element>(
     next: &[T],
     dest: &[T],
 ) -> (T::Acc, T::Acc) {
+    lane_dev_sums(xs, h, |k| prefetch_chunk(k, [next, dest]))
+}
+}
+
+/// Prefetches, for chunk `k` of [`LANES`] elements of a pass, the lines of each slice of
+/// `ahead` at the same element positions ([`super::prefetch`]): one line of each per line the
+/// pass reads.
+#[inline(always)]
+pub(crate) fn prefetch_chunk<T, const N: usize>(k: usize, ahead: [&[T]; N]) {
     let step = super::prefetch::line_elems::<T>();
-    lane_dev_sums(xs, h, |k| {
-        for j in (0..LANES).step_by(step.min(LANES)) {
-            if (k * LANES + j) % step == 0 {
-                super::prefetch::line(next, k * LANES + j);
-                super::prefetch::line(dest, k * LANES + j);
+    for j in (0..LANES).step_by(step.min(LANES)) {
+        if (k * LANES + j) % step == 0 {
+            for s in ahead {
+                super::prefetch::line(s, k * LANES + j);
             }
         }
-    })
-}
+    }
 }
 
 /// The body of [`dev_sums`] (and [`dev_sums_prefetching`]): `after_chunk(k)` after chunk `k`
