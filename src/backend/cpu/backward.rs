@@ -90,7 +90,7 @@ fn unit_grad<T: Element>(
 ) -> (Vec<f64>, Vec<f64>) {
     // the sums read each plane from memory: they prefetch the next plane's `x` and `g` and
     // (4- and 8-byte elements) this plane's `dx`, written by the apply below
-    let dests: Vec<&[T]> = if std::mem::size_of::<T>() >= 4 {
+    let dests: Vec<&[T]> = if prefetch::output_pays::<T>() {
         ds.iter().map(|d| &**d).collect()
     } else {
         Vec::new()

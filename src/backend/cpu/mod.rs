@@ -445,9 +445,8 @@ pub fn batch_norm_first_fused<T: Element>(
             let planes: Vec<&[T]> = (0..g.n)
                 .map(|n| &x[(n * g.c + c) * g.s..(n * g.c + c + 1) * g.s])
                 .collect();
-            // the output planes are prefetched with the input for 4- and 8-byte elements (f32
-            // 1.04–1.25x in a same-run A/B); for f16/bf16 it measured 0.91–0.97x at 1 thread
-            let dests: Vec<&[T]> = if std::mem::size_of::<T>() >= 4 {
+            // the output planes are prefetched with the input where that pays
+            let dests: Vec<&[T]> = if prefetch::output_pays::<T>() {
                 ys.iter().map(|p| &**p).collect()
             } else {
                 Vec::new()
