@@ -197,8 +197,10 @@ pub fn channel_moments<T: Element>(
 
 /// Per-column `(mean, m2)` over a row-major `(rows, cols)` slice in one pass over memory:
 /// each block of at most [`WELFORD_ROWS`] rows of a fixed piece gets its column means and sums
-/// of squared deviations by Welford's update ([`welford_columns`], in the compute type, shifted
-/// by the block's first row for f32); the blocks' `(count, mean, m2)` are
+/// of squared deviations from one shifted pass ([`shifted_columns`]: centred on the mean of
+/// the slice's first rows, then on the task's mean so far), or, where that pass's correction
+/// is too large, by Welford's update ([`welford_columns`], in the compute type, shifted by the
+/// block's first row for f32); the blocks' `(count, mean, m2)` are
 /// merged in order with Chan et al.'s pairwise formula (`δ = mean_b − mean_a`, `m2 = m2_a +
 /// m2_b + δ²·n_a·n_b/n`), in f64: first within each of at most [`MOMENT_TASKS`] tasks of
 /// consecutive pieces, then the tasks' results. No `E[x²] − E[x]²` anywhere; the partition
@@ -210,7 +212,8 @@ pub fn channel_moments<T: Element>(
 /// was in L2): the same loads and stores of the per-column accumulators, but one pass over
 /// the piece instead of two, so the memory stream never waits for an in-cache pass. Same-run
 /// A/B (median of 6 alternations): BatchNorm channels last train 1.06–1.31x, GroupNorm channels
-/// last 1.04–1.19x, BatchNorm1d train 0.79–1.25x (noise).
+/// last 1.04–1.19x, BatchNorm1d train 0.79–1.25x (noise). The shifted pass (round 10) then
+/// replaced Welford in the common case, see [`shifted_columns`].
 fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>, Vec<f64>) {
     let rows = x.len() / cols.max(1);
     let piece_rows = reduction_rows(rows, cols);
@@ -288,10 +291,11 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
 /// it); otherwise `block` is left to the caller's Welford pass over the chunk, which is in
 /// cache then. `parts` and `sums` are scratch of the chunk's width.
 ///
-/// Round 10: 3 vector operations per element (`x − h`, `+`, `+ d·d`) instead of Welford's 7
-/// (two dependent updates of the running mean), so the pass keeps up with the memory stream:
-/// GroupNorm channels last spent a third of its time in [`welford_columns`], and that pass
-/// alone took 1.1 ms for 16 MiB of f32 where a plain sum takes 0.6 ms.
+/// Round 10: 3 vector operations per element (`x − h`, `+`, `+ d·d`, the partials of
+/// [`COLUMN_TILE`] columns in registers) instead of Welford's 7 with two stores. Where the
+/// pass is bound by memory (f32 GroupNorm channels last: both forms read 16 MiB in about
+/// 1.1 ms, one thread, statistics alone) that changes nothing; where it is bound by the
+/// arithmetic (bf16 BatchNorm channels last) it bought 1.24–1.28x (docs/perf/cpu.md).
 fn shifted_columns<T: Element>(
     block: &mut ColumnMoments,
     parts: (&mut [T::Compute], &mut [T::Compute]),
