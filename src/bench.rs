@@ -954,6 +954,7 @@ fn scale(a: &[f64], b: &mut [f64], s: f64) {
 
 /// Measures read, write and scale bandwidth over two buffers of `bytes` each (best of `reps`).
 pub fn bandwidth(threads: usize, bytes: usize, reps: usize) -> Bandwidth {
+    use crate::backend::cpu::threads::OnThreads;
     use rayon::prelude::*;
     let n = (bytes / 8).max(1 << 16);
     let piece = 1 << 16;
@@ -970,12 +971,18 @@ pub fn bandwidth(threads: usize, bytes: usize, reps: usize) -> Bandwidth {
     };
     threads::install(Some(threads), || {
         let mut sink = 0.0;
-        let t_read = best(&mut || sink += a.par_chunks(piece).map(read_sum).sum::<f64>());
+        let t_read =
+            best(&mut || sink += a.par_chunks(piece).on_threads().map(read_sum).sum::<f64>());
         std::hint::black_box(sink);
-        let t_write = best(&mut || b.par_chunks_mut(piece).for_each(|c| write_fill(c, 2.0)));
+        let t_write = best(&mut || {
+            b.par_chunks_mut(piece)
+                .on_threads()
+                .for_each(|c| write_fill(c, 2.0))
+        });
         let t_scale = best(&mut || {
             b.par_chunks_mut(piece)
-                .zip(a.par_chunks(piece))
+                .on_threads()
+                .zip(a.par_chunks(piece).on_threads())
                 .for_each(|(o, i)| scale(i, o, 3.0))
         });
         a[0] = std::hint::black_box(b[n - 1]);

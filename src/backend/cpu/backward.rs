@@ -11,6 +11,7 @@ use super::moments::{self, Centre, acc_of, add_tail, simd_clones};
 /// ([`layer_norm_grad_row`]; the channels-first sums run through `moments::pair_sums`).
 pub const LANES: usize = 16;
 use super::prefetch;
+use super::threads::{self, OnThreads};
 use super::{
     ChannelLayout, Geom, SplitCentres, fold_centres, reduction_rows, rows_per_piece, sample_runs,
     split_centres,
@@ -36,7 +37,8 @@ pub fn channel_grad_sums<T: Element>(
             let s = geom.s;
             let sums: Vec<(f64, f64)> = x[..nc * s]
                 .par_chunks(s)
-                .zip(g[..nc * s].par_chunks(s))
+                .on_threads()
+                .zip(g[..nc * s].par_chunks(s).on_threads())
                 .enumerate()
                 .map(|(i, (xp, gp))| grad_sums_run(xp, gp, mu[i], [&[]; 3]))
                 .collect();
@@ -137,6 +139,7 @@ pub fn channel_grad_fused_per_channel<T: Element>(
     );
     let per_channel: Vec<(Vec<f64>, Vec<f64>)> = outs
         .into_par_iter()
+        .on_threads()
         .enumerate()
         .map(|(ch, ds)| {
             let pairs = UnitPairs {
@@ -183,10 +186,12 @@ pub fn channel_grad_fused<T: Element>(
     let unit = planes * s;
     let sums: Vec<(Vec<f64>, Vec<f64>)> = dx[..nc * s]
         .par_chunks_mut(unit)
+        .on_threads()
         .zip(
             x[..nc * s]
                 .par_chunks(unit)
-                .zip(g[..nc * s].par_chunks(unit)),
+                .on_threads()
+                .zip(g[..nc * s].par_chunks(unit).on_threads()),
         )
         .enumerate()
         .map(|(u, (du, (xu, gu)))| {
@@ -238,7 +243,12 @@ fn channel_grad_fused_last<T: Element>(
         if parallel {
             let rows = rows_per_piece(c) * c;
             ds.par_chunks_mut(rows)
-                .zip(xs.par_chunks(rows).zip(gs.par_chunks(rows)))
+                .on_threads()
+                .zip(
+                    xs.par_chunks(rows)
+                        .on_threads()
+                        .zip(gs.par_chunks(rows).on_threads()),
+                )
                 .for_each(|(dc, (xc, gc))| grad_apply_rows(xc, gc, dc, k));
         } else {
             grad_apply_rows(xs, gs, ds, k);
@@ -249,10 +259,11 @@ fn channel_grad_fused_last<T: Element>(
         .chunks_mut(sample)
         .zip(x[..nc * s].chunks(sample).zip(g[..nc * s].chunks(sample)));
     // A task per sample when every thread gets one, else parallel inside each sample.
-    let sums = if geom.n >= rayon::current_num_threads() {
+    let sums = if geom.n >= threads::current_threads() {
         let units: Vec<_> = units.collect();
         units
             .into_par_iter()
+            .on_threads()
             .enumerate()
             .map(|(n, u)| one(n, u, false))
             .collect()
@@ -280,7 +291,8 @@ fn sample_grad_sums<T: Element>(
     };
     let partials: PairSums<T::Acc> = if parallel {
         xs.par_chunks(piece)
-            .zip(gs.par_chunks(piece))
+            .on_threads()
+            .zip(gs.par_chunks(piece).on_threads())
             .map(one)
             .collect()
     } else {
@@ -512,7 +524,13 @@ pub fn apply_channel_grad<T: Element>(
             let s = geom.s;
             dx[..total]
                 .par_chunks_mut(s)
-                .zip(x[..total].par_chunks(s).zip(g[..total].par_chunks(s)))
+                .on_threads()
+                .zip(
+                    x[..total]
+                        .par_chunks(s)
+                        .on_threads()
+                        .zip(g[..total].par_chunks(s).on_threads()),
+                )
                 .enumerate()
                 .for_each(|(plane, (dp, (xp, gp)))| {
                     let i = idx(plane / geom.c, plane % geom.c);
@@ -525,10 +543,12 @@ pub fn apply_channel_grad<T: Element>(
             let (hi, fo) = fold_centres(k.mu, k.q, k.o);
             dx[..total]
                 .par_chunks_mut(rows * c)
+                .on_threads()
                 .zip(
                     x[..total]
                         .par_chunks(rows * c)
-                        .zip(g[..total].par_chunks(rows * c)),
+                        .on_threads()
+                        .zip(g[..total].par_chunks(rows * c).on_threads()),
                 )
                 .enumerate()
                 .for_each(|(p, (dc, (xc, gc)))| {
@@ -598,17 +618,20 @@ pub fn layer_norm_backward<T: Element>(
     let partials: PairSums<T::Acc> = match dx {
         Some(d) => d[..total]
             .par_chunks_mut(piece * cols)
+            .on_threads()
             .zip(
                 x[..total]
                     .par_chunks(piece * cols)
-                    .zip(g[..total].par_chunks(piece * cols)),
+                    .on_threads()
+                    .zip(g[..total].par_chunks(piece * cols).on_threads()),
             )
             .enumerate()
             .map(|(p, (dc, (xc, gc)))| work(p * piece, xc, gc, Some(dc)))
             .collect(),
         None => x[..total]
             .par_chunks(piece * cols)
-            .zip(g[..total].par_chunks(piece * cols))
+            .on_threads()
+            .zip(g[..total].par_chunks(piece * cols).on_threads())
             .enumerate()
             .map(|(p, (xc, gc))| work(p * piece, xc, gc, None))
             .collect(),
@@ -673,10 +696,12 @@ pub fn lrn_backward<T: Element>(
             let rows = rows_per_piece(c);
             dx[..total]
                 .par_chunks_mut(rows * c)
+                .on_threads()
                 .zip(
                     x[..total]
                         .par_chunks(rows * c)
-                        .zip(g[..total].par_chunks(rows * c)),
+                        .on_threads()
+                        .zip(g[..total].par_chunks(rows * c).on_threads()),
                 )
                 .for_each(|(dc, (xc, gc))| {
                     let mut scratch = vec![T::Compute::ZERO; 2 * c];
@@ -690,10 +715,12 @@ pub fn lrn_backward<T: Element>(
             let (s, sample) = (geom.s, c * geom.s);
             dx[..total]
                 .par_chunks_mut(sample)
+                .on_threads()
                 .zip(
                     x[..total]
                         .par_chunks(sample)
-                        .zip(g[..total].par_chunks(sample)),
+                        .on_threads()
+                        .zip(g[..total].par_chunks(sample).on_threads()),
                 )
                 .for_each(|(ds, (xs, gs))| {
                     let mut scratch = vec![T::Compute::ZERO; 2 * c];

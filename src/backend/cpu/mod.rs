@@ -16,6 +16,7 @@ pub mod threads;
 use crate::dtype::{Element, Real};
 use moments::{Centre, Pass, moments, moments_by, simd_clones};
 use rayon::prelude::*;
+use threads::OnThreads;
 
 /// The instruction set the hot loops dispatch to on this machine (the `multiversion` clones:
 /// AVX-512, AVX2+FMA, or the baseline build).
@@ -182,6 +183,7 @@ pub fn channel_moments<T: Element>(
         ChannelLayout::First => {
             let stats: Vec<(f64, f64)> = (0..g.c)
                 .into_par_iter()
+                .on_threads()
                 .map(|c| {
                     let planes: Vec<&[T]> = (0..g.n)
                         .map(|n| &x[(n * g.c + c) * g.s..(n * g.c + c + 1) * g.s])
@@ -260,7 +262,7 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
     };
     let task_len = (task_rows * cols).max(1);
     let tasks: Vec<ColumnMoments> = if parallel {
-        x.par_chunks(task_len).map(one).collect()
+        x.par_chunks(task_len).on_threads().map(one).collect()
     } else {
         x.chunks(task_len).map(one).collect()
     };
@@ -585,6 +587,7 @@ pub fn batch_norm_first_fused<T: Element>(
     }
     let stats: Vec<(f64, f64, T::Compute)> = outs
         .into_par_iter()
+        .on_threads()
         .enumerate()
         .map(|(c, ys)| {
             let planes: Vec<&[T]> = (0..g.n)
@@ -641,6 +644,7 @@ pub fn group_moments<T: Element>(
         ChannelLayout::First => {
             let stats: Vec<(f64, f64)> = x[..g.n * g.c * g.s]
                 .par_chunks(count)
+                .on_threads()
                 .map(moments)
                 .collect();
             stats.into_iter().unzip()
@@ -745,14 +749,15 @@ fn group_norm_last_fused<T: Element>(
         if parallel {
             let rows = rows_per_piece(g.c);
             ys.par_chunks_mut(rows * g.c)
-                .zip(xs.par_chunks(rows * g.c))
+                .on_threads()
+                .zip(xs.par_chunks(rows * g.c).on_threads())
                 .for_each(|(yc, xc)| affine_rows(xc, yc, k));
         } else {
             affine_rows(xs, ys, k);
         }
         (mean, m2, r)
     };
-    let stats: Vec<GroupStats<T::Compute>> = if g.n < rayon::current_num_threads() {
+    let stats: Vec<GroupStats<T::Compute>> = if g.n < threads::current_threads() {
         // Too few samples to give every thread one: parallel inside each sample.
         y[..total]
             .chunks_mut(sample)
@@ -762,7 +767,8 @@ fn group_norm_last_fused<T: Element>(
     } else {
         y[..total]
             .par_chunks_mut(sample)
-            .zip(x[..total].par_chunks(sample))
+            .on_threads()
+            .zip(x[..total].par_chunks(sample).on_threads())
             .map(|(ys, xs)| per_sample(xs, ys, false))
             .collect()
     };
@@ -805,7 +811,11 @@ pub fn row_moments<T: Element>(x: &[T], rows: usize, cols: usize) -> (Vec<f64>, 
     if cols == 0 {
         return (vec![0.0; rows], vec![0.0; rows]);
     }
-    let stats: Vec<(f64, f64)> = x[..rows * cols].par_chunks(cols).map(moments).collect();
+    let stats: Vec<(f64, f64)> = x[..rows * cols]
+        .par_chunks(cols)
+        .on_threads()
+        .map(moments)
+        .collect();
     stats.into_iter().unzip()
 }
 
@@ -840,7 +850,8 @@ pub fn apply_channel<T: Element>(
             // pieces of whole planes
             let planes = rows_per_piece(g.s);
             y.par_chunks_mut(planes * g.s)
-                .zip(x.par_chunks(planes * g.s))
+                .on_threads()
+                .zip(x.par_chunks(planes * g.s).on_threads())
                 .enumerate()
                 .for_each(|(p, (yc, xc))| {
                     for (j, (yp, xp)) in yc.chunks_mut(g.s).zip(xc.chunks(g.s)).enumerate() {
@@ -854,7 +865,8 @@ pub fn apply_channel<T: Element>(
             let (hi, offset) = fold_centres(k.shift, k.scale, k.offset);
             let rows = rows_per_piece(g.c);
             y.par_chunks_mut(rows * g.c)
-                .zip(x.par_chunks(rows * g.c))
+                .on_threads()
+                .zip(x.par_chunks(rows * g.c).on_threads())
                 .enumerate()
                 .for_each(|(p, (yc, xc))| {
                     sample_runs(p * rows, xc.len() / g.c, g, |n, span| {
@@ -936,8 +948,9 @@ fn fused_runs<T: Element, S: Send>(
     let block = runs.div_ceil(ROW_BLOCKS);
     y[..runs * len]
         .par_chunks_mut(block * len)
-        .zip(x[..runs * len].par_chunks(block * len))
-        .zip(out.par_chunks_mut(block))
+        .on_threads()
+        .zip(x[..runs * len].par_chunks(block * len).on_threads())
+        .zip(out.par_chunks_mut(block).on_threads())
         .enumerate()
         .for_each(|(b, ((yb, xb), ob))| {
             for (r, o) in ob.iter_mut().enumerate() {
@@ -974,7 +987,8 @@ pub fn apply_rows<T: Element>(
     }
     y[..rows * cols]
         .par_chunks_mut(cols)
-        .zip(x[..rows * cols].par_chunks(cols))
+        .on_threads()
+        .zip(x[..rows * cols].par_chunks(cols).on_threads())
         .enumerate()
         .for_each(|(r, (yr, xr))| layer_norm_row(xr, yr, mean[r], rstd[r], weight, bias));
 }
@@ -1073,7 +1087,8 @@ pub fn lrn<T: Element>(x: &[T], y: &mut [T], g: Geom, layout: ChannelLayout, p: 
             let sample = g.c * g.s;
             y[..total]
                 .par_chunks_mut(sample)
-                .zip(x[..total].par_chunks(sample))
+                .on_threads()
+                .zip(x[..total].par_chunks(sample).on_threads())
                 .for_each(|(ys, xs)| {
                     let mut acc = vec![T::Compute::ZERO; g.s];
                     for c in 0..g.c {
@@ -1092,7 +1107,8 @@ pub fn lrn<T: Element>(x: &[T], y: &mut [T], g: Geom, layout: ChannelLayout, p: 
             let rows = rows_per_piece(g.c);
             y[..total]
                 .par_chunks_mut(rows * g.c)
-                .zip(x[..total].par_chunks(rows * g.c))
+                .on_threads()
+                .zip(x[..total].par_chunks(rows * g.c).on_threads())
                 .for_each(|(yc, xc)| {
                     let mut sq = vec![T::Compute::ZERO; g.c];
                     let mut acc = vec![T::Compute::ZERO; g.c];

@@ -14,6 +14,7 @@
 //! worker runs any work that arrives (`rayon::yield_now`), so it is never in the way, and it
 //! offers its CPU to other threads (`sched_yield`) every few dozen polls.
 
+use rayon::iter::{IndexedParallelIterator, MinLen};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,6 +26,39 @@ thread_local! {
     /// A count chosen by the caller for calls made on this thread (see [`with_threads`]).
     static CALLER_THREADS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
+
+thread_local! {
+    /// Set while a one-thread [`install`] runs its closure on this (the caller's) thread.
+    static INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The number of threads the kernels started from here run on: 1 inside a one-thread
+/// [`install`], else the current rayon pool's.
+pub fn current_threads() -> usize {
+    if INLINE.with(|c| c.get()) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
+/// The kernels' parallel iterators split across the threads of the current [`install`]
+/// ([`OnThreads::on_threads`] on every one of them): inside a one-thread install they never
+/// split, so they run on the caller's thread and never reach a pool.
+pub trait OnThreads: IndexedParallelIterator {
+    /// This iterator with the minimum piece length for the current install: `usize::MAX` (no
+    /// split: one piece on the calling thread) inside a one-thread install, else 1.
+    fn on_threads(self) -> MinLen<Self> {
+        let min = if INLINE.with(|c| c.get()) {
+            usize::MAX
+        } else {
+            1
+        };
+        self.with_min_len(min)
+    }
+}
+
+impl<I: IndexedParallelIterator> OnThreads for I {}
 
 /// Runs `f` on the calling thread with `threads` as the count the kernels it starts use
 /// (a C ABI context's setting). Unlike [`install`], `f` itself stays on the caller's thread,
@@ -173,14 +207,30 @@ pub fn effective_threads(n: usize) -> usize {
 }
 
 /// Runs `f` on a pool of `threads` threads (`None`: the process default).
+///
+/// One thread means the caller's own: `f` runs here, and the kernels' parallel iterators
+/// ([`OnThreads`]) do not split, as an OpenMP region of one thread runs on its caller. Handing
+/// the op to a one-worker pool and sleeping until it finishes cost 10–25 µs per call on this
+/// VM (a futex wake-up each way), more than a whole GroupNorm of 64K elements.
 pub fn install<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
-    // Already on a normkit pool (a caller chose the count): stay on it.
-    if threads.is_none() && rayon::current_thread_index().is_some() {
+    // Already on a normkit pool or in a one-thread install (a caller chose the count): stay.
+    if threads.is_none() && (rayon::current_thread_index().is_some() || INLINE.with(|c| c.get())) {
         return f();
     }
     let n = threads
         .or_else(|| CALLER_THREADS.with(|c| c.get()))
         .unwrap_or_else(num_threads);
+    if n == 1 {
+        let previous = INLINE.with(|c| c.replace(true));
+        struct Restore(bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                INLINE.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(previous);
+        return f();
+    }
     if n == 0 {
         let r = f();
         global_warmth().keep(rayon::current_num_threads(), spin_wait(), |job| {
@@ -290,7 +340,35 @@ mod tests {
 
     #[test]
     fn install_uses_the_requested_count() {
-        assert_eq!(install(Some(1), rayon::current_num_threads), 1);
+        assert_eq!(install(Some(1), current_threads), 1);
+        assert_eq!(install(Some(3), current_threads), 3);
         assert_eq!(install(Some(3), rayon::current_num_threads), 3);
+        // a count chosen inside a one-thread install still gets its pool, and back
+        assert_eq!(install(Some(1), || install(Some(3), current_threads)), 3);
+        assert_eq!(install(Some(1), || install(None, current_threads)), 1);
+    }
+
+    #[test]
+    fn one_thread_runs_on_the_caller_and_its_iterators_do_not_split() {
+        use rayon::prelude::*;
+        let caller = std::thread::current().id();
+        let ids = install(Some(1), || {
+            (0..64usize)
+                .into_par_iter()
+                .on_threads()
+                .map(|_| std::thread::current().id())
+                .collect::<Vec<_>>()
+        });
+        assert!(ids.iter().all(|&id| id == caller));
+        // elsewhere the same iterator splits across the pool
+        let ids = install(Some(2), || {
+            (0..64usize)
+                .into_par_iter()
+                .on_threads()
+                .map(|_| std::thread::current().id())
+                .collect::<Vec<_>>()
+        });
+        assert!(ids.iter().all(|&id| id != caller));
+        assert!(!INLINE.with(|c| c.get()), "the flag is restored");
     }
 }
