@@ -352,23 +352,18 @@ mod tests {
     fn one_thread_runs_on_the_caller_and_its_iterators_do_not_split() {
         use rayon::prelude::*;
         let caller = std::thread::current().id();
-        let ids = install(Some(1), || {
-            (0..64usize)
-                .into_par_iter()
-                .on_threads()
-                .map(|_| std::thread::current().id())
-                .collect::<Vec<_>>()
-        });
-        assert!(ids.iter().all(|&id| id == caller));
-        // elsewhere the same iterator splits across the pool
-        let ids = install(Some(2), || {
-            (0..64usize)
-                .into_par_iter()
-                .on_threads()
-                .map(|_| std::thread::current().id())
-                .collect::<Vec<_>>()
-        });
-        assert!(ids.iter().all(|&id| id != caller));
+        let ids = |n| {
+            install(Some(n), || {
+                (0..64usize)
+                    .into_par_iter()
+                    .on_threads()
+                    .map(|_| std::thread::current().id())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert!(ids(1).iter().all(|&id| id == caller));
+        // elsewhere the same iterator runs on the pool
+        assert!(ids(2).iter().all(|&id| id != caller));
         assert!(!INLINE.with(|c| c.get()), "the flag is restored");
     }
 }
