@@ -946,26 +946,35 @@ fn fused_runs<T: Element, S: Send>(
         return;
     }
     let block = runs.div_ceil(ROW_BLOCKS);
-    y[..runs * len]
-        .par_chunks_mut(block * len)
-        .on_threads()
-        .zip(x[..runs * len].par_chunks(block * len).on_threads())
-        .zip(out.par_chunks_mut(block).on_threads())
-        .enumerate()
-        .for_each(|(b, ((yb, xb), ob))| {
-            for (r, o) in ob.iter_mut().enumerate() {
-                let xr = &xb[r * len..(r + 1) * len];
-                let x_next = xb.get((r + 1) * len..(r + 2) * len).unwrap_or(&[]);
-                let yr = &mut yb[r * len..(r + 1) * len];
-                // one pass from memory in the common case, prefetching the next run's `x` and
-                // this run's `y` meanwhile
-                let (mean, m2) = moments_by(len, xr, |h, pass| match pass {
-                    Pass::Single => moments::dev_sums_prefetching(xr, h, x_next, yr),
-                    Pass::Again => moments::dev_sums(xr, h),
-                });
-                *o = apply(b * block + r, xr, yr, mean, m2);
-            }
-        });
+    let one_block = |b: usize, ((yb, xb), ob): ((&mut [T], &[T]), &mut [S])| {
+        for (r, o) in ob.iter_mut().enumerate() {
+            let xr = &xb[r * len..(r + 1) * len];
+            let x_next = xb.get((r + 1) * len..(r + 2) * len).unwrap_or(&[]);
+            let yr = &mut yb[r * len..(r + 1) * len];
+            // one pass from memory in the common case, prefetching the next run's `x` and
+            // this run's `y` meanwhile
+            let (mean, m2) = moments_by(len, xr, |h, pass| match pass {
+                Pass::Single => moments::dev_sums_prefetching(xr, h, x_next, yr),
+                Pass::Again => moments::dev_sums(xr, h),
+            });
+            *o = apply(b * block + r, xr, yr, mean, m2);
+        }
+    };
+    let (ys, xs) = (&mut y[..runs * len], &x[..runs * len]);
+    if threads::current_threads() == 1 {
+        // the same blocks in the same order, on this thread
+        let blocks = ys.chunks_mut(block * len).zip(xs.chunks(block * len));
+        for (b, item) in blocks.zip(out.chunks_mut(block)).enumerate() {
+            one_block(b, item);
+        }
+    } else {
+        ys.par_chunks_mut(block * len)
+            .on_threads()
+            .zip(xs.par_chunks(block * len))
+            .zip(out.par_chunks_mut(block))
+            .enumerate()
+            .for_each(|(b, item)| one_block(b, item));
+    }
 }
 
 /// At most this many blocks of consecutive runs in [`fused_runs`].
