@@ -149,11 +149,12 @@ def time_torch_backward(case, suite, m, x, reps, clock, warmup, warmup_ms):
     return statistics.median(times), None
 
 
-def time_normkit(exe, case, threads, reps, warmup_ms):
+def time_normkit(exe, case, threads, reps, warmup_ms, max_elements=None):
+    shrink = ["--max-elements", str(max_elements)] if max_elements else []
     out = subprocess.run(
         [exe, "bench", "--json", "--threads", str(threads), "--dtype", case["dtype"],
          "--filter", name(case), "--reps", str(reps), "--warmup", "3",
-         "--warmup-ms", str(warmup_ms)],
+         "--warmup-ms", str(warmup_ms)] + shrink,
         check=True, capture_output=True, text=True).stdout
     rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
     if len(rows) != 1:
@@ -238,6 +239,10 @@ def main():
     ap.add_argument("--bandwidth", action="store_true", help="also measure memory bandwidth")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--max-elements", type=int, default=None,
+                    help="CPU: shrink every case to about this many elements (normkit's rule: "
+                         "batch first, then spatial dims; both sides get the shrunk shape), "
+                         "to compare the per-call cost on small tensors")
     ap.add_argument("--settle", type=float, default=0.25,
                     help="seconds of idleness before each side's timing, so that neither "
                          "side's still-spinning worker threads (PyTorch's OpenMP spin-wait, "
@@ -264,13 +269,17 @@ def main():
             if args.filter not in name(case):
                 continue
             nk, th, err = [], [], None
+            full = case
+            if args.max_elements:
+                row = time_normkit(args.normkit, full, t, 1, 0, args.max_elements)
+                case = dict(full, shape=row["shape"])
             for r in range(args.rounds):
                 order = ("n", "t") if r % 2 == 0 else ("t", "n")
                 for who in order:
                     time.sleep(args.settle)
                     if who == "n":
-                        nk.append(time_normkit(args.normkit, case, t, args.reps,
-                                               args.warmup_ms))
+                        nk.append(time_normkit(args.normkit, full, t, args.reps,
+                                               args.warmup_ms, args.max_elements))
                     else:
                         ms, err = time_torch(case, suite, t, args.reps,
                                              warmup_ms=args.warmup_ms)
