@@ -875,7 +875,8 @@ pub fn measure(
     let name = prep.case.name();
     let run = |p: &mut Prepared| -> Result<f64, String> {
         let t = Instant::now();
-        threads::install(Some(threads), || p.run()).map_err(|e| format!("{name}: {e}"))?;
+        // as a caller with its own count calls an op (a C ABI context): from this thread
+        threads::with_threads(threads, || p.run()).map_err(|e| format!("{name}: {e}"))?;
         Ok(t.elapsed().as_secs_f64() * 1e3)
     };
     let start = Instant::now();

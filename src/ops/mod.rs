@@ -273,7 +273,7 @@ pub(crate) fn run_staged<T: ElementData, R: Send, const K: usize>(
         *d = t.typed::<T>().ok_or_else(internal)?;
     }
     let install = |ins: [&[T]; K], o: Option<&mut [T]>, lay| {
-        crate::backend::cpu::threads::install(None, || f(ins, o, lay))
+        crate::backend::cpu::threads::install_sized(numel, || f(ins, o, lay))
     };
     let lay = dense_layout(x.layout(), channel_op, s);
     let same = inputs
