@@ -217,7 +217,10 @@ pub fn channel_moments<T: Element>(
 /// last 1.04–1.19x, BatchNorm1d train 0.79–1.25x (noise). The shifted pass (round 10) then
 /// replaced Welford in the common case, see [`shifted_columns`].
 fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>, Vec<f64>) {
-    let rows = x.len() / cols.max(1);
+    if cols == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let rows = x.len() / cols;
     let piece_rows = reduction_rows(rows, cols);
     let min_pieces = MIN_TASK.div_ceil((piece_rows * cols).max(1));
     let task_pieces = rows.div_ceil(piece_rows).div_ceil(MOMENT_TASKS);
@@ -1504,6 +1507,8 @@ mod tests {
                 m2[c]
             );
         }
+        // no columns: no moments (and no zero-width rows to split)
+        assert_eq!(column_moments::<f32>(&[], 0, true), (vec![], vec![]));
         // a non-finite value fails the check (NaN m2), so Welford gives the column NaN
         let mut z = x.clone();
         z[5 * cols + 3] = f32::INFINITY;
