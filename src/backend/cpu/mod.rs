@@ -372,9 +372,7 @@ fn column_dev_sums<T: Element>(
             for row in block.chunks_exact(cols) {
                 let xr = &row[c0..c0 + COLUMN_TILE];
                 for i in 0..COLUMN_TILE {
-                    let d = xr[i].to_compute() - sh[i];
-                    a[i] += d;
-                    b[i] += d * d;
+                    dev_step(&mut a[i], &mut b[i], xr[i].to_compute() - sh[i]);
                 }
             }
             p1[c0..c0 + COLUMN_TILE].copy_from_slice(&a);
@@ -385,9 +383,7 @@ fn column_dev_sums<T: Element>(
         for row in block.chunks_exact(cols) {
             let tail = p1[tiled..].iter_mut().zip(&mut p2[tiled..]);
             for ((a, b), (&s, &v)) in tail.zip(shift[tiled..].iter().zip(&row[tiled..])) {
-                let d = v.to_compute() - s;
-                *a += d;
-                *b += d * d;
+                dev_step(a, b, v.to_compute() - s);
             }
         }
         for ((t1, t2), (&a, &b)) in s1.iter_mut().zip(s2.iter_mut()).zip(p1.iter().zip(&*p2)) {
@@ -396,6 +392,13 @@ fn column_dev_sums<T: Element>(
         }
     }
 }
+}
+
+/// `a += d`, `b += d²` (one term of [`column_dev_sums`]).
+#[inline(always)]
+fn dev_step<C: Real>(a: &mut C, b: &mut C, d: C) {
+    *a += d;
+    *b += d * d;
 }
 
 /// Columns whose [`column_dev_sums`] partials stay in registers over a block of rows (four

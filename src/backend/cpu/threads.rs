@@ -64,14 +64,23 @@ impl<I: IndexedParallelIterator> OnThreads for I {}
 /// (a C ABI context's setting). Unlike [`install`], `f` itself stays on the caller's thread,
 /// so anything it calls back into (a SyncBatchNorm communicator, e.g. MPI) runs there too.
 pub fn with_threads<R>(threads: usize, f: impl FnOnce() -> R) -> R {
-    let previous = CALLER_THREADS.with(|c| c.replace(Some(threads)));
-    struct Restore(Option<usize>);
-    impl Drop for Restore {
+    with_set(&CALLER_THREADS, Some(threads), f)
+}
+
+/// Runs `f` with the thread-local `key` set to `value`, restoring its previous value afterwards
+/// (also when `f` unwinds).
+fn with_set<T: Copy + 'static, R>(
+    key: &'static std::thread::LocalKey<std::cell::Cell<T>>,
+    value: T,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<std::cell::Cell<T>>, T);
+    impl<T: Copy + 'static> Drop for Restore<T> {
         fn drop(&mut self) {
-            CALLER_THREADS.with(|c| c.set(self.0));
+            self.0.with(|c| c.set(self.1));
         }
     }
-    let _restore = Restore(previous);
+    let _restore = Restore(key, key.with(|c| c.replace(value)));
     f()
 }
 
@@ -236,15 +245,7 @@ pub fn install<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) ->
         .or_else(|| CALLER_THREADS.with(|c| c.get()))
         .unwrap_or_else(num_threads);
     if n == 1 {
-        let previous = INLINE.with(|c| c.replace(true));
-        struct Restore(bool);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                INLINE.with(|c| c.set(self.0));
-            }
-        }
-        let _restore = Restore(previous);
-        return f();
+        return with_set(&INLINE, true, f);
     }
     if n == 0 {
         let r = f();
