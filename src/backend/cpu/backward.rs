@@ -13,8 +13,8 @@ pub const LANES: usize = 16;
 use super::prefetch;
 use super::threads::{self, OnThreads};
 use super::{
-    ChannelLayout, Geom, SplitCentres, fold_centres, reduction_rows, rows_per_piece, sample_runs,
-    split_centres,
+    ChannelLayout, Geom, SplitCentres, fold_centres, part, reduction_rows, rows_per_piece,
+    sample_runs, split_centres,
 };
 use crate::dtype::{Element, Real};
 use rayon::prelude::*;
@@ -366,8 +366,10 @@ fn grad_apply_run<T: Element>(
     o: T::Compute,
 ) {
     let (hi, o) = m.fold(q, o);
-    for ((d, &xv), &gv) in dx.iter_mut().zip(xs).zip(gs) {
-        *d = T::from_compute(gv.to_compute() * p + (xv.to_compute() - hi) * q + o);
+    for r in prefetch::store_ranges(dx, xs.len().min(gs.len())) {
+        for ((d, &xv), &gv) in dx[r.clone()].iter_mut().zip(&xs[r.clone()]).zip(&gs[r]) {
+            *d = T::from_compute(gv.to_compute() * p + (xv.to_compute() - hi) * q + o);
+        }
     }
 }
 
@@ -472,13 +474,18 @@ fn layer_norm_grad_apply<T: Element>(
             *d = T::from_compute(gv.to_compute() * wv * rs + (xv.to_compute() - hi) * -b + o);
         }
     };
+    // the head up to the first line boundary of `dr`, then whole lines of it
+    let [head, body] = prefetch::store_ranges(dr, xr.len());
+    let (dh, dr) = dr.split_at_mut(head.end);
+    run(dh, part(w, &head), part(xr, &head), part(gr, &head));
+    let (w, xr, gr) = (part(w, &body), part(xr, &body), part(gr, &body));
     let step = prefetch::line_elems::<T>();
     let (mut dc, wc) = (dr.chunks_exact_mut(step), w.chunks_exact(step));
     let (xc, gc) = (xr.chunks_exact(step), gr.chunks_exact(step));
     let (wt, xt, gt) = (wc.remainder(), xc.remainder(), gc.remainder());
     for (j, ((d, w), (x, g))) in (&mut dc).zip(wc).zip(xc.zip(gc)).enumerate() {
         for s in next {
-            prefetch::line(s, j * step);
+            prefetch::line(s, body.start + j * step);
         }
         run(d, w, x, g);
     }
@@ -738,6 +745,48 @@ pub fn lrn_backward<T: Element>(
 mod tests {
     use super::*;
     use crate::dtype::Element;
+
+    /// The dx loops split their outputs at the first line boundary
+    /// (`prefetch::store_ranges`): at every offset of a line each `dx` is the same function
+    /// of its `x`, `g` and per-column weight as without the split.
+    #[test]
+    fn dx_loops_give_the_same_results_at_every_output_offset() {
+        let n = 700;
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0 + 3.0)
+            .collect();
+        let g: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0)
+            .collect();
+        let w: Vec<f32> = (0..n).map(|i| 1.0 + (i % 13) as f32 / 16.0).collect();
+        let mu = Centre::of(3.0312_f64);
+        let (rs, a, b) = (0.37_f32, 0.125_f32, -0.0625_f32);
+        let (p, q, o) = (0.75_f32, -0.3_f32, 0.01_f32);
+        let mut buf = vec![0f32; n + 32];
+        for off in 0..16 {
+            let dx = &mut buf[off..off + n];
+            layer_norm_grad_apply(&x, &g, &w, dx, mu, (rs, a, b), [&x, &g, &[]]);
+            let (hi, o2) = mu.fold(-b, -a);
+            for i in 0..n {
+                let want = g[i] * w[i] * rs + (x[i] - hi) * -b + o2;
+                assert_eq!(
+                    dx[i].to_bits(),
+                    want.to_bits(),
+                    "layer_norm_grad_apply off {off} i {i}"
+                );
+            }
+            grad_apply_run(&x, &g, dx, mu, p, q, o);
+            let (hi, o3) = mu.fold(q, o);
+            for i in 0..n {
+                let want = g[i] * p + (x[i] - hi) * q + o3;
+                assert_eq!(
+                    dx[i].to_bits(),
+                    want.to_bits(),
+                    "grad_apply_run off {off} i {i}"
+                );
+            }
+        }
+    }
 
     /// The fused per-group backward gives the bits of the two passes (sums, then apply) with
     /// the same coefficients, for f32 and bf16, and for 1 and 3 threads.

@@ -85,8 +85,10 @@ fn affine_run<T: Element>(
     offset: T::Compute,
 ) {
     let (hi, offset) = shift.fold(scale, offset);
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o = T::from_compute((v.to_compute() - hi) * scale + offset);
+    for r in prefetch::store_ranges(y, x.len()) {
+        for (o, &v) in y[r.clone()].iter_mut().zip(&x[r]) {
+            *o = T::from_compute((v.to_compute() - hi) * scale + offset);
+        }
     }
 }
 }
@@ -120,29 +122,38 @@ fn layer_norm_row<T: Element>(
     bias: Option<&[T::Compute]>,
 ) {
     let d = |v: T| mu.centre(v.to_compute()) * rs;
-    match (weight, bias) {
-        (Some(w), Some(b)) => {
-            for (((o, &v), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                *o = T::from_compute(d(v) * w + b);
+    for r in prefetch::store_ranges(y, x.len()) {
+        let (y, x) = (&mut y[r.clone()], &x[r.clone()]);
+        match (weight.map(|c| part(c, &r)), bias.map(|c| part(c, &r))) {
+            (Some(w), Some(b)) => {
+                for (((o, &v), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                    *o = T::from_compute(d(v) * w + b);
+                }
             }
-        }
-        (Some(w), None) => {
-            for ((o, &v), &w) in y.iter_mut().zip(x).zip(w) {
-                *o = T::from_compute(d(v) * w);
+            (Some(w), None) => {
+                for ((o, &v), &w) in y.iter_mut().zip(x).zip(w) {
+                    *o = T::from_compute(d(v) * w);
+                }
             }
-        }
-        (None, Some(b)) => {
-            for ((o, &v), &b) in y.iter_mut().zip(x).zip(b) {
-                *o = T::from_compute(d(v) + b);
+            (None, Some(b)) => {
+                for ((o, &v), &b) in y.iter_mut().zip(x).zip(b) {
+                    *o = T::from_compute(d(v) + b);
+                }
             }
-        }
-        (None, None) => {
-            for (o, &v) in y.iter_mut().zip(x) {
-                *o = T::from_compute(d(v));
+            (None, None) => {
+                for (o, &v) in y.iter_mut().zip(x) {
+                    *o = T::from_compute(d(v));
+                }
             }
         }
     }
 }
+}
+
+/// `c[r]` clamped to `c` (a `zip` with a shorter `c` stops where it ends).
+#[inline(always)]
+pub(crate) fn part<'a, C>(c: &'a [C], r: &std::ops::Range<usize>) -> &'a [C] {
+    &c[r.start.min(c.len())..r.end.min(c.len())]
 }
 
 /// Per-channel affine coefficients `(hi, scale, offset')` of `y = (x − hi)·scale + offset'`
@@ -1063,7 +1074,20 @@ fn lrn_divide<T: Element>(
     pow: Power<T::Compute>,
 ) {
     let base = |a: T::Compute| a / size * alpha + k;
-    let items = y.iter_mut().zip(x).zip(acc);
+    for r in prefetch::store_ranges(y, x.len()) {
+        let items = y[r.clone()].iter_mut().zip(&x[r.clone()]).zip(part(acc, &r));
+        lrn_items(items, base, pow);
+    }
+}
+}
+
+/// The body of [`lrn_divide`] over one range of its outputs.
+#[inline(always)]
+fn lrn_items<'a, T: Element>(
+    items: impl Iterator<Item = ((&'a mut T, &'a T), &'a T::Compute)>,
+    base: impl Fn(T::Compute) -> T::Compute,
+    pow: Power<T::Compute>,
+) {
     match pow {
         Power::ThreeQuarters => items.for_each(|((o, &v), &a)| {
             let r = base(a).sqrt();
@@ -1079,7 +1103,6 @@ fn lrn_divide<T: Element>(
             *o = T::from_compute(v.to_compute() / base(a).powf(b));
         }),
     }
-}
 }
 
 /// LocalResponseNorm across channels: `y_c = x_c / (k + alpha/size · Σ_{j∈W(c)} x_j²)^beta`,
@@ -1148,6 +1171,56 @@ pub fn lrn<T: Element>(x: &[T], y: &mut [T], g: Geom, layout: ChannelLayout, p: 
 
 #[cfg(test)]
 mod tests {
+    /// The elementwise kernels split their outputs at the first line boundary
+    /// (`prefetch::store_ranges`): with the output at every offset of a line, each element is
+    /// the same function of its inputs and per-column coefficients as without the split.
+    #[test]
+    fn elementwise_kernels_give_the_same_results_at_every_output_offset() {
+        use super::{Centre, Power, affine_run, layer_norm_row, lrn_divide};
+        let n = 700; // 2800 bytes: split (prefetch::MIN_SPLIT_BYTES)
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0 + 1000.0)
+            .collect();
+        let w: Vec<f32> = (0..n).map(|i| 1.0 + (i % 13) as f32 / 16.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| (i % 7) as f32 / 8.0 - 0.5).collect();
+        let acc: Vec<f32> = (0..n).map(|i| (i % 11) as f32 * 3.0).collect();
+        let mu = Centre::of(1000.0312_f64);
+        let (rs, scale, offset) = (0.37_f32, 1.25_f32, -0.5_f32);
+        let mut buf = vec![0f32; n + 32];
+        for off in 0..16 {
+            let y = &mut buf[off..off + n];
+            layer_norm_row(&x, y, mu, rs, Some(&w), Some(&b));
+            for i in 0..n {
+                let want = ((x[i] - mu.hi) - mu.lo) * rs * w[i] + b[i];
+                assert_eq!(
+                    y[i].to_bits(),
+                    want.to_bits(),
+                    "layer_norm_row off {off} i {i}"
+                );
+            }
+            layer_norm_row(&x, y, mu, rs, None, Some(&b));
+            for i in 0..n {
+                let want = ((x[i] - mu.hi) - mu.lo) * rs + b[i];
+                assert_eq!(
+                    y[i].to_bits(),
+                    want.to_bits(),
+                    "layer_norm_row (bias) off {off} i {i}"
+                );
+            }
+            affine_run(&x, y, mu, scale, offset);
+            let (hi, of) = mu.fold(scale, offset);
+            for i in 0..n {
+                let want = (x[i] - hi) * scale + of;
+                assert_eq!(y[i].to_bits(), want.to_bits(), "affine_run off {off} i {i}");
+            }
+            lrn_divide(&x, y, &acc, 5.0, 1e-2, 2.0, Power::Half);
+            for i in 0..n {
+                let want = x[i] / (acc[i] / 5.0 * 1e-2 + 2.0).sqrt();
+                assert_eq!(y[i].to_bits(), want.to_bits(), "lrn_divide off {off} i {i}");
+            }
+        }
+    }
+
     use super::threads::install;
     use crate::ops::{
         BatchNormArgs, GroupNormArgs, InstanceNormArgs, LayerNormArgs, LrnArgs, batch_norm,

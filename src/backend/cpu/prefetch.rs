@@ -27,6 +27,31 @@ pub const fn line_elems<T>() -> usize {
     }
 }
 
+/// Runs of outputs shorter than this many bytes are not split at a line boundary
+/// ([`store_ranges`]): the split's second loop entry costs more than the straddling stores.
+pub const MIN_SPLIT_BYTES: usize = 16 * LINE;
+
+/// The ranges `0..k` and `k..len` of a run of `len` outputs starting at `y[0]` (`len` at most
+/// `y.len()`), `k` being the first element on a [`LINE`] boundary (`0` for a run shorter than
+/// [`MIN_SPLIT_BYTES`] or of elements narrower than 4 bytes, `len` when no element is on
+/// one). A vector loop over the second range stores whole lines; one over an unsplit run whose
+/// start is off a line boundary (a `Vec<f32>` from the system allocator starts 16 bytes past a
+/// page) makes every 64-byte store straddle two lines: GroupNorm forward f32 1.11x / 1.07x
+/// (1 / 2 threads) with the split (docs/perf/cpu.md, round 11). f16/bf16 outputs are stored
+/// 32 bytes at a time after the conversion, so only half of them straddle; not split (0.98x
+/// measured). The split changes no result: the loops are elementwise.
+#[inline(always)]
+pub fn store_ranges<T>(y: &[T], len: usize) -> [std::ops::Range<usize>; 2] {
+    let len = len.min(y.len());
+    let size = std::mem::size_of::<T>();
+    let k = if size < 4 || len * size < MIN_SPLIT_BYTES {
+        0
+    } else {
+        y.as_ptr().align_offset(LINE).min(len)
+    };
+    [0..k, k..len]
+}
+
 /// Whether prefetching a pass's output pays for element type `T`: for 4- and 8-byte elements
 /// (f32 BatchNorm NCHW train / backward 1.04–1.36x in same-run A/Bs); f16/bf16 measured
 /// 0.91–1.05x (round 9, as round 6's touch of the output).
@@ -54,6 +79,34 @@ mod tests {
         assert_eq!(line_elems::<f64>(), 8);
         assert_eq!(line_elems::<[u8; 128]>(), 1);
         assert_eq!(line_elems::<()>(), 1);
+    }
+
+    #[test]
+    fn store_ranges_split_at_the_first_line_boundary() {
+        let v = vec![0f32; 1000];
+        for start in 0..40 {
+            let y = &v[start..];
+            for len in [0, 1, 15, 63, 64, 65, 500, 960] {
+                let [a, b] = store_ranges(y, len);
+                assert_eq!(
+                    (a.start, a.end, b.start, b.end),
+                    (0, a.end, a.end, len.min(y.len()))
+                );
+                if len * 4 >= MIN_SPLIT_BYTES {
+                    assert!(a.end < 16, "start {start} len {len}: head {}", a.end);
+                    assert_eq!((y.as_ptr() as usize + 4 * a.end) % LINE, 0);
+                } else {
+                    assert_eq!(a.end, 0);
+                }
+            }
+        }
+        // a length past the slice is clamped
+        assert_eq!(store_ranges(&v[..100], 500)[1].end, 100);
+        // 2-byte elements are not split
+        let h = vec![half::bf16::ZERO; 1000];
+        for start in 0..40 {
+            assert_eq!(store_ranges(&h[start..], 900), [0..0, 0..900]);
+        }
     }
 
     #[test]
