@@ -19,6 +19,7 @@ use crate::ops::{
     batch_norm_backward, group_norm, group_norm_backward, instance_norm, layer_norm,
     layer_norm_backward, local_response_norm,
 };
+use crate::tensor::{HostData, HostDataMut};
 use crate::{Buffer, DType, Tensor, TensorMut};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -279,15 +280,15 @@ pub struct Prepared {
     pub case: Case,
     eps: f64,
     lrn: LrnArgs,
-    x: Buffer,
-    y: Buffer,
+    x: Lined,
+    y: Lined,
     weight: Option<Buffer>,
     bias: Option<Buffer>,
     running_mean: Option<Buffer>,
     running_var: Option<Buffer>,
     /// Backward only: the upstream gradient, the parameter gradients and the forward's
     /// saved statistics (`y` holds `dx`).
-    dy: Option<Buffer>,
+    dy: Option<Lined>,
     grad_weight: Option<Buffer>,
     grad_bias: Option<Buffer>,
     saved: Option<SavedStats>,
@@ -297,13 +298,90 @@ pub struct Prepared {
 /// eps)`, `mean(ĝ)` and `mean(ĝ·x̂)`.
 type GroupGrad = (f64, f64, f64, f64);
 
+/// The storage of a bench tensor (`x`, `y`, `dy`): a buffer a little longer than the tensor,
+/// used from `offset` bytes past its first 64-byte boundary. With `offset = 0` (the default)
+/// the tensor starts on a cache line, as PyTorch's CPU allocator places its tensors (64-byte
+/// alignment), so the side-by-side comparison runs both libraries on the same line pattern.
+/// A `Vec<f32>` from the system allocator starts 16 bytes past a page: `normkit bench
+/// --offset-bytes 16` measures that placement.
+#[derive(Clone, Debug)]
+pub(crate) struct Lined {
+    buf: Buffer,
+    start: usize,
+    len: usize,
+}
+
+impl Lined {
+    const LINE: usize = 64;
+
+    fn filled(d: DType, len: usize, value: f64, offset_bytes: usize) -> Lined {
+        let size = d.size_in_bytes();
+        let buf = Buffer::filled(d, len + (Self::LINE + offset_bytes).div_ceil(size), value);
+        let start = buf.first_aligned(Self::LINE) + offset_bytes / size;
+        Lined { buf, start, len }
+    }
+
+    fn from_f64(d: DType, values: &[f64], offset_bytes: usize) -> Lined {
+        let mut l = Lined::filled(d, values.len(), 0.0, offset_bytes);
+        let mut data = l.as_data_mut();
+        for (i, &v) in values.iter().enumerate() {
+            data.set_f64(i, v);
+        }
+        l
+    }
+
+    /// A whole buffer as it is (a download from a device).
+    pub(crate) fn from_buffer(buf: Buffer) -> Lined {
+        let len = buf.len();
+        Lined { buf, start: 0, len }
+    }
+
+    pub(crate) fn as_data(&self) -> HostData<'_> {
+        self.buf.range_data(self.start..self.start + self.len)
+    }
+
+    pub(crate) fn as_data_mut(&mut self) -> HostDataMut<'_> {
+        self.buf.range_data_mut(self.start..self.start + self.len)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// A copy of the tensor's elements in a buffer of their own (for an upload).
+    pub(crate) fn to_buffer(&self) -> Buffer {
+        let d = self.as_data();
+        let values: Vec<f64> = (0..d.len()).map(|i| d.get_f64(i)).collect();
+        Buffer::from_f64(d.dtype(), &values)
+    }
+}
+
 impl Prepared {
     /// Allocates and fills the buffers of a case (values in `[-1.5, 2.5)`, parameters near 1
-    /// and 0, upstream gradients in `[-1, 1)`), in the case's dtype. A backward case runs the
-    /// (training) forward here once for its saved statistics.
+    /// and 0, upstream gradients in `[-1, 1)`), in the case's dtype, its tensors on 64-byte
+    /// boundaries ([`Lined`]). A backward case runs the (training) forward here once for its
+    /// saved statistics.
     pub fn new(case: &Case, suite: &Suite) -> Result<Prepared, String> {
+        Prepared::with_offset(case, suite, 0)
+    }
+
+    /// [`Prepared::new`] with the tensors (`x`, `y`, `dy`) starting `offset_bytes` past a
+    /// 64-byte boundary (a multiple of the element size, less than 64).
+    pub fn with_offset(
+        case: &Case,
+        suite: &Suite,
+        offset_bytes: usize,
+    ) -> Result<Prepared, String> {
         let n = case.numel();
         let d = case.dtype;
+        let size = d.size_in_bytes();
+        if offset_bytes % size != 0 || offset_bytes >= Lined::LINE {
+            return Err(format!(
+                "bench: offset-bytes: expected a multiple of the {d:?} element size ({size}) \
+                 below {}, got {offset_bytes}",
+                Lined::LINE
+            ));
+        }
         let xs: Vec<f64> = (0..n as u64).map(|i| 0.5 + 2.0 * noise(i)).collect();
         let p = case.param_len();
         let param = |f: &dyn Fn(f64) -> f64| {
@@ -314,8 +392,8 @@ impl Prepared {
             case: case.clone(),
             eps: suite.eps,
             lrn: suite.lrn,
-            x: Buffer::from_f64(d, &xs),
-            y: Buffer::filled(d, n, 0.0),
+            x: Lined::from_f64(d, &xs, offset_bytes),
+            y: Lined::filled(d, n, 0.0, offset_bytes),
             weight: param(&|c| 1.0 + 0.25 * (0.7 * c).sin()),
             bias: param(&|c| 0.1 * (0.3 * c).cos()),
             running_mean: if bn {
@@ -340,7 +418,7 @@ impl Prepared {
                     .map_err(|e| format!("{}: forward: {e}", case.name()))?;
                 prep.saved = Some(saved);
                 let dys: Vec<f64> = (0..n as u64).map(|i| noise(i ^ 0x0005_DEEC_E66D)).collect();
-                prep.dy = Some(Buffer::from_f64(d, &dys));
+                prep.dy = Some(Lined::from_f64(d, &dys, offset_bytes));
                 prep.grad_weight = param(&|_| 0.0);
                 prep.grad_bias = param(&|_| 0.0);
             }
@@ -379,7 +457,7 @@ impl Prepared {
             ));
         };
         let cl = c.channels_last();
-        fn tensor<'b>(b: &'b Buffer, shape: &[usize], cl: bool) -> crate::Result<Tensor<'b>> {
+        fn tensor<'b>(b: &'b Lined, shape: &[usize], cl: bool) -> crate::Result<Tensor<'b>> {
             if cl {
                 Tensor::channels_last(b.as_data(), shape)
             } else {
@@ -1016,6 +1094,45 @@ mod tests {
             "BatchNorm2d/32x64x56x56/NCHW/train/float32"
         );
         assert_eq!(cases.iter().filter(|c| c.is_backward()).count(), 7);
+    }
+
+    /// The tensors start `offset` bytes past a 64-byte boundary (0 by default), the cases run
+    /// and pass their check there, and offsets that are not whole elements below a line are
+    /// refused with the bench's error.
+    #[test]
+    fn tensors_start_at_the_requested_offset_from_a_line() {
+        fn addr(d: HostData<'_>) -> usize {
+            match d {
+                HostData::F32(s) => s.as_ptr() as usize,
+                HostData::F64(s) => s.as_ptr() as usize,
+                HostData::F16(s) => s.as_ptr() as usize,
+                HostData::BF16(s) => s.as_ptr() as usize,
+            }
+        }
+        let s = Suite::standard().unwrap();
+        for dtype in [DType::F32, DType::BF16] {
+            for case in s.cases(&[dtype]).iter().filter(|c| c.layer == "GroupNorm") {
+                let case = case.shrunk(4096);
+                for off in [0, 2 * dtype.size_in_bytes(), 48] {
+                    let mut p = Prepared::with_offset(&case, &s, off).unwrap();
+                    assert_eq!(addr(p.x.as_data()) % 64, off, "{} x", case.name());
+                    assert_eq!(addr(p.y.as_data()) % 64, off, "{} y", case.name());
+                    if let Some(dy) = &p.dy {
+                        assert_eq!(addr(dy.as_data()) % 64, off, "{} dy", case.name());
+                    }
+                    assert_eq!(p.x.len(), case.numel());
+                    p.run().unwrap();
+                    p.check(64).unwrap();
+                }
+                for bad in [1, 64, 100] {
+                    let e = Prepared::with_offset(&case, &s, bad).err().unwrap();
+                    assert!(
+                        e.contains("offset-bytes") && e.contains(&format!("got {bad}")),
+                        "{e}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

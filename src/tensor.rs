@@ -157,6 +157,39 @@ impl Buffer {
             Buffer::BF16(v) => HostDataMut::BF16(v),
         }
     }
+    /// A view of the elements `r` of the buffer (clamped to its length).
+    pub fn range_data(&self, r: std::ops::Range<usize>) -> HostData<'_> {
+        let n = self.len();
+        let r = r.start.min(n)..r.end.min(n).max(r.start.min(n));
+        match self {
+            Buffer::F32(v) => HostData::F32(&v[r]),
+            Buffer::F64(v) => HostData::F64(&v[r]),
+            Buffer::F16(v) => HostData::F16(&v[r]),
+            Buffer::BF16(v) => HostData::BF16(&v[r]),
+        }
+    }
+    /// A writable view of the elements `r` of the buffer (clamped to its length).
+    pub fn range_data_mut(&mut self, r: std::ops::Range<usize>) -> HostDataMut<'_> {
+        let n = self.len();
+        let r = r.start.min(n)..r.end.min(n).max(r.start.min(n));
+        match self {
+            Buffer::F32(v) => HostDataMut::F32(&mut v[r]),
+            Buffer::F64(v) => HostDataMut::F64(&mut v[r]),
+            Buffer::F16(v) => HostDataMut::F16(&mut v[r]),
+            Buffer::BF16(v) => HostDataMut::BF16(&mut v[r]),
+        }
+    }
+    /// The index of the first element whose address is a multiple of `align` bytes (a power of
+    /// two), or the length when there is none.
+    pub fn first_aligned(&self, align: usize) -> usize {
+        let off = match self {
+            Buffer::F32(v) => v.as_ptr().align_offset(align),
+            Buffer::F64(v) => v.as_ptr().align_offset(align),
+            Buffer::F16(v) => v.as_ptr().align_offset(align),
+            Buffer::BF16(v) => v.as_ptr().align_offset(align),
+        };
+        off.min(self.len())
+    }
     /// All elements converted to f64.
     pub fn to_f64_vec(&self) -> Vec<f64> {
         let d = self.as_data();

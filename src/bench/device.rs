@@ -159,13 +159,17 @@ impl DevicePrepared {
         };
         Ok(DevicePrepared {
             dev: dev.clone(),
-            x: dev.upload_buffer(&host.x)?,
+            x: dev.upload_buffer(&host.x.to_buffer())?,
             y: dev.alloc_zeroed(host.case.dtype, host.y.len())?,
             weight: param(&host.weight)?,
             bias: param(&host.bias)?,
             running_mean: param(&host.running_mean)?,
             running_var: param(&host.running_var)?,
-            dy: host.dy.as_ref().map(|b| dev.upload_buffer(b)).transpose()?,
+            dy: host
+                .dy
+                .as_ref()
+                .map(|b| dev.upload_buffer(&b.to_buffer()))
+                .transpose()?,
             grad_weight: grad(&host.grad_weight)?,
             grad_bias: grad(&host.grad_bias)?,
             saved: None,
@@ -335,7 +339,9 @@ impl DevicePrepared {
             ))
         })()
         .map_err(|e| format!("{name}: download: {e}"))?;
-        (self.host.y, self.host.grad_weight, self.host.grad_bias) = fetched;
+        let (y, grad_weight, grad_bias) = fetched;
+        self.host.y = super::Lined::from_buffer(y);
+        (self.host.grad_weight, self.host.grad_bias) = (grad_weight, grad_bias);
         self.host.check(samples)
     }
 }

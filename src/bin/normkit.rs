@@ -14,7 +14,7 @@ const USAGE: &str = "usage:
   normkit info
   normkit bench [--device cpu|cuda|cuda:N|emu|auto] [--json] [--threads N]
                 [--dtype f32|bf16|...] [--filter SUBSTR] [--reps N | --quick] [--warmup N]
-                [--warmup-ms MS] [--max-elements N] [--bandwidth]
+                [--warmup-ms MS] [--max-elements N] [--offset-bytes B] [--bandwidth]
   normkit bandwidth [--threads N] [--size-mib N] [--reps N]
 
 bench runs every standard case (benches/cases.json, embedded) and checks a sample of outputs
@@ -34,7 +34,10 @@ build has the cuda feature and finds a GPU, else the CPU (saying why).
 On the CPU each case is warmed up for at least --warmup runs (default 3) and --warmup-ms
 milliseconds (default 200; a fresh process's first runs are slower than its steady state;
 --quick: 5 reps and no time-based warm-up), its output checked, then timed --reps times
-(median and minimum reported).
+(median and minimum reported). Its tensors (x, y, dy) start on 64-byte boundaries, as
+PyTorch's CPU allocator places tensors; --offset-bytes B starts them B bytes past one instead
+(B a multiple of the element size below 64; 16 is where a Vec<f32> from the system allocator
+starts).
 
 CPU workers spin for 2 ms after each op before sleeping (as OpenMP runtimes do); the
 environment variable NORMKIT_SPIN_US=N changes that (0 = sleep at once).";
@@ -50,6 +53,7 @@ struct Opts {
     warmup: usize,
     warmup_ms: f64,
     max_elements: Option<usize>,
+    offset_bytes: usize,
     bandwidth: bool,
     size_mib: usize,
 }
@@ -65,6 +69,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         warmup: 3,
         warmup_ms: normkit::bench::Warmup::default().ms,
         max_elements: None,
+        offset_bytes: 0,
         bandwidth: false,
         size_mib: 1024,
     };
@@ -114,6 +119,12 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             }
             "--max-elements" => {
                 o.max_elements = Some(count("--max-elements", value("--max-elements")?)?)
+            }
+            "--offset-bytes" => {
+                let v = value("--offset-bytes")?;
+                o.offset_bytes = v.parse().map_err(|_| {
+                    format!("--offset-bytes: expected a non-negative integer, got '{v}'")
+                })?;
             }
             "--bandwidth" => o.bandwidth = true,
             "--size-mib" => o.size_mib = count("--size-mib", value("--size-mib")?)?,
@@ -299,7 +310,7 @@ fn run_bench(o: &Opts) -> Result<bool, String> {
             }
             let mut progress = Progress::new(cases.len() * threads.len(), tty);
             for case in &cases {
-                let mut prep = match Prepared::new(case, &suite) {
+                let mut prep = match Prepared::with_offset(case, &suite, o.offset_bytes) {
                     Ok(p) => p,
                     Err(e) => {
                         record(Err(e));
