@@ -1101,24 +1101,16 @@ mod tests {
     /// refused with the bench's error.
     #[test]
     fn tensors_start_at_the_requested_offset_from_a_line() {
-        fn addr(d: HostData<'_>) -> usize {
-            match d {
-                HostData::F32(s) => s.as_ptr() as usize,
-                HostData::F64(s) => s.as_ptr() as usize,
-                HostData::F16(s) => s.as_ptr() as usize,
-                HostData::BF16(s) => s.as_ptr() as usize,
-            }
-        }
         let s = Suite::standard().unwrap();
         for dtype in [DType::F32, DType::BF16] {
             for case in s.cases(&[dtype]).iter().filter(|c| c.layer == "GroupNorm") {
                 let case = case.shrunk(4096);
                 for off in [0, 2 * dtype.size_in_bytes(), 48] {
                     let mut p = Prepared::with_offset(&case, &s, off).unwrap();
-                    assert_eq!(addr(p.x.as_data()) % 64, off, "{} x", case.name());
-                    assert_eq!(addr(p.y.as_data()) % 64, off, "{} y", case.name());
+                    assert_eq!(p.x.as_data().addr() % 64, off, "{} x", case.name());
+                    assert_eq!(p.y.as_data().addr() % 64, off, "{} y", case.name());
                     if let Some(dy) = &p.dy {
-                        assert_eq!(addr(dy.as_data()) % 64, off, "{} dy", case.name());
+                        assert_eq!(dy.as_data().addr() % 64, off, "{} dy", case.name());
                     }
                     assert_eq!(p.x.len(), case.numel());
                     p.run().unwrap();

@@ -42,6 +42,12 @@ pub enum Buffer {
     BF16(Vec<bf16>),
 }
 
+/// `r` clamped to `0..n` (an empty range at `n` when it starts past it).
+fn clamped(r: std::ops::Range<usize>, n: usize) -> std::ops::Range<usize> {
+    let start = r.start.min(n);
+    start..r.end.clamp(start, n)
+}
+
 macro_rules! dispatch_data {
     ($data:expr, $v:ident => $body:expr) => {
         match $data {
@@ -71,6 +77,11 @@ impl<'a> HostData<'a> {
     /// Element `i` converted to f64 (exact for every dtype).
     pub fn get_f64(&self, i: usize) -> f64 {
         dispatch_data!(self, s => s[i].to_f64())
+    }
+    /// The address of the first element (placement checks in tests).
+    #[cfg(test)]
+    pub(crate) fn addr(&self) -> usize {
+        dispatch_data!(self, s => s.as_ptr() as usize)
     }
 }
 
@@ -159,8 +170,7 @@ impl Buffer {
     }
     /// A view of the elements `r` of the buffer (clamped to its length).
     pub fn range_data(&self, r: std::ops::Range<usize>) -> HostData<'_> {
-        let n = self.len();
-        let r = r.start.min(n)..r.end.min(n).max(r.start.min(n));
+        let r = clamped(r, self.len());
         match self {
             Buffer::F32(v) => HostData::F32(&v[r]),
             Buffer::F64(v) => HostData::F64(&v[r]),
@@ -170,8 +180,7 @@ impl Buffer {
     }
     /// A writable view of the elements `r` of the buffer (clamped to its length).
     pub fn range_data_mut(&mut self, r: std::ops::Range<usize>) -> HostDataMut<'_> {
-        let n = self.len();
-        let r = r.start.min(n)..r.end.min(n).max(r.start.min(n));
+        let r = clamped(r, self.len());
         match self {
             Buffer::F32(v) => HostDataMut::F32(&mut v[r]),
             Buffer::F64(v) => HostDataMut::F64(&mut v[r]),
@@ -725,6 +734,26 @@ impl_element_data!(bf16, BF16);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffer_ranges_are_clamped_to_the_buffer() {
+        let mut b = Buffer::from_f64(DType::F32, &[0.0, 1.0, 2.0, 3.0, 4.0]);
+        let got = |d: HostData<'_>| (0..d.len()).map(|i| d.get_f64(i)).collect::<Vec<_>>();
+        assert_eq!(got(b.range_data(1..3)), vec![1.0, 2.0]);
+        assert_eq!(got(b.range_data(3..9)), vec![3.0, 4.0]);
+        assert_eq!(got(b.range_data(7..9)), Vec::<f64>::new());
+        let (start, end) = (4, 2); // reversed: empty
+        assert_eq!(b.range_data_mut(start..end).len(), 0);
+        b.range_data_mut(2..3).set_f64(0, 9.0);
+        assert_eq!(b.to_f64_vec(), vec![0.0, 1.0, 9.0, 3.0, 4.0]);
+        // a Vec's first 64-byte-aligned element, within the buffer
+        let k = b.first_aligned(64);
+        assert!(k <= b.len());
+        let big = Buffer::filled(DType::BF16, 100, 0.0);
+        let k = big.first_aligned(64);
+        assert!(k < 32);
+        assert_eq!(big.range_data(k..k + 1).addr() % 64, 0);
+    }
 
     #[test]
     fn layouts_are_detected() {
