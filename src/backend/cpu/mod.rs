@@ -969,9 +969,14 @@ fn fused_runs<T: Element, S: Send>(
             let x_next = xb.get((r + 1) * len..(r + 2) * len).unwrap_or(&[]);
             let yr = &mut yb[r * len..(r + 1) * len];
             // one pass from memory in the common case, prefetching the next run's `x` and
-            // this run's `y` meanwhile
+            // (when both fit in L1) this run's `y` meanwhile
+            let y_ahead: &[T] = if prefetch::fits_l1::<T>(2 * len) {
+                yr
+            } else {
+                &[]
+            };
             let (mean, m2) = moments_by(len, xr, |h, pass| match pass {
-                Pass::Single => moments::dev_sums_prefetching(xr, h, x_next, yr),
+                Pass::Single => moments::dev_sums_prefetching(xr, h, x_next, y_ahead),
                 Pass::Again => moments::dev_sums(xr, h),
             });
             *o = apply(b * block + r, xr, yr, mean, m2);
