@@ -947,7 +947,8 @@ pub fn layer_norm_fused<T: Element>(
 /// statistics ([`moments_by`]: one pass from memory in the common case, a second one from
 /// cache when the run's head was far from its mean), then `out[i] = apply(i, x_run, y_run,
 /// mean, m2)` while the run is in L1/L2, so `x` is read from memory once. The statistics pass
-/// prefetches the next run's `x` and this run's `y`, one line of each per line it reads
+/// prefetches the next run's `x` and, when the run's `x` and `y` fit in L1 together
+/// ([`prefetch::fits_l1`]), this run's `y`, one line of each per line it reads
 /// (same-run A/Bs: docs/perf/cpu.md, "Software prefetch" and "Round 9"). The runs are
 /// split into at most [`ROW_BLOCKS`] blocks of consecutive runs (a partition by shape only;
 /// each run's results do not depend on it at all).
