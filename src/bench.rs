@@ -312,7 +312,8 @@ pub(crate) struct Lined {
 }
 
 impl Lined {
-    const LINE: usize = 64;
+    /// The cache line the CPU kernels split their stores at.
+    const LINE: usize = crate::backend::cpu::prefetch::LINE;
 
     fn filled(d: DType, len: usize, value: f64, offset_bytes: usize) -> Lined {
         let size = d.size_in_bytes();
@@ -323,10 +324,7 @@ impl Lined {
 
     fn from_f64(d: DType, values: &[f64], offset_bytes: usize) -> Lined {
         let mut l = Lined::filled(d, values.len(), 0.0, offset_bytes);
-        let mut data = l.as_data_mut();
-        for (i, &v) in values.iter().enumerate() {
-            data.set_f64(i, v);
-        }
+        l.as_data_mut().copy_from_f64(values);
         l
     }
 
@@ -351,8 +349,7 @@ impl Lined {
     /// A copy of the tensor's elements in a buffer of their own (for an upload).
     pub(crate) fn to_buffer(&self) -> Buffer {
         let d = self.as_data();
-        let values: Vec<f64> = (0..d.len()).map(|i| d.get_f64(i)).collect();
-        Buffer::from_f64(d.dtype(), &values)
+        Buffer::from_f64(d.dtype(), &d.to_f64_vec())
     }
 }
 

@@ -78,6 +78,10 @@ impl<'a> HostData<'a> {
     pub fn get_f64(&self, i: usize) -> f64 {
         dispatch_data!(self, s => s[i].to_f64())
     }
+    /// All elements converted to f64.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        (0..self.len()).map(|i| self.get_f64(i)).collect()
+    }
     /// The address of the first element (placement checks in tests).
     #[cfg(test)]
     pub(crate) fn addr(&self) -> usize {
@@ -122,6 +126,12 @@ impl HostDataMut<'_> {
             HostDataMut::BF16(s) => s[i] = bf16::from_f64(v),
         }
     }
+    /// Stores `values` (rounded) from element 0 on; as many as fit.
+    pub fn copy_from_f64(&mut self, values: &[f64]) {
+        for (i, &v) in values.iter().enumerate().take(self.len()) {
+            self.set_f64(i, v);
+        }
+    }
 }
 
 impl Buffer {
@@ -137,10 +147,7 @@ impl Buffer {
     /// A buffer of `dtype` holding `values` (rounded).
     pub fn from_f64(dtype: DType, values: &[f64]) -> Buffer {
         let mut b = Buffer::filled(dtype, values.len(), 0.0);
-        let mut d = b.as_data_mut();
-        for (i, &v) in values.iter().enumerate() {
-            d.set_f64(i, v);
-        }
+        b.as_data_mut().copy_from_f64(values);
         b
     }
     pub fn dtype(&self) -> DType {
@@ -201,8 +208,7 @@ impl Buffer {
     }
     /// All elements converted to f64.
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        let d = self.as_data();
-        (0..d.len()).map(|i| d.get_f64(i)).collect()
+        self.as_data().to_f64_vec()
     }
     /// A contiguous 1-D view of the whole buffer.
     pub fn view(&self) -> Tensor<'_> {
