@@ -1056,6 +1056,21 @@ void normkit_set_cpu_spin_wait(uint64_t microseconds);
 uint64_t normkit_cpu_spin_wait(void);
 
 /**
+ * Turns caller teams on or off (process-wide; on by default, or the `NORMKIT_CALLER_TEAMS`
+ * environment variable, 0 = off). With teams, a thread that calls ops through a context of
+ * `cpu_num_threads` n >= 2 works on them itself, with n - 1 worker threads of its own (as an
+ * OpenMP master thread with its team), instead of handing each op to a shared pool and
+ * sleeping until it is done; each such thread adds n - 1 threads to the process (bounded;
+ * ended with the thread). Off: one shared pool per count serves every thread. Thread-safe.
+ */
+void normkit_set_cpu_caller_teams(bool enabled);
+
+/**
+ * Whether caller teams are on (see normkit_set_cpu_caller_teams). Thread-safe.
+ */
+bool normkit_cpu_caller_teams(void);
+
+/**
  * The library's ABI version (compare with NORMKIT_ABI_VERSION). Thread-safe.
  */
 uint32_t normkit_abi_version(void);

@@ -40,7 +40,9 @@ pub mod nccl;
 pub mod ops;
 pub mod tensor;
 
-pub use backend::cpu::threads::{num_threads, set_num_threads, set_spin_wait, spin_wait};
+pub use backend::cpu::threads::{
+    caller_teams, num_threads, set_caller_teams, set_num_threads, set_spin_wait, spin_wait,
+};
 pub use dtype::{DType, Element};
 pub use error::{Error, ErrorKind, Result};
 pub use half::{bf16, f16};

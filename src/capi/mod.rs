@@ -173,6 +173,25 @@ pub extern "C" fn normkit_cpu_spin_wait() -> u64 {
     })
 }
 
+/// Turns caller teams on or off (process-wide; on by default, or the `NORMKIT_CALLER_TEAMS`
+/// environment variable, 0 = off). With teams, a thread that calls ops through a context of
+/// `cpu_num_threads` n >= 2 works on them itself, with n - 1 worker threads of its own (as an
+/// OpenMP master thread with its team), instead of handing each op to a shared pool and
+/// sleeping until it is done; each such thread adds n - 1 threads to the process (bounded;
+/// ended with the thread). Off: one shared pool per count serves every thread. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn normkit_set_cpu_caller_teams(enabled: bool) {
+    boundary_or!("normkit_set_cpu_caller_teams", (), {
+        crate::set_caller_teams(enabled)
+    })
+}
+
+/// Whether caller teams are on (see normkit_set_cpu_caller_teams). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn normkit_cpu_caller_teams() -> bool {
+    boundary_or!("normkit_cpu_caller_teams", false, { crate::caller_teams() })
+}
+
 /// The library's ABI version (compare with NORMKIT_ABI_VERSION). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn normkit_abi_version() -> u32 {

@@ -130,6 +130,16 @@ static void test_spin_wait(void) {
   CHECK(normkit_cpu_spin_wait() == before);
 }
 
+static void test_caller_teams(void) {
+  bool before = normkit_cpu_caller_teams();
+  normkit_set_cpu_caller_teams(false);
+  CHECK(!normkit_cpu_caller_teams());
+  normkit_set_cpu_caller_teams(true);
+  CHECK(normkit_cpu_caller_teams());
+  normkit_set_cpu_caller_teams(before);
+  CHECK(normkit_cpu_caller_teams() == before);
+}
+
 static void test_status_strings(void) {
   CHECK(NORMKIT_STATUS_OK == 0);
   CHECK(strcmp(normkit_status_string(NORMKIT_STATUS_OK), "success") == 0);
@@ -1450,6 +1460,7 @@ int main(void) {
   normkit_context_t *ctx;
   test_versions();
   test_spin_wait();
+  test_caller_teams();
   test_status_strings();
   test_context();
   test_last_error();

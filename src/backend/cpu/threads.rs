@@ -1,8 +1,28 @@
-//! CPU thread pools: one rayon pool per requested thread count, built once and reused.
+//! CPU thread pools: a team per calling thread (below), else one shared rayon pool per
+//! requested thread count, built once and reused.
 //!
 //! `0` (the default) means "all available cores" (rayon's global pool). The setting is
 //! per call site: [`install`] runs a closure inside the pool for the requested count, so a
 //! Rust caller, a C ABI context and `normkit bench` can each pick their own count.
+//!
+//! **Caller teams.** A thread that runs ops with an explicit count `n >= 2` (a C ABI context's
+//! `cpu_num_threads`, [`with_threads`], [`set_num_threads`], `normkit bench --threads`) gets
+//! its own team, as an OpenMP master thread gets its own: a rayon pool of `n` threads whose
+//! thread 0 is the calling thread itself (rayon's `use_current_thread`) and `n − 1` workers.
+//! The op then runs on the caller, which takes its share of the pieces while the workers steal
+//! the rest, and returns as soon as the last piece is done. Without a team the op is handed to
+//! a shared pool and the caller sleeps until a worker wakes it: 30–37 µs per op on this
+//! project's 2-vCPU VM against 5–8 µs with the team (a 64K-element two-piece loop, medians of
+//! 4000 calls), and three runnable threads on two vCPUs instead of two; whole ops at two
+//! threads: geometric mean 1.08x f32, 1.11x bf16 over the 22 standard cases (docs/perf/cpu.md,
+//! round 12). The calling thread stays rayon's worker 0 of its team for the rest of its life:
+//! rayon parallel iterators that the application itself runs on that thread afterwards run on
+//! the team's `n` threads. A team
+//! serves one count (the first `n >= 2` the thread uses; other counts use the shared pools) and
+//! is shut down when its thread exits. Teams are not made for the default count 0 (all cores:
+//! rayon's global pool, shared by every caller), on a thread that is already a rayon worker,
+//! or past [`team_worker_budget`] live team workers; [`set_caller_teams`] or
+//! `NORMKIT_CALLER_TEAMS=0` turn them off (the shared pools serve, as before).
 //!
 //! **Spin-wait.** After an op, the pool's workers keep looking for work for a short while
 //! ([`spin_wait`], 2 ms by default; `NORMKIT_SPIN_US` or [`set_spin_wait`] change it, 0 turns
@@ -84,6 +104,172 @@ fn with_set<T: Copy + 'static, R>(
     f()
 }
 
+/// This thread's team ([`caller_team`]): not tried yet, built for a count, or not to be built.
+enum TeamSlot {
+    Untried,
+    Built(Team),
+    Unavailable,
+}
+
+/// A caller team: a pool of `n` threads whose thread 0 is the thread that built it.
+struct Team {
+    n: usize,
+    pool: Arc<Pool>,
+    /// How many of its workers have exited (their exit handler), for the tests.
+    #[cfg(test)]
+    exited: Arc<AtomicUsize>,
+}
+
+impl Drop for Team {
+    fn drop(&mut self) {
+        // the pool's drop (after this) tells the workers to exit, once every broadcast copy
+        // has run
+        drain_caller_copies();
+        TEAM_WORKERS.fetch_sub(self.n - 1, Ordering::AcqRel);
+    }
+}
+
+thread_local! {
+    static TEAM: std::cell::RefCell<TeamSlot> = const { std::cell::RefCell::new(TeamSlot::Untried) };
+}
+
+/// Live team workers (threads other than the callers) in the process.
+static TEAM_WORKERS: AtomicUsize = AtomicUsize::new(0);
+/// Teams built so far: each leaves rayon's registry of its caller behind when it ends (a few
+/// KB: rayon cannot release a pool's thread 0 that it did not start), so their number is
+/// bounded too.
+static TEAMS_BUILT: AtomicUsize = AtomicUsize::new(0);
+/// At most this many teams are ever built in a process; later threads use the shared pools.
+pub const TEAMS_EVER: usize = 1024;
+
+/// At most this many live team workers in the process (8 per core, at least 32); a thread that
+/// would exceed it uses the shared pools. Each team of `n` adds `n − 1` threads, so an
+/// embedder with many calling threads does not multiply its threads without bound.
+pub fn team_worker_budget() -> usize {
+    (8 * effective_threads(0)).max(32)
+}
+
+/// Caller teams: 0 = not set yet (environment, then on), 1 = on, 2 = off.
+static TEAMS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Turns caller teams on or off (process-wide; on by default, or `NORMKIT_CALLER_TEAMS=0`).
+/// A thread that has its team keeps it while off, but its ops go to the shared pools.
+pub fn set_caller_teams(on: bool) {
+    TEAMS.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether caller teams are on ([`set_caller_teams`], else `NORMKIT_CALLER_TEAMS`, else on).
+pub fn caller_teams() -> bool {
+    let mut v = TEAMS.load(Ordering::Relaxed);
+    if v == 0 {
+        let off = std::env::var("NORMKIT_CALLER_TEAMS").is_ok_and(|v| v.trim() == "0");
+        let _ = TEAMS.compare_exchange(
+            0,
+            if off { 2 } else { 1 },
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        v = TEAMS.load(Ordering::Relaxed);
+    }
+    v == 1
+}
+
+/// This thread's team for `n` threads, built on first use: `None` for another count than the
+/// one it was built for, on a thread that is a rayon worker already, past the budgets, or when
+/// its threads cannot be started.
+fn caller_team(n: usize) -> Option<Arc<Pool>> {
+    TEAM.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if let TeamSlot::Untried = *slot {
+            if rayon::current_thread_index().is_some() {
+                return None; // a worker of another pool (not marked: it may be asked again)
+            }
+            *slot = build_team(n).map_or(TeamSlot::Unavailable, TeamSlot::Built);
+        }
+        match &*slot {
+            TeamSlot::Built(t) if t.n == n => Some(t.pool.clone()),
+            _ => None,
+        }
+    })
+}
+
+/// Builds a team of `n` with the calling thread as its thread 0, within the budgets.
+fn build_team(n: usize) -> Option<Team> {
+    let workers = n - 1;
+    let budget = team_worker_budget();
+    if TEAM_WORKERS
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (w + workers <= budget).then_some(w + workers)
+        })
+        .is_err()
+    {
+        return None;
+    }
+    if TEAMS_BUILT
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+            (t < TEAMS_EVER).then_some(t + 1)
+        })
+        .is_err()
+    {
+        TEAM_WORKERS.fetch_sub(workers, Ordering::AcqRel);
+        return None;
+    }
+    let builder = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .use_current_thread()
+        .thread_name(|i| format!("normkit-team-{i}"));
+    #[cfg(test)]
+    let (builder, exited) = {
+        let exited = Arc::new(AtomicUsize::new(0));
+        let on_exit = exited.clone();
+        let builder = builder.exit_handler(move |_| {
+            on_exit.fetch_add(1, Ordering::AcqRel);
+        });
+        (builder, exited)
+    };
+    match builder.build() {
+        Ok(pool) => Some(Team {
+            n,
+            pool: Arc::new(Pool {
+                pool,
+                warm: Arc::default(),
+            }),
+            #[cfg(test)]
+            exited,
+        }),
+        Err(_) => {
+            TEAM_WORKERS.fetch_sub(workers, Ordering::AcqRel);
+            None
+        }
+    }
+}
+
+/// Keeps the `n − 1` workers of a team awake for `spin`; the caller (its thread 0) does not
+/// spin: its copy of the broadcast does nothing.
+fn keep_team(team: &Pool, n: usize, spin: Duration) {
+    drain_caller_copies();
+    team.warm.keep(n - 1, spin, |job| {
+        team.pool.spawn_broadcast(move |c| {
+            if c.index() != 0 {
+                job()
+            }
+        })
+    });
+}
+
+/// Runs what waits in this thread's own queues: at rest only the no-op copies of
+/// [`keep_team`]'s broadcasts (the caller runs them when it waits inside an op, or here). A
+/// copy left there when the thread exits would keep rayon from ever ending the team's workers
+/// (each broadcast holds the pool open until every copy has run).
+fn drain_caller_copies() {
+    while let Some(rayon::Yield::Executed) = rayon::yield_local() {}
+}
+
+/// Whether this thread has a team (it is then rayon's worker 0 of it).
+fn has_team() -> bool {
+    TEAM.with(|slot| matches!(*slot.borrow(), TeamSlot::Built(_)))
+}
+
 /// A pool with its spin-wait state.
 struct Pool {
     pool: rayon::ThreadPool,
@@ -145,9 +331,10 @@ thread_local! {
 }
 
 impl Warmth {
-    /// Keeps the workers of a pool of `threads` awake until `spin` from now:
-    /// extends the deadline of the running spinners, or starts one per worker through
-    /// `broadcast` (rayon's `spawn_broadcast` of that pool).
+    /// Keeps `threads` workers of a pool awake until `spin` from now: extends the deadline
+    /// of the running spinners, or starts one per worker through `broadcast` (rayon's
+    /// `spawn_broadcast` of that pool; a team's is given `n − 1` and its caller's copy does
+    /// nothing).
     fn keep(
         self: &Arc<Self>,
         threads: usize,
@@ -237,13 +424,26 @@ pub fn install_sized<R: Send>(elements: usize, f: impl FnOnce() -> R + Send) -> 
 /// the op to a one-worker pool and sleeping until it finishes cost 10–25 µs per call on this
 /// VM (a futex wake-up each way), more than a whole GroupNorm of 64K elements.
 pub fn install<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
-    // Already on a normkit pool or in a one-thread install (a caller chose the count): stay.
-    if threads.is_none() && (rayon::current_thread_index().is_some() || INLINE.with(|c| c.get())) {
+    install_on(threads, caller_teams(), f)
+}
+
+/// [`install`] with caller teams on or off.
+fn install_on<R: Send>(threads: Option<usize>, teams: bool, f: impl FnOnce() -> R + Send) -> R {
+    // Already on a normkit pool (a worker, not a team's caller, whose count is resolved
+    // again below) or in a one-thread install (a caller chose the count): stay.
+    if threads.is_none()
+        && (INLINE.with(|c| c.get()) || (rayon::current_thread_index().is_some() && !has_team()))
+    {
         return f();
     }
-    let n = threads
+    let mut n = threads
         .or_else(|| CALLER_THREADS.with(|c| c.get()))
         .unwrap_or_else(num_threads);
+    if n == 0 && has_team() {
+        // rayon's global pool is out of reach from a team's caller (its iterators run on the
+        // team): the shared pool of all cores, or the team when it has them
+        n = effective_threads(0);
+    }
     if n == 1 {
         return with_set(&INLINE, true, f);
     }
@@ -253,6 +453,15 @@ pub fn install<R: Send>(threads: Option<usize>, f: impl FnOnce() -> R + Send) ->
             rayon::spawn_broadcast(move |_| job())
         });
         return r;
+    }
+    if teams {
+        if let Some(team) = caller_team(n) {
+            // on this thread, which takes its share of the pieces (thread 0 of the team); out
+            // of a one-thread install it may be nested in
+            let r = with_set(&INLINE, false, || team.pool.install(f));
+            keep_team(&team, n, spin_wait());
+            return r;
+        }
     }
     let pool = {
         let mut map = match pools().lock() {
@@ -391,8 +600,125 @@ mod tests {
             })
         };
         assert!(ids(1).iter().all(|&id| id == caller));
-        // elsewhere the same iterator runs on the pool
-        assert!(ids(2).iter().all(|&id| id != caller));
+        // on a shared pool the same iterator runs on the pool's workers
+        let shared = install_on(Some(2), false, || {
+            (0..64usize)
+                .into_par_iter()
+                .on_threads()
+                .map(|_| std::thread::current().id())
+                .collect::<Vec<_>>()
+        });
+        assert!(shared.iter().all(|&id| id != caller));
         assert!(!INLINE.with(|c| c.get()), "the flag is restored");
+    }
+
+    /// The distinct threads that ran `n` pieces which each wait (up to 2 s) until all `n`
+    /// pieces have started: `n` threads when the pool runs them at the same time.
+    fn rendezvous(n: usize) -> Vec<std::thread::ThreadId> {
+        use rayon::prelude::*;
+        let arrived = AtomicUsize::new(0);
+        let mut ids: Vec<_> = (0..n)
+            .into_par_iter()
+            .with_max_len(1)
+            .map(|_| {
+                arrived.fetch_add(1, Ordering::AcqRel);
+                eventually(|| arrived.load(Ordering::Acquire) >= n);
+                std::thread::current().id()
+            })
+            .collect();
+        ids.sort_by_key(|id| format!("{id:?}"));
+        ids.dedup();
+        ids
+    }
+
+    #[test]
+    fn a_team_runs_the_op_on_the_caller_and_its_workers_at_once() {
+        // a fresh thread: its first count >= 2 builds its team
+        std::thread::spawn(|| {
+            let caller = std::thread::current().id();
+            let (ids, n) = with_threads(3, || install(None, || (rendezvous(3), current_threads())));
+            assert_eq!(n, 3);
+            assert_eq!(ids.len(), 3, "three threads at once: {ids:?}");
+            assert!(ids.contains(&caller), "the caller took a piece: {ids:?}");
+            assert!(has_team());
+            // the same count again: the same team, the caller again
+            let again = install(Some(3), || rendezvous(3));
+            assert!(again.contains(&caller));
+            // another count: a shared pool of that count, without the caller
+            let (other, m) = install(Some(2), || (rendezvous(2), current_threads()));
+            assert_eq!((other.len(), m), (2, 2));
+            assert!(!other.contains(&caller), "{other:?}");
+            // one thread is still the caller alone
+            assert_eq!(install(Some(1), || rendezvous(1)), vec![caller]);
+            // the default (all cores) is all cores, not the team's three
+            assert_eq!(install(Some(0), current_threads), effective_threads(0));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn without_teams_the_op_runs_on_a_shared_pool() {
+        std::thread::spawn(|| {
+            let caller = std::thread::current().id();
+            let ids = install_on(Some(3), false, || rendezvous(3));
+            assert_eq!(ids.len(), 3);
+            assert!(!ids.contains(&caller));
+            assert!(!has_team(), "no team was built");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_rayon_worker_gets_no_team_and_still_its_count() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let (n, team) = pool.install(|| (install(Some(3), current_threads), has_team()));
+        assert_eq!((n, team), (3, false));
+    }
+
+    #[test]
+    fn a_team_ends_with_its_thread() {
+        let exited = std::thread::spawn(|| {
+            assert_eq!(install(Some(3), current_threads), 3);
+            TEAM.with(|slot| match &*slot.borrow() {
+                TeamSlot::Built(t) => t.exited.clone(),
+                _ => panic!("no team built"),
+            })
+        })
+        .join()
+        .unwrap();
+        assert!(
+            eventually(|| exited.load(Ordering::Acquire) == 2),
+            "{} of 2 team workers exited",
+            exited.load(Ordering::Acquire)
+        );
+    }
+
+    #[test]
+    fn only_a_teams_workers_spin() {
+        std::thread::spawn(|| {
+            let team = match build_team(3) {
+                Some(t) => t,
+                None => return eprintln!("skipped: team budget taken by concurrent tests"),
+            };
+            keep_team(&team.pool, 3, Duration::from_secs(3));
+            assert_eq!(team.pool.warm.live.load(Ordering::Acquire), 2);
+            // the caller is not held by a spinner: the team's next op is done long before the
+            // spinners' 3 s are over (each one runs work when it arrives)
+            let t = Instant::now();
+            let ids = team.pool.pool.install(|| rendezvous(3));
+            assert_eq!(ids.len(), 3);
+            assert!(
+                t.elapsed() < Duration::from_millis(1500),
+                "{:?}",
+                t.elapsed()
+            );
+        })
+        .join()
+        .unwrap();
     }
 }
