@@ -408,7 +408,12 @@ pub fn effective_threads(n: usize) -> usize {
 /// elements in about that time. Same-machine medians, one thread vs two (`normkit bench
 /// --max-elements N`): 128K elements GroupNorm 21 vs 43 µs, LayerNorm 30 vs 49 µs, BatchNorm
 /// eval 12 vs 37 µs; 256K elements 63 vs 62, 68 vs 67, 25 vs 44 µs; 512K elements two threads
-/// ahead (140 vs 193 µs GroupNorm).
+/// ahead (140 vs 193 µs GroupNorm). That was a shared pool; with caller teams (5–8 µs per op)
+/// the crossover moved down to this grain (round 12, two threads forced below it by a scratch
+/// switch, medians of 200 calls, 4 alternations): at 128K elements two threads 1.0–1.5x faster
+/// on all 22 cases (GroupNorm NCHW fwd 19 vs 15 µs, BatchNorm3d eval 12 vs 8 µs); at 64K even
+/// (forward 0.89–1.2x, backward 0.87–1.26x); at 32K one thread faster for every forward
+/// (0.73–0.9x).
 pub const GRAIN: usize = 1 << 17;
 
 /// [`install`] for an op on `elements` input elements: on the caller's thread below
