@@ -5,6 +5,7 @@
 #include "normkit.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1456,6 +1457,64 @@ static void test_communicator(normkit_context_t *ctx) {
   normkit_module_destroy(plain);
 }
 
+/* Ops from several threads at once, each with its own context of 2 or 3 CPU threads (with
+ * caller teams each calling thread works with workers of its own, ended with the thread):
+ * every result bit-identical to a one-thread run. 256x1024 elements, above the size below which
+ * an op stays on its caller. */
+enum { MT_ROWS = 256, MT_COLS = 1024, MT_THREADS = 4, MT_REPS = 3 };
+static double mt_x[MT_ROWS * MT_COLS], mt_want[MT_ROWS * MT_COLS];
+
+static int32_t mt_layer_norm(normkit_context_t *ctx, double *y) {
+  int64_t xs[2] = {MT_ROWS, MT_COLS};
+  normkit_tensor_t tx = f64_tensor(mt_x, 2, xs), ty = f64_tensor(y, 2, xs);
+  normkit_layer_norm_args_t a;
+  int32_t st = normkit_layer_norm_args_init(&a);
+  if (st != NORMKIT_STATUS_OK) return st;
+  a.x = &tx;
+  a.y = &ty;
+  return normkit_layer_norm_forward(ctx, &a);
+}
+
+static void *mt_worker(void *arg) {
+  intptr_t id = (intptr_t)arg;
+  normkit_context_config_t cfg;
+  normkit_context_t *ctx = NULL;
+  double *y = malloc(sizeof mt_want);
+  intptr_t bad = 0;
+  if (y == NULL || normkit_context_config_init(&cfg) != NORMKIT_STATUS_OK) return (void *)1;
+  cfg.device.device_type = NORMKIT_DEVICE_CPU;
+  cfg.cpu_num_threads = 2 + (int32_t)(id % 2);
+  if (normkit_context_create(&cfg, &ctx) != NORMKIT_STATUS_OK) {
+    free(y);
+    return (void *)1;
+  }
+  for (int r = 0; r < MT_REPS; r++) {
+    memset(y, 0, sizeof mt_want);
+    if (mt_layer_norm(ctx, y) != NORMKIT_STATUS_OK || memcmp(y, mt_want, sizeof mt_want) != 0)
+      bad++;
+  }
+  normkit_context_destroy(ctx);
+  free(y);
+  return (void *)bad;
+}
+
+static void test_threads(void) {
+  pthread_t t[MT_THREADS];
+  normkit_context_t *one = make_cpu_context(1);
+  for (size_t i = 0; i < MT_ROWS * MT_COLS; i++)
+    mt_x[i] = 100.0 + (double)((i * 7919) % 1013) / 97.0;
+  OK(mt_layer_norm(one, mt_want));
+  normkit_context_destroy(one);
+  CHECK(mt_want[0] != 0.0 || mt_want[1] != 0.0);
+  for (intptr_t i = 0; i < MT_THREADS; i++)
+    CHECK(pthread_create(&t[i], NULL, mt_worker, (void *)i) == 0);
+  for (int i = 0; i < MT_THREADS; i++) {
+    void *bad = (void *)1;
+    CHECK(pthread_join(t[i], &bad) == 0);
+    CHECK(bad == NULL);
+  }
+}
+
 int main(void) {
   normkit_context_t *ctx;
   test_versions();
@@ -1465,6 +1524,7 @@ int main(void) {
   test_context();
   test_last_error();
   test_panic_boundary();
+  test_threads();
   ctx = make_cpu_context(2);
   test_functional_batch_norm(ctx);
   test_functional_instance_norm(ctx);
