@@ -80,6 +80,7 @@ fn program_command(exe: &Path, profile: &Path, valgrind: bool) -> Command {
             "--leak-check=full",
             "--errors-for-leak-kinds=definite,indirect",
             &format!("--suppressions={supp}"),
+            "--num-callers=50",
             "-q",
         ])
         .arg(exe);

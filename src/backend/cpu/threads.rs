@@ -17,12 +17,12 @@
 //! threads: geometric mean 1.08x f32, 1.11x bf16 over the 22 standard cases (docs/perf/cpu.md,
 //! round 12). The calling thread stays rayon's worker 0 of its team for the rest of its life:
 //! rayon parallel iterators that the application itself runs on that thread afterwards run on
-//! the team's `n` threads. A team
-//! serves one count (the first `n >= 2` the thread uses; other counts use the shared pools) and
-//! is shut down when its thread exits. Teams are not made for the default count 0 (all cores:
-//! rayon's global pool, shared by every caller), on a thread that is already a rayon worker,
-//! or past [`team_worker_budget`] live team workers; [`set_caller_teams`] or
-//! `NORMKIT_CALLER_TEAMS=0` turn them off (the shared pools serve, as before).
+//! the team's `n` threads. A team serves one count (the first `n >= 2` the thread uses; other
+//! counts use the shared pools) and is shut down when its thread exits. Teams are not made for
+//! the default count 0 (all cores: rayon's global pool, shared by every caller), on a thread
+//! that is already a rayon worker, past [`team_worker_budget`] live team workers or past
+//! [`TEAMS_EVER`] teams; [`set_caller_teams`] or `NORMKIT_CALLER_TEAMS=0` turn them off (the
+//! shared pools serve, as before).
 //!
 //! **Spin-wait.** After an op, the pool's workers keep looking for work for a short while
 //! ([`spin_wait`], 2 ms by default; `NORMKIT_SPIN_US` or [`set_spin_wait`] change it, 0 turns
