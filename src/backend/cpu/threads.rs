@@ -179,7 +179,8 @@ pub fn caller_teams() -> bool {
 /// one it was built for, on a thread that is a rayon worker already, past the budgets, or when
 /// its threads cannot be started.
 fn caller_team(n: usize) -> Option<Arc<Pool>> {
-    TEAM.with(|slot| {
+    // `try_with`: an op from another thread-local's destructor, after this one's, gets none
+    TEAM.try_with(|slot| {
         let mut slot = slot.borrow_mut();
         if let TeamSlot::Untried = *slot {
             if rayon::current_thread_index().is_some() {
@@ -192,6 +193,8 @@ fn caller_team(n: usize) -> Option<Arc<Pool>> {
             _ => None,
         }
     })
+    .ok()
+    .flatten()
 }
 
 /// Builds a team of `n` with the calling thread as its thread 0, within the budgets.
@@ -268,7 +271,8 @@ fn drain_caller_copies() {
 
 /// Whether this thread has a team (it is then rayon's worker 0 of it).
 fn has_team() -> bool {
-    TEAM.with(|slot| matches!(*slot.borrow(), TeamSlot::Built(_)))
+    TEAM.try_with(|slot| matches!(*slot.borrow(), TeamSlot::Built(_)))
+        .unwrap_or(false)
 }
 
 /// A pool with its spin-wait state.
@@ -702,6 +706,30 @@ mod tests {
             "{} of 2 team workers exited",
             exited.load(Ordering::Acquire)
         );
+    }
+
+    #[test]
+    fn an_op_from_a_later_thread_local_destructor_still_runs() {
+        // a thread-local registered before the team is destroyed after it (reverse order):
+        // its destructor's op finds no team and runs on a shared pool
+        struct Late(std::sync::mpsc::Sender<usize>);
+        impl Drop for Late {
+            fn drop(&mut self) {
+                let _ = self.0.send(install(Some(2), current_threads));
+            }
+        }
+        thread_local! {
+            static LATE: std::cell::RefCell<Option<Late>> = const { std::cell::RefCell::new(None) };
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            LATE.with(|l| *l.borrow_mut() = Some(Late(tx)));
+            assert_eq!(install(Some(2), current_threads), 2);
+            assert!(has_team());
+        })
+        .join()
+        .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(2));
     }
 
     #[test]
