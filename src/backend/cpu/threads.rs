@@ -137,7 +137,7 @@ thread_local! {
 static TEAM_WORKERS: AtomicUsize = AtomicUsize::new(0);
 /// Teams built so far: each leaves rayon's record of its caller behind when it ends (about
 /// 9 KB, valgrind's "definitely lost" once the thread has exited: rayon cannot release a pool's
-/// thread 0 that it did not start; include/normkit-valgrind.supp), so their number is bounded
+/// thread 0 that it did not start; include/normkit-valgrind.supp, normkit-lsan.supp), so their number is bounded
 /// too.
 static TEAMS_BUILT: AtomicUsize = AtomicUsize::new(0);
 /// At most this many teams are ever built in a process; later threads use the shared pools.
