@@ -40,7 +40,9 @@ PyTorch's CPU allocator places tensors; --offset-bytes B starts them B bytes pas
 starts).
 
 CPU workers spin for 2 ms after each op before sleeping (as OpenMP runtimes do); the
-environment variable NORMKIT_SPIN_US=N changes that (0 = sleep at once).";
+environment variable NORMKIT_SPIN_US=N changes that (0 = sleep at once). With --threads N >= 2
+this thread works on each op with N - 1 workers of its own (caller teams, as an OpenMP team);
+NORMKIT_CALLER_TEAMS=0 hands each op to a shared pool instead.";
 
 #[derive(Debug)]
 struct Opts {
