@@ -169,16 +169,18 @@ fn c_program_passes_under_address_sanitizer() {
         if suppress {
             cmd.env("LSAN_OPTIONS", format!("suppressions={supp}"));
         }
-        cmd.output().expect("run the AddressSanitizer build")
+        cmd
     };
-    let clean = sanitized(true);
-    let text = String::from_utf8_lossy(&clean.stderr).into_owned()
-        + &String::from_utf8_lossy(&clean.stdout);
-    assert!(clean.status.success(), "with the suppressions:\n{text}");
+    let text = run(
+        &mut sanitized(true),
+        &format!("{} with the suppressions", exe.display()),
+    );
     assert!(text.contains("all"), "unexpected output:\n{text}");
     // the suppression is needed, and for that leak: without it LeakSanitizer reports rayon's
     // pool constructor
-    let bare = sanitized(false);
+    let bare = sanitized(false)
+        .output()
+        .expect("run the AddressSanitizer build");
     let report = String::from_utf8_lossy(&bare.stderr);
     assert!(
         !bare.status.success(),
