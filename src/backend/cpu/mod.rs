@@ -947,9 +947,10 @@ pub fn layer_norm_fused<T: Element>(
 /// statistics ([`moments_by`]: one pass from memory in the common case, a second one from
 /// cache when the run's head was far from its mean), then `out[i] = apply(i, x_run, y_run,
 /// mean, m2)` while the run is in L1/L2, so `x` is read from memory once. The statistics pass
-/// prefetches the next run's `x` and, when the run's `x` and `y` fit in L1 together
+/// prefetches `x` ahead of itself ([`prefetch::input_ahead`]: the next run where it fits in
+/// L1 with this one, else 1 KiB ahead) and, when the run's `x` and `y` fit in L1 together
 /// ([`prefetch::fits_l1`]), this run's `y`, one line of each per line it reads
-/// (same-run A/Bs: docs/perf/cpu.md, "Software prefetch" and "Round 9"). The runs are
+/// (same-run A/Bs: docs/perf/cpu.md, "Software prefetch", "Round 9", "Round 13"). The runs are
 /// split into at most [`ROW_BLOCKS`] blocks of consecutive runs (a partition by shape only;
 /// each run's results do not depend on it at all).
 fn fused_runs<T: Element, S: Send>(
@@ -967,10 +968,10 @@ fn fused_runs<T: Element, S: Send>(
     let one_block = |b: usize, ((yb, xb), ob): ((&mut [T], &[T]), &mut [S])| {
         for (r, o) in ob.iter_mut().enumerate() {
             let xr = &xb[r * len..(r + 1) * len];
-            let x_next = xb.get((r + 1) * len..(r + 2) * len).unwrap_or(&[]);
+            let x_next = part(xb, &prefetch::input_ahead::<T>(r, len));
             let yr = &mut yb[r * len..(r + 1) * len];
-            // one pass from memory in the common case, prefetching the next run's `x` and
-            // (when both fit in L1) this run's `y` meanwhile
+            // one pass from memory in the common case, prefetching `x` ahead and (when both
+            // fit in L1) this run's `y` meanwhile
             let y_ahead: &[T] = if prefetch::fits_l1::<T>(2 * len) {
                 yr
             } else {

@@ -208,7 +208,8 @@ pub fn dev_sums<T: Element>(xs: &[T], h: T::Compute) -> (T::Acc, T::Acc) {
 simd_clones! {
 /// [`dev_sums`] of `xs` (the same result, bit for bit) that also prefetches the lines of
 /// `next` and of `dest` ([`super::prefetch`]), one line of each per line of `xs`: `next` is
-/// the run or plane the caller reads after this one (the hardware prefetcher starts each new
+/// the input the caller reads after these elements (the next run or plane, or the input a
+/// fixed distance ahead: `prefetch::input_ahead`; the hardware prefetcher starts each new
 /// stream cold), `dest` the output this run is written to right after (so the stores find
 /// their lines in cache instead of waiting for their read-for-ownership). Spread over the
 /// pass, the prefetches never fill the line-fill buffers at once.
