@@ -247,8 +247,12 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
         let mut centre = heads.clone();
         let mut block = ColumnMoments::new(cols);
         let mut total = ColumnMoments::new(cols);
-        for piece in task.chunks((piece_rows * cols).max(1)) {
-            for chunk in piece.chunks((WELFORD_ROWS * cols).max(1)) {
+        let piece_len = (piece_rows * cols).max(1);
+        let chunk_len = (WELFORD_ROWS * cols).max(1);
+        for (p, piece) in task.chunks(piece_len).enumerate() {
+            for (c, chunk) in piece.chunks(chunk_len).enumerate() {
+                // the chunk and the rest of the task, which the pass prefetches ahead of itself
+                let ahead = &task[p * piece_len + c * chunk_len..];
                 block.n = (chunk.len() / cols) as f64;
                 let parts = (&mut mean[..], &mut m2[..]);
                 if !shifted_columns::<T>(
@@ -256,7 +260,7 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
                     parts,
                     (&mut sums.0, &mut sums.1),
                     &centre,
-                    chunk,
+                    (chunk, ahead),
                 ) {
                     welford_columns::<T>((&mut mean, &mut m2), &mut shift, chunk);
                     let cols = block.mean.iter_mut().zip(&mut block.m2);
@@ -305,7 +309,9 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
 /// `mean = h + Σd/n`, `m2 = Σd² − (Σd)²/n` in f64. Accepted (`true`) only when every column's
 /// correction `(Σd)²/n` is at most its `m2` (the subtraction loses at most one bit; NaN fails
 /// it); otherwise `block` is left to the caller's Welford pass over the chunk, which is in
-/// cache then. `parts` and `sums` are scratch of the chunk's width.
+/// cache then. `parts` and `sums` are scratch of the chunk's width; `ahead` is the input from
+/// the chunk's first element on (the chunk, then what the caller reads after it), which the
+/// pass prefetches one block ahead ([`column_dev_sums`]).
 ///
 /// Round 10: 3 vector operations per element (`x − h`, `+`, `+ d·d`, the partials of
 /// [`COLUMN_TILE`] columns in registers) instead of Welford's 7 with two stores. Where the
@@ -317,11 +323,11 @@ fn shifted_columns<T: Element>(
     parts: (&mut [T::Compute], &mut [T::Compute]),
     (s1, s2): (&mut [T::Acc], &mut [T::Acc]),
     shift: &[T::Compute],
-    chunk: &[T],
+    (chunk, ahead): (&[T], &[T]),
 ) -> bool {
     s1.fill(T::Acc::ZERO);
     s2.fill(T::Acc::ZERO);
-    column_dev_sums::<T>((s1, s2), parts, shift, chunk);
+    column_dev_sums::<T>((s1, s2), parts, shift, (chunk, ahead));
     let n = block.n;
     let cols = block.mean.iter_mut().zip(&mut block.m2);
     let inv = 1.0 / n;
@@ -368,22 +374,34 @@ simd_clones! {
 /// Per-column `Σd` and `Σd²`, `d = x − shift_c`, over the rows of `chunk`, added into `s1`,
 /// `s2`: compute-type partials (`p1`, `p2`, scratch) over [`moments::FLUSH`] rows each, added
 /// into the accumulator type (f64 for f32 input) — the run-wise sums' scheme per column.
+///
+/// The tiles read each block of rows in 64-column pieces, an order the hardware prefetcher
+/// does not follow, so each tile prefetches the lines it will read in the next block of
+/// `ahead` (the input from the chunk's first element on), one line per line it reads.
+/// Same-run A/B (round 13, alternating processes, 1 and 2 threads): BatchNorm2d NHWC train
+/// 1.08–1.10x f32, 1.03–1.13x bf16; GroupNorm NHWC fwd 1.07–1.12x f32, 1.03–1.07x bf16
+/// (docs/perf/cpu.md, round 13). Results unchanged: a prefetch is only a hint.
 fn column_dev_sums<T: Element>(
     (s1, s2): (&mut [T::Acc], &mut [T::Acc]),
     (p1, p2): (&mut [T::Compute], &mut [T::Compute]),
     shift: &[T::Compute],
-    chunk: &[T],
+    (chunk, ahead): (&[T], &[T]),
 ) {
     let cols = shift.len();
     let tiled = cols - cols % COLUMN_TILE;
-    for block in chunk.chunks((moments::FLUSH * cols).max(1)) {
+    let block_len = (moments::FLUSH * cols).max(1);
+    for (k, block) in chunk.chunks(block_len).enumerate() {
+        let next = ahead.get((k + 1) * block_len..).unwrap_or(&[]);
         for c0 in (0..tiled).step_by(COLUMN_TILE) {
             let (mut a, mut b) = ([T::Compute::ZERO; COLUMN_TILE], [T::Compute::ZERO; COLUMN_TILE]);
             let sh = &shift[c0..c0 + COLUMN_TILE];
-            for row in block.chunks_exact(cols) {
+            for (r, row) in block.chunks_exact(cols).enumerate() {
                 let xr = &row[c0..c0 + COLUMN_TILE];
                 for i in 0..COLUMN_TILE {
                     dev_step(&mut a[i], &mut b[i], xr[i].to_compute() - sh[i]);
+                }
+                for l in (0..COLUMN_TILE).step_by(prefetch::line_elems::<T>()) {
+                    prefetch::line(next, r * cols + c0 + l);
                 }
             }
             p1[c0..c0 + COLUMN_TILE].copy_from_slice(&a);
@@ -1542,8 +1560,13 @@ mod tests {
             block.n = (x.len() / cols) as f64;
             let parts = (&mut vec![0f32; cols][..], &mut vec![0f32; cols][..]);
             let mut sums = (vec![0f64; cols], vec![0f64; cols]);
-            let ok =
-                shifted_columns::<f32>(&mut block, parts, (&mut sums.0, &mut sums.1), &heads, x);
+            let ok = shifted_columns::<f32>(
+                &mut block,
+                parts,
+                (&mut sums.0, &mut sums.1),
+                &heads,
+                (x, x),
+            );
             (ok, block)
         };
         // spread-out columns around 0, 1e4 and -3: the head's mean is near the column's
