@@ -7,9 +7,9 @@
 //! statistics pass prefetches, one line per line it reads, its input ahead of itself (the next
 //! run's, or 1 KiB ahead for long runs: [`input_ahead`]) and (forward) the current run's
 //! output (round 9: spread over the pass rather than in a burst after the apply, which stalled
-//! on full line-fill buffers where the data sat in L3). A prefetch is a
-//! hint: it has no effect on the program's results, cannot fault, and a line it brings in
-//! that is not used is only wasted bandwidth.
+//! on full line-fill buffers where the data sat in L3). A prefetch is a hint: it has no effect
+//! on the program's results, cannot fault, and a line it brings in that is not used is only
+//! wasted bandwidth.
 //!
 //! The instruction comes from the `prefetch-index` crate (a safe function around
 //! `_mm_prefetch` / `prfm`), so this backend keeps `forbid(unsafe_code)`.
@@ -54,15 +54,17 @@ pub const AHEAD_BYTES: usize = 1024;
 /// (`moments::dev_sums_prefetching`), as a range into the block (clamp it to the block):
 ///
 /// * the whole next run when this run's input and output and the next run's input fit in L1
-///   together ([`fits_l1`]): the next run is in L1 when its pass starts (LayerNorm rows up to
-///   1024 f32);
+///   together ([`fits_l1`]: runs of up to 2730 f32 or 5461 bf16, e.g. LayerNorm rows of 768
+///   or 1024): the next run is in L1 when its pass starts;
 /// * otherwise the input [`AHEAD_BYTES`] ahead of the pass, so only the end of the pass
 ///   reaches into the next run. A whole 32 KiB GroupNorm group prefetched during the current
-///   one's pass evicted from L1 the lines that the apply then read again. Same-run A/B (f32,
-///   alternating processes, round 13): GroupNorm NCHW forward 1.08–1.10x at one thread,
-///   1.05x at two; LayerNorm 4096x4096 1.06x / 1.10x; InstanceNorm 64x64 planes 1.02x; at
-///   256 bytes (64 f32) to 2 KiB ahead 1.04–1.09x. LayerNorm rows of 768 f32 lose with it
-///   (0.93x at 256 elements ahead), hence the whole next run where it fits.
+///   one's pass evicted from L1 the lines that the apply then read again. Same-run A/Bs (f32,
+///   alternating processes, round 13): GroupNorm NCHW forward 1.07–1.10x at one thread and
+///   1.04–1.05x at two with a scratch switch in one binary (256 bytes to 2 KiB ahead all
+///   gained 1.04–1.09x), 1.04–1.08x / 1.03x against the previous build; LayerNorm 4096x4096
+///   1.03–1.06x / 1.10–1.21x; InstanceNorm 64x64 planes 1.02x / 0.99–1.02x. LayerNorm rows of
+///   768 f32 lose with it (0.93x at 256 elements ahead), hence the whole next run where it
+///   fits.
 #[inline(always)]
 pub const fn input_ahead<T>(r: usize, len: usize) -> std::ops::Range<usize> {
     let start = if fits_l1::<T>(3 * len) {
