@@ -3,7 +3,9 @@
 
 For every (threads, dtype, case) the two are run alternately, `--rounds` times (the order is
 swapped every round), and the median of the per-round medians is kept. Prints the speed-up
-(PyTorch time / normkit time) per case and its geometric mean per thread count and dtype.
+(PyTorch time / normkit time) per case and its geometric mean per thread count and dtype, and
+per case the lowest and highest speed-up of a single round ("per round"): on a shared, noisy
+machine a case whose range straddles 1.0x is a tie, whatever its median says.
 
     python3 benches/compare/compare.py [--normkit target/release/normkit] [--reps 11]
         [--rounds 3] [--threads 1 2] [--dtypes float32 bfloat16] [--filter SUBSTR]
@@ -99,6 +101,16 @@ def warm(f, runs, ms):
     while k < max(runs, 1) or (time.perf_counter() - start) * 1e3 < ms and k < 10000:
         f()
         k += 1
+
+
+def round_spread(nk, th):
+    """The lowest and highest speed-up of one round (its normkit and PyTorch timings, taken
+    one after the other), e.g. "0.93-1.08x": how far a single alternation strays from the
+    medians the table reports. "n/a" without PyTorch timings or with one round."""
+    ratios = [t / n["median_ms"] for n, t in zip(nk, th)]
+    if len(ratios) < 2:
+        return "n/a"
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x"
 
 
 def time_torch(case, suite, threads, reps, device=torch.device("cpu"), warmup=3, warmup_ms=200.0):
@@ -215,7 +227,8 @@ def compare_cuda(args, suite):
             continue
         n_ms = statistics.median(r["median_ms"] for r in nk[k])
         t_ms = statistics.median(th[k]) if k in th else None
-        rows.append((0, c, n_ms, t_ms, nk[k][0]["bytes"] / (n_ms * 1e-3) / 1e9, errs.get(k)))
+        rows.append((0, c, n_ms, t_ms, nk[k][0]["bytes"] / (n_ms * 1e-3) / 1e9, errs.get(k),
+                     round_spread(nk[k], th.get(k, []))))
     return rows
 
 
@@ -288,25 +301,27 @@ def main():
             n_ms = statistics.median(r["median_ms"] for r in nk)
             t_ms = statistics.median(th) if th else None
             gbps = nk[0]["bytes"] / (n_ms * 1e-3) / 1e9
-            rows.append((t, case, n_ms, t_ms, gbps, err))
+            spread = round_spread(nk, th)
+            rows.append((t, case, n_ms, t_ms, gbps, err, spread))
             ratio = f"{t_ms / n_ms:5.2f}x" if t_ms else "  n/a"
             print(f"[{t}t] {name(case):<52} normkit {n_ms:8.3f} ms  torch "
-                  f"{(t_ms or float('nan')):8.3f} ms  {ratio}", file=sys.stderr)
+                  f"{(t_ms or float('nan')):8.3f} ms  {ratio}  rounds {spread}", file=sys.stderr)
     sep = "|" if args.markdown else " "
-    head = ["case", "thr", "normkit ms", "torch ms", "speed-up", "GB/s"] + (["% of bw"] if bw else [])
+    head = ["case", "thr", "normkit ms", "torch ms", "speed-up", "per round", "GB/s"] + (
+        ["% of bw"] if bw else [])
     print(("| " + " | ".join(head) + " |\n|" + "---|" * len(head)) if args.markdown
           else "  ".join(head))
-    for t, case, n_ms, t_ms, gbps, err in rows:
+    for t, case, n_ms, t_ms, gbps, err, spread in rows:
         cells = [name(case), str(t), f"{n_ms:.3f}", f"{t_ms:.3f}" if t_ms else "n/a",
                  f"{t_ms / n_ms:.2f}x" if t_ms else "n/a (torch: " + (err or "") + ")",
-                 f"{gbps:.1f}"]
+                 spread, f"{gbps:.1f}"]
         if bw:
             cells.append(f"{100 * gbps / bw[t]:.0f}%")
         print(("| " + " | ".join(cells) + " |") if args.markdown else sep.join(cells))
     print()
     for t in args.threads:
         for d in args.dtypes + ["all"]:
-            r = [tt / n for tt_, c, n, tt, g, e in rows
+            r = [tt / n for tt_, c, n, tt, g, e, _ in rows
                  if tt_ == t and tt and (d == "all" or c["dtype"] == d)]
             if r:
                 gm = math.exp(sum(math.log(v) for v in r) / len(r))
