@@ -106,8 +106,9 @@ def warm(f, runs, ms):
 def round_spread(nk, th):
     """The lowest and highest speed-up of one round (its normkit and PyTorch timings, taken
     one after the other), e.g. "0.93-1.08x": how far a single alternation strays from the
-    medians the table reports. "n/a" without PyTorch timings or with one round."""
-    ratios = [t / n["median_ms"] for n, t in zip(nk, th)]
+    medians the table reports. `nk` and `th` hold one entry per round (`th`'s is None where
+    PyTorch failed that round). "n/a" with fewer than two rounds timed on both sides."""
+    ratios = [t / n["median_ms"] for n, t in zip(nk, th) if t is not None]
     if len(ratios) < 2:
         return "n/a"
     return f"{min(ratios):.2f}-{max(ratios):.2f}x"
@@ -216,8 +217,7 @@ def compare_cuda(args, suite):
                     ms, err = time_torch(c, suite, 1, args.reps, dev, warmup=3, warmup_ms=0.0)
                     if ms is None:
                         errs[name(c)] = err
-                    else:
-                        th.setdefault(name(c), []).append(ms)
+                    th.setdefault(name(c), []).append(ms)
                 torch.cuda.empty_cache()
     rows = []
     for c in cases:
@@ -226,7 +226,8 @@ def compare_cuda(args, suite):
             print(f"{k}: no normkit result", file=sys.stderr)
             continue
         n_ms = statistics.median(r["median_ms"] for r in nk[k])
-        t_ms = statistics.median(th[k]) if k in th else None
+        ok = [v for v in th.get(k, []) if v is not None]
+        t_ms = statistics.median(ok) if ok else None
         rows.append((0, c, n_ms, t_ms, nk[k][0]["bytes"] / (n_ms * 1e-3) / 1e9, errs.get(k),
                      round_spread(nk[k], th.get(k, []))))
     return rows
@@ -296,10 +297,10 @@ def main():
                     else:
                         ms, err = time_torch(case, suite, t, args.reps,
                                              warmup_ms=args.warmup_ms)
-                        if ms is not None:
-                            th.append(ms)
+                        th.append(ms)
             n_ms = statistics.median(r["median_ms"] for r in nk)
-            t_ms = statistics.median(th) if th else None
+            ok = [v for v in th if v is not None]
+            t_ms = statistics.median(ok) if ok else None
             gbps = nk[0]["bytes"] / (n_ms * 1e-3) / 1e9
             spread = round_spread(nk, th)
             rows.append((t, case, n_ms, t_ms, gbps, err, spread))
