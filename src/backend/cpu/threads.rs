@@ -36,7 +36,7 @@
 
 use rayon::iter::{IndexedParallelIterator, MinLen};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -137,8 +137,8 @@ thread_local! {
 static TEAM_WORKERS: AtomicUsize = AtomicUsize::new(0);
 /// Teams built so far: each leaves rayon's record of its caller behind when it ends (about
 /// 9 KB, valgrind's "definitely lost" once the thread has exited: rayon cannot release a pool's
-/// thread 0 that it did not start; include/normkit-valgrind.supp, normkit-lsan.supp), so their number is bounded
-/// too.
+/// thread 0 that it did not start; include/normkit-valgrind.supp and normkit-lsan.supp
+/// suppress it), so their number is bounded too.
 static TEAMS_BUILT: AtomicUsize = AtomicUsize::new(0);
 /// At most this many teams are ever built in a process; later threads use the shared pools.
 pub const TEAMS_EVER: usize = 1024;
@@ -151,7 +151,7 @@ pub fn team_worker_budget() -> usize {
 }
 
 /// Caller teams: 0 = not set yet (environment, then on), 1 = on, 2 = off.
-static TEAMS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static TEAMS: AtomicU8 = AtomicU8::new(0);
 
 /// Turns caller teams on or off (process-wide; on by default, or `NORMKIT_CALLER_TEAMS=0`).
 /// A thread that has its team keeps it while off, but its ops go to the shared pools.
