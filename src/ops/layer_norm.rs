@@ -135,5 +135,5 @@ fn run_typed<T: ElementData>(
             bias.as_deref(),
         )
     })?;
-    Ok(SavedStats::from_parts(&mean, rstd))
+    Ok(SavedStats::from_compute(mean, rstd))
 }

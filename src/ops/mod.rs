@@ -58,8 +58,13 @@ impl SavedStats {
     /// Saved statistics from f64 means (rounded to the compute type, as PyTorch's
     /// `float(Σx / M)`) and inverse standard deviations.
     pub(crate) fn from_parts<C: Real>(mean: &[f64], invstd: Vec<C>) -> SavedStats {
+        SavedStats::from_compute(mean.iter().map(|&m| C::from_f64(m)).collect(), invstd)
+    }
+
+    /// Saved statistics already in the compute type.
+    pub(crate) fn from_compute<C: Real>(mean: Vec<C>, invstd: Vec<C>) -> SavedStats {
         SavedStats {
-            mean: C::into_buffer(mean.iter().map(|&m| C::from_f64(m)).collect()),
+            mean: C::into_buffer(mean),
             invstd: C::into_buffer(invstd),
         }
     }

@@ -6,6 +6,7 @@
 //! coefficients of `dx = g·p + (x − μ)·q + o` and into the parameter gradients.
 
 use super::moments::{self, Centre, acc_of, add_tail, simd_clones};
+use super::scratch::Scratch;
 
 /// Independent f64 (f32 input) partial sums of the LayerNorm backward row reductions
 /// ([`layer_norm_grad_row`]; the channels-first sums run through `moments::pair_sums`).
@@ -283,22 +284,24 @@ fn sample_grad_sums<T: Element>(
 ) -> (Vec<f64>, Vec<f64>) {
     let c = centres.0.len();
     let piece = (reduction_rows(xs.len() / c.max(1), c) * c).max(1);
-    let one = |(xc, gc): (&[T], &[T])| {
-        let mut a = vec![T::Acc::ZERO; c];
-        let mut b = vec![T::Acc::ZERO; c];
-        grad_sums_columns(&mut a, &mut b, xc, gc, centres);
-        (a, b)
+    let mut slab = piece_sums::<T::Acc>(xs.len().div_ceil(piece), c);
+    let one = |xc: &[T], gc: &[T], slot: &mut [T::Acc]| {
+        let (a, b) = zeroed_halves(slot);
+        grad_sums_columns(a, b, xc, gc, centres);
     };
-    let partials: PairSums<T::Acc> = if parallel {
+    if parallel {
         xs.par_chunks(piece)
             .on_threads()
             .zip(gs.par_chunks(piece).on_threads())
-            .map(one)
-            .collect()
+            .zip(slab.par_chunks_mut((2 * c).max(1)).on_threads())
+            .for_each(|((xc, gc), slot)| one(xc, gc, slot));
     } else {
-        xs.chunks(piece).zip(gs.chunks(piece)).map(one).collect()
-    };
-    merge_pairs(partials, c)
+        xs.chunks(piece)
+            .zip(gs.chunks(piece))
+            .zip(slab.chunks_mut((2 * c).max(1)))
+            .for_each(|((xc, gc), slot)| one(xc, gc, slot));
+    }
+    merge_pairs(&slab, c)
 }
 
 /// Concatenates per-unit `(A, B)` vectors in unit order.
@@ -311,15 +314,31 @@ fn flatten_pairs(units: Vec<(Vec<f64>, Vec<f64>)>) -> (Vec<f64>, Vec<f64>) {
     out
 }
 
-/// Adds per-piece partial column sums in piece order.
-fn merge_pairs<A: Real>(partials: PairSums<A>, cols: usize) -> (Vec<f64>, Vec<f64>) {
+/// Per-piece partial column sums of two quantities in one [`Scratch`] slab (no allocation per
+/// piece, none per call once the thread's pool has one): `2·cols` per piece, the first
+/// quantity's `cols` then the second's ([`zeroed_halves`]), merged by [`merge_pairs`].
+fn piece_sums<A: Real>(pieces: usize, cols: usize) -> Scratch<A> {
+    // each piece zeroes its own slot, in parallel and in cache
+    Scratch::any(A::ZERO, pieces * 2 * cols)
+}
+
+/// A piece's slot of a [`piece_sums`] slab, zeroed and split into its two quantities.
+fn zeroed_halves<A: Real>(slot: &mut [A]) -> (&mut [A], &mut [A]) {
+    slot.fill(A::ZERO);
+    let half = slot.len() / 2;
+    slot.split_at_mut(half)
+}
+
+/// Adds the per-piece partial column sums of a [`piece_sums`] slab in piece order.
+fn merge_pairs<A: Real>(slab: &[A], cols: usize) -> (Vec<f64>, Vec<f64>) {
     let mut a = vec![A::ZERO; cols];
     let mut b = vec![A::ZERO; cols];
-    for (pa, pb) in partials {
-        for (t, v) in a.iter_mut().zip(pa) {
+    for piece in slab.chunks_exact((2 * cols).max(1)) {
+        let (pa, pb) = piece.split_at(cols);
+        for (t, &v) in a.iter_mut().zip(pa) {
             *t += v;
         }
-        for (t, v) in b.iter_mut().zip(pb) {
+        for (t, &v) in b.iter_mut().zip(pb) {
             *t += v;
         }
     }
@@ -331,9 +350,6 @@ fn merge_pairs<A: Real>(partials: PairSums<A>, cols: usize) -> (Vec<f64>, Vec<f6
 
 /// Per-column coefficients `(p, q, o)` of `dx = g·p + (x − μ)·q + o`.
 type GradColumns<'a, C> = (&'a [C], &'a [C], &'a [C]);
-
-/// Per-piece partial column sums of two quantities.
-type PairSums<A> = Vec<(Vec<A>, Vec<A>)>;
 
 simd_clones! {
 /// `(Σ g, Σ g·(x − m))` over one contiguous run ([`moments::pair_sums`]: compute-type partials
@@ -600,12 +616,11 @@ pub fn layer_norm_backward<T: Element>(
             &ones
         }
     };
-    let work = |r0: usize, xc: &[T], gc: &[T], mut dc: Option<&mut [T]>| {
-        let mut dw = vec![T::Acc::ZERO; cols];
-        let mut db = vec![T::Acc::ZERO; cols];
+    let work = |r0: usize, xc: &[T], gc: &[T], mut dc: Option<&mut [T]>, slot: &mut [T::Acc]| {
+        let (dw, db) = zeroed_halves(slot);
         for (k, (xr, gr)) in xc.chunks(cols).zip(gc.chunks(cols)).enumerate() {
             let (c, rs) = (mu[r0 + k], rstd[r0 + k]);
-            let (sa, sb) = layer_norm_grad_row(xr, gr, w, c, rs, &mut dw, &mut db);
+            let (sa, sb) = layer_norm_grad_row(xr, gr, w, c, rs, dw, db);
             if let Some(dc) = dc.as_deref_mut() {
                 let a = T::Compute::from_f64(sa) / m * rs;
                 let b = T::Compute::from_f64(sb) / m * rs * rs * rs;
@@ -619,31 +634,28 @@ pub fn layer_norm_backward<T: Element>(
                 layer_norm_grad_apply(xr, gr, w, dr, c, (rs, a, b), next);
             }
         }
-        (dw, db)
     };
     let total = rows * cols;
-    let partials: PairSums<T::Acc> = match dx {
+    let mut slab = piece_sums::<T::Acc>(rows.div_ceil(piece), cols);
+    let slots = slab.par_chunks_mut(2 * cols).on_threads();
+    let inputs = x[..total]
+        .par_chunks(piece * cols)
+        .on_threads()
+        .zip(g[..total].par_chunks(piece * cols).on_threads());
+    match dx {
         Some(d) => d[..total]
             .par_chunks_mut(piece * cols)
             .on_threads()
-            .zip(
-                x[..total]
-                    .par_chunks(piece * cols)
-                    .on_threads()
-                    .zip(g[..total].par_chunks(piece * cols).on_threads()),
-            )
+            .zip(inputs)
+            .zip(slots)
             .enumerate()
-            .map(|(p, (dc, (xc, gc)))| work(p * piece, xc, gc, Some(dc)))
-            .collect(),
-        None => x[..total]
-            .par_chunks(piece * cols)
-            .on_threads()
-            .zip(g[..total].par_chunks(piece * cols).on_threads())
+            .for_each(|(p, ((dc, (xc, gc)), slot))| work(p * piece, xc, gc, Some(dc), slot)),
+        None => inputs
+            .zip(slots)
             .enumerate()
-            .map(|(p, (xc, gc))| work(p * piece, xc, gc, None))
-            .collect(),
-    };
-    merge_pairs(partials, cols)
+            .for_each(|(p, ((xc, gc), slot))| work(p * piece, xc, gc, None, slot)),
+    }
+    merge_pairs(&slab, cols)
 }
 
 /// LocalResponseNorm backward:

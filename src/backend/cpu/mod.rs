@@ -11,11 +11,13 @@
 pub mod backward;
 pub mod moments;
 pub mod prefetch;
+pub mod scratch;
 pub mod threads;
 
 use crate::dtype::{Element, Real};
 use moments::{Centre, Pass, moments, moments_by, simd_clones};
 use rayon::prelude::*;
+use scratch::Scratch;
 use threads::OnThreads;
 
 /// The instruction set the hot loops dispatch to on this machine (the `multiversion` clones:
@@ -238,13 +240,18 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
     let task_rows = piece_rows * task_pieces.max(min_pieces);
     let mut heads = vec![T::Compute::ZERO; cols];
     column_heads::<T>(&mut heads, &mut vec![T::Compute::ZERO; cols], x);
+    // every task's temporaries (and its result) are `scratch` vectors: a pool worker's come
+    // back to it for its next task or call
     let one = |task: &[T]| {
-        let mut mean = vec![T::Compute::ZERO; cols];
-        let mut m2 = vec![T::Compute::ZERO; cols];
-        let mut shift = vec![T::Compute::ZERO; cols];
-        let mut sums = (vec![T::Acc::ZERO; cols], vec![T::Acc::ZERO; cols]);
+        let mut mean = Scratch::filled(T::Compute::ZERO, cols);
+        let mut m2 = Scratch::filled(T::Compute::ZERO, cols);
+        let mut shift = Scratch::filled(T::Compute::ZERO, cols);
+        let mut sums = (
+            Scratch::filled(T::Acc::ZERO, cols),
+            Scratch::filled(T::Acc::ZERO, cols),
+        );
         // the first rows' mean, then the mean of the task's rows so far: each chunk's centre
-        let mut centre = heads.clone();
+        let mut centre = Scratch::copy_of(&heads);
         let mut block = ColumnMoments::new(cols);
         let mut total = ColumnMoments::new(cols);
         let piece_len = (piece_rows * cols).max(1);
@@ -298,7 +305,7 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
             *m = x[c..].iter().step_by(cols).map(|v| v.to_f64()).sum::<f64>() / rows as f64;
         }
     }
-    (all.mean, all.m2)
+    (all.mean.to_vec(), all.m2.to_vec())
 }
 
 /// Per-column `(mean, m2)` of the rows of `chunk` into `block` (whose `n` is their count) from
@@ -507,16 +514,16 @@ const MOMENT_TASKS: usize = 16;
 /// Per-column count, mean and sum of squared deviations of a set of rows.
 struct ColumnMoments {
     n: f64,
-    mean: Vec<f64>,
-    m2: Vec<f64>,
+    mean: Scratch<f64>,
+    m2: Scratch<f64>,
 }
 
 impl ColumnMoments {
     fn new(cols: usize) -> Self {
         ColumnMoments {
             n: 0.0,
-            mean: vec![0.0; cols],
-            m2: vec![0.0; cols],
+            mean: Scratch::filled(0.0, cols),
+            m2: Scratch::filled(0.0, cols),
         }
     }
 
@@ -937,7 +944,9 @@ pub(crate) fn sample_runs(
 /// back while the row is in L1/L2, so `x` is read from memory once. The same operations in the
 /// same order as [`row_moments`] then [`apply_rows`], so the results are bit-identical.
 /// Runs through [`fused_runs`] (which prefetches the next row).
-/// Returns the f64 means and the `r` of every row.
+/// Returns the mean (rounded to the compute type, as PyTorch's saved mean) and the `r` of
+/// every row; the per-row pairs are gathered in [`Scratch`] memory, so the two returned
+/// vectors are the call's only allocations.
 pub fn layer_norm_fused<T: Element>(
     x: &[T],
     y: &mut [T],
@@ -946,18 +955,19 @@ pub fn layer_norm_fused<T: Element>(
     finish: impl Fn(f64) -> T::Compute + Sync,
     weight: Option<&[T::Compute]>,
     bias: Option<&[T::Compute]>,
-) -> (Vec<f64>, Vec<T::Compute>) {
+) -> (Vec<T::Compute>, Vec<T::Compute>) {
     if rows * cols == 0 {
         let (mean, m2) = row_moments(x, rows, cols);
+        let mean = mean.into_iter().map(T::Compute::from_f64).collect();
         return (mean, m2.into_iter().map(finish).collect());
     }
-    let mut stats = vec![(0.0, T::Compute::ZERO); rows];
+    let mut stats = Scratch::filled((T::Compute::ZERO, T::Compute::ZERO), rows);
     fused_runs(x, y, cols, &mut stats, |_, xr, yr, mean, m2| {
         let rs = finish(m2);
         layer_norm_row(xr, yr, Centre::of(mean), rs, weight, bias);
-        (mean, rs)
+        (T::Compute::from_f64(mean), rs)
     });
-    stats.into_iter().unzip()
+    stats.iter().copied().unzip()
 }
 
 /// Statistics and apply fused per contiguous run of `len` elements (LayerNorm rows, GroupNorm
@@ -1464,6 +1474,7 @@ mod tests {
             let mu: Vec<Centre<T::Compute>> = m2.iter().map(|&m| Centre::of(m)).collect();
             let mut y2 = vec![T::default(); x.len()];
             apply_rows(&x, &mut y2, cols, &mu, &r2, Some(&w), Some(&b));
+            let m2: Vec<T::Compute> = m2.into_iter().map(real).collect();
             assert_eq!((m1, r1), (m2, r2), "{rows}x{cols}");
             let bits = |y: &[T]| y.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
             assert!(bits(&y1) == bits(&y2), "{rows}x{cols}");
