@@ -230,6 +230,19 @@ impl Case {
         c
     }
 
+    /// The case grown to at least `min_elements` elements by its batch dimension (the first),
+    /// for runs on tensors larger than the last-level cache (`--min-elements`); a case that is
+    /// already as large is unchanged.
+    pub fn grown(&self, min_elements: usize) -> Case {
+        let mut c = self.clone();
+        let n = c.shape.first().copied().unwrap_or(1).max(1);
+        let per_sample = (c.numel() / n).max(1);
+        if let Some(b) = c.shape.first_mut() {
+            *b = min_elements.div_ceil(per_sample).max(n);
+        }
+        c
+    }
+
     fn channels_last(&self) -> bool {
         matches!(self.layout.as_str(), "NHWC" | "NDHWC" | "NLC")
     }
@@ -1183,11 +1196,33 @@ mod tests {
         assert_eq!(m.reps, 1);
     }
 
+    /// The first standard f32 case whose name starts with `prefix`.
+    fn standard_f32(prefix: &str) -> Case {
+        let cases = Suite::standard().unwrap().cases(&[DType::F32]);
+        cases
+            .into_iter()
+            .find(|c| c.name().starts_with(prefix))
+            .unwrap()
+    }
+
+    #[test]
+    fn grown_cases_grow_their_batch_only() {
+        let find = standard_f32;
+        // 8192 rows of 768: at least 2^28 elements takes 349526 rows (2^28 / 768 rounded up)
+        let ln = find("LayerNorm/8192x768").grown(1 << 28);
+        assert_eq!(ln.shape, vec![349_526, 768]);
+        assert!(ln.numel() >= 1 << 28 && ln.numel() - 768 < 1 << 28);
+        // channels and spatial dims stay; the batch grows
+        let bn = find("BatchNorm2d/").grown(1 << 26);
+        assert_eq!(bn.shape, vec![335, 64, 56, 56]);
+        // a case already past the minimum is unchanged
+        let gn = find("GroupNorm/");
+        assert_eq!(gn.grown(1000).shape, gn.shape);
+    }
+
     #[test]
     fn shrunk_cases_keep_channels_and_normalized_dims() {
-        let s = Suite::standard().unwrap();
-        let cases = s.cases(&[DType::F32]);
-        let find = |prefix: &str| cases.iter().find(|c| c.name().starts_with(prefix)).unwrap();
+        let find = standard_f32;
         let bn = find("BatchNorm2d/").shrunk(1 << 14);
         assert_eq!(bn.shape, vec![1, 64, 14, 14]);
         let ln = find("LayerNorm/4096x4096").shrunk(1 << 14);
@@ -1201,7 +1236,7 @@ mod tests {
         // big enough: unchanged
         assert_eq!(
             find("LocalResponseNorm/").shrunk(usize::MAX),
-            *find("LocalResponseNorm/")
+            find("LocalResponseNorm/")
         );
     }
 

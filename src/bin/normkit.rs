@@ -14,7 +14,8 @@ const USAGE: &str = "usage:
   normkit info
   normkit bench [--device cpu|cuda|cuda:N|emu|auto] [--json] [--threads N]
                 [--dtype f32|bf16|...] [--filter SUBSTR] [--reps N | --quick] [--warmup N]
-                [--warmup-ms MS] [--max-elements N] [--offset-bytes B] [--bandwidth]
+                [--warmup-ms MS] [--max-elements N | --min-elements N] [--offset-bytes B]
+                [--bandwidth]
   normkit bandwidth [--threads N] [--size-mib N] [--reps N]
 
 bench runs every standard case (benches/cases.json, embedded) and checks a sample of outputs
@@ -28,7 +29,10 @@ device's stream after --warmup runs (default 3); a DeviceUnavailable error with 
 reason when there is no usable GPU. --device emu runs them on the host emulation of the CUDA
 kernels, timed by the host clock (a smoke test of the device path, not a GPU timing).
 --max-elements N shrinks every case to about N elements (batch first, then spatial dims;
---filter matches the full-size names). --device auto (the default) takes CUDA device 0 when this
+--filter matches the full-size names). --min-elements N (at most 2^30) grows every case's batch
+dimension to at least N elements, to run the cases on tensors larger than the last-level cache
+(with --bandwidth: against the same 1 GiB streams); it needs about (8 + 2 x element size) bytes
+of memory per element, more for backward cases. --device auto (the default) takes CUDA device 0 when this
 build has the cuda feature and finds a GPU, else the CPU (saying why).
 
 On the CPU each case is warmed up for at least --warmup runs (default 3) and --warmup-ms
@@ -44,6 +48,9 @@ environment variable NORMKIT_SPIN_US=N changes that (0 = sleep at once). With --
 this thread works on each op with N - 1 workers of its own (caller teams, as an OpenMP team);
 NORMKIT_CALLER_TEAMS=0 hands each op to a shared pool instead.";
 
+/// The largest `--min-elements` (2^30: 4 GiB f32 tensors).
+const MAX_MIN_ELEMENTS: usize = 1 << 30;
+
 #[derive(Debug)]
 struct Opts {
     device: String,
@@ -55,6 +62,7 @@ struct Opts {
     warmup: usize,
     warmup_ms: f64,
     max_elements: Option<usize>,
+    min_elements: Option<usize>,
     offset_bytes: usize,
     bandwidth: bool,
     size_mib: usize,
@@ -71,6 +79,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         warmup: 3,
         warmup_ms: normkit::bench::Warmup::default().ms,
         max_elements: None,
+        min_elements: None,
         offset_bytes: 0,
         bandwidth: false,
         size_mib: 1024,
@@ -122,6 +131,15 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--max-elements" => {
                 o.max_elements = Some(count("--max-elements", value("--max-elements")?)?)
             }
+            "--min-elements" => {
+                let n = count("--min-elements", value("--min-elements")?)?;
+                if n > MAX_MIN_ELEMENTS {
+                    return Err(format!(
+                        "--min-elements: expected at most {MAX_MIN_ELEMENTS} (2^30), got {n}"
+                    ));
+                }
+                o.min_elements = Some(n);
+            }
             "--offset-bytes" => {
                 let v = value("--offset-bytes")?;
                 o.offset_bytes = v.parse().map_err(|_| {
@@ -132,6 +150,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--size-mib" => o.size_mib = count("--size-mib", value("--size-mib")?)?,
             other => return Err(format!("unknown argument '{other}'\n\n{USAGE}")),
         }
+    }
+    if o.max_elements.is_some() && o.min_elements.is_some() {
+        return Err("--max-elements and --min-elements: expected one of them, got both".into());
     }
     Ok(o)
 }
@@ -280,9 +301,10 @@ fn run_bench(o: &Opts) -> Result<bool, String> {
         .cases(&dtypes)
         .into_iter()
         .filter(|c| o.filter.as_deref().is_none_or(|f| c.name().contains(f)))
-        .map(|c| match o.max_elements {
-            Some(m) => c.shrunk(m),
-            None => c,
+        .map(|c| match (o.max_elements, o.min_elements) {
+            (Some(m), _) => c.shrunk(m),
+            (None, Some(m)) => c.grown(m),
+            (None, None) => c,
         })
         .collect();
     if cases.is_empty() {
