@@ -284,7 +284,7 @@ fn sample_grad_sums<T: Element>(
 ) -> (Vec<f64>, Vec<f64>) {
     let c = centres.0.len();
     let piece = (reduction_rows(xs.len() / c.max(1), c) * c).max(1);
-    let mut slab = piece_sums::<T::Acc>(xs.len().div_ceil(piece), c);
+    let mut slab = piece_sums::<T::Acc>(xs.len().min(gs.len()).div_ceil(piece), c);
     let one = |xc: &[T], gc: &[T], slot: &mut [T::Acc]| {
         let (a, b) = zeroed_halves(slot);
         grad_sums_columns(a, b, xc, gc, centres);

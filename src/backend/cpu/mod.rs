@@ -240,8 +240,8 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
     let task_rows = piece_rows * task_pieces.max(min_pieces);
     let mut heads = vec![T::Compute::ZERO; cols];
     column_heads::<T>(&mut heads, &mut vec![T::Compute::ZERO; cols], x);
-    // every task's temporaries (and its result) are `scratch` vectors: a pool worker's come
-    // back to it for its next task or call
+    // every task's temporaries are `Scratch` vectors, back to the worker's pool for its next
+    // task or call (the task's result goes to the pool of the caller, which merges them)
     let one = |task: &[T]| {
         let mut mean = Scratch::filled(T::Compute::ZERO, cols);
         let mut m2 = Scratch::filled(T::Compute::ZERO, cols);

@@ -15,13 +15,14 @@
 //! and serve the next call on the same thread (the caller's thread, or a pool worker: both live
 //! across calls).
 //!
-//! The pool keeps at most [`KEEP_VECTORS`] vectors and [`KEEP_BYTES`] bytes per thread (a
-//! vector that would exceed either is freed as usual), and frees everything when its thread
-//! exits. Nothing here can panic: a pool that cannot be reached (its thread is exiting, or a
+//! The pool keeps at most [`KEEP_VECTORS`] vectors and [`KEEP_BYTES`] bytes per thread (past
+//! either bound the smallest vectors are freed, so many small temporaries do not shut a large
+//! one out; a vector larger than [`KEEP_BYTES`] is never kept), and frees everything when its
+//! thread exits. A vector goes to the pool of the thread that drops it. Nothing here can panic: a pool that cannot be reached (its thread is exiting, or a
 //! nested take on the same thread holds it) only means a fresh vector.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
 /// Spare vectors kept per thread at most.
@@ -30,10 +31,8 @@ pub const KEEP_VECTORS: usize = 32;
 pub const KEEP_BYTES: usize = 64 << 20;
 
 thread_local! {
-    /// This thread's spare vectors, each a `Box<Vec<T>>` for some `T`.
-    static SPARE: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
-    /// The bytes (by capacity) of the vectors in [`SPARE`].
-    static SPARE_BYTES: Cell<usize> = const { Cell::new(0) };
+    /// This thread's spare vectors: each a `Box<Vec<T>>` for some `T`, with its bytes.
+    static SPARE: RefCell<Vec<(usize, Box<dyn Any>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A vector from this thread's pool ([`Scratch::filled`]); back to the pool when dropped.
@@ -76,21 +75,20 @@ impl<T: Copy + 'static> Scratch<T> {
 /// Takes this thread's spare `Vec<T>` with the largest capacity out of the pool.
 #[allow(clippy::box_collection)] // the pool's entry itself (see `Scratch::v`)
 fn take<T: Copy + 'static>() -> Option<Box<Vec<T>>> {
-    let boxed = SPARE
+    let (_, boxed) = SPARE
         .try_with(|s| {
             let mut s = s.try_borrow_mut().ok()?;
             let best = s
                 .iter()
                 .enumerate()
-                .filter_map(|(i, b)| b.downcast_ref::<Vec<T>>().map(|v| (i, v.capacity())))
-                .max_by_key(|&(_, cap)| cap)?;
-            Some(s.swap_remove(best.0))
+                .filter(|(_, (_, b))| b.is::<Vec<T>>())
+                .max_by_key(|(_, (size, _))| *size)?
+                .0;
+            Some(s.swap_remove(best))
         })
         .ok()
         .flatten()?;
-    let v = boxed.downcast::<Vec<T>>().ok()?;
-    let _ = SPARE_BYTES.try_with(|b| b.set(b.get().saturating_sub(bytes(&v))));
-    Some(v)
+    boxed.downcast::<Vec<T>>().ok()
 }
 
 /// The bytes a vector holds (by capacity).
@@ -107,16 +105,22 @@ impl<T: Copy + 'static> Drop for Scratch<T> {
         if size == 0 {
             return;
         }
+        if size > KEEP_BYTES {
+            return;
+        }
         let _ = SPARE.try_with(|s| {
             let Ok(mut s) = s.try_borrow_mut() else {
                 return;
             };
-            let Ok(held) = SPARE_BYTES.try_with(|b| b.get()) else {
-                return;
-            };
-            if s.len() < KEEP_VECTORS && held.saturating_add(size) <= KEEP_BYTES {
-                s.push(v);
-                let _ = SPARE_BYTES.try_with(|b| b.set(held + size));
+            s.push((size, v));
+            // over either bound: the smallest vectors go first (the new one, if it is the
+            // smallest), so a large temporary is not shut out by many small ones
+            while s.len() > KEEP_VECTORS || s.iter().map(|e| e.0).sum::<usize>() > KEEP_BYTES {
+                let Some(smallest) = s.iter().enumerate().min_by_key(|(_, e)| e.0).map(|m| m.0)
+                else {
+                    break;
+                };
+                s.swap_remove(smallest);
             }
         });
     }
@@ -163,10 +167,10 @@ mod tests {
 
     /// (vectors, bytes) in this thread's pool.
     fn held() -> (usize, usize) {
-        (
-            SPARE.with(|s| s.borrow().len()),
-            SPARE_BYTES.with(|b| b.get()),
-        )
+        SPARE.with(|s| {
+            let s = s.borrow();
+            (s.len(), s.iter().map(|e| e.0).sum())
+        })
     }
 
     #[test]
@@ -213,7 +217,13 @@ mod tests {
                 .map(|_| Scratch::filled(0u8, 16))
                 .collect();
             drop(many);
-            assert_eq!(held().0, KEEP_VECTORS);
+            assert_eq!(held(), (KEEP_VECTORS, 16 * KEEP_VECTORS));
+            // a larger vector still gets in: the smallest one leaves
+            let big = Scratch::filled(0f64, 1000);
+            let ptr = big.as_ptr();
+            drop(big);
+            assert_eq!(held(), (KEEP_VECTORS, 16 * (KEEP_VECTORS - 1) + 8000));
+            assert_eq!(Scratch::filled(0f64, 3).as_ptr(), ptr);
             // a vector past the byte budget is freed, not kept
             std::thread::spawn(|| {
                 drop(Scratch::filled(0u8, KEEP_BYTES + 1));
