@@ -92,8 +92,10 @@ fn unit_grad<T: Element>(
     coefficients: &(impl Fn(UnitPairs, &[f64], &[f64]) -> UnitCoefficients<T::Compute> + Sync),
 ) -> (Vec<f64>, Vec<f64>) {
     // the sums read each plane from memory: they prefetch the next plane's `x` and `g` and
-    // (4- and 8-byte elements) this plane's `dx`, written by the apply below
-    let dests: Vec<&[T]> = if prefetch::output_pays::<T>() {
+    // (4- and 8-byte elements, a unit whose `x`, `g` and `dx` fit in L2) this plane's `dx`,
+    // written by the apply below
+    let unit: usize = xs.iter().map(|p| p.len()).sum();
+    let dests: Vec<&[T]> = if prefetch::output_pays::<T>() && prefetch::fits_l2::<T>(3 * unit) {
         ds.iter().map(|d| &**d).collect()
     } else {
         Vec::new()

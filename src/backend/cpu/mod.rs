@@ -635,12 +635,14 @@ pub fn batch_norm_first_fused<T: Element>(
             let planes: Vec<&[T]> = (0..g.n)
                 .map(|n| &x[(n * g.c + c) * g.s..(n * g.c + c + 1) * g.s])
                 .collect();
-            // the output planes are prefetched with the input where that pays
-            let dests: Vec<&[T]> = if prefetch::output_pays::<T>() {
-                ys.iter().map(|p| &**p).collect()
-            } else {
-                Vec::new()
-            };
+            // the output planes are prefetched with the input where that pays and they stay
+            // in cache until the apply
+            let dests: Vec<&[T]> =
+                if prefetch::output_pays::<T>() && prefetch::fits_l2::<T>(2 * g.n * g.s) {
+                    ys.iter().map(|p| &**p).collect()
+                } else {
+                    Vec::new()
+                };
             let (mean, m2) = planes_moments(&planes, &dests);
             let rs = finish(m2);
             let (shift, scale) = (Centre::of(mean), rs * gamma[c]);

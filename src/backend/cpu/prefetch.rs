@@ -45,6 +45,24 @@ pub const fn fits_l1<T>(elems: usize) -> bool {
     elems.saturating_mul(std::mem::size_of::<T>()) <= L1_BYTES
 }
 
+/// The L2 cache assumed by the prefetch decisions: 2 MiB, a current server core's (Sapphire
+/// Rapids and later; this project's AVX-512 VMs).
+pub const L2_BYTES: usize = 2 * 1024 * 1024;
+
+/// Whether `elems` elements of `T` fit in [`L2_BYTES`]. BatchNorm's channels-first training
+/// forward and the channels-first backward prefetch a unit's output (a channel's `y`, a
+/// unit's `dx`) during its statistics or sums pass only when the unit's tensors fit in L2
+/// together: past that, the output lines are evicted before the apply writes them, and the
+/// prefetch is one more read of the whole output from memory. The standard cases' units fit
+/// (BatchNorm2d 32x64x56x56: `x` and `y` of a channel 784 KiB, with `dy` 1.2 MiB); one 1 GiB f32
+/// tensor (`normkit bench --min-elements 268435456`: 1338x64x56x56, 16 MiB per channel) ran
+/// BatchNorm2d NCHW training 1.28–1.33x faster without the prefetch (docs/perf/cpu.md, round
+/// 14).
+#[inline(always)]
+pub const fn fits_l2<T>(elems: usize) -> bool {
+    elems.saturating_mul(std::mem::size_of::<T>()) <= L2_BYTES
+}
+
 /// How far ahead of its reads the statistics pass over a long run prefetches the input
 /// ([`input_ahead`]): 1 KiB, 16 lines.
 pub const AHEAD_BYTES: usize = 1024;
@@ -119,6 +137,15 @@ pub fn line<T>(s: &[T], i: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn l2_fit_counts_bytes() {
+        assert!(fits_l2::<f32>(512 * 1024) && !fits_l2::<f32>(512 * 1024 + 1));
+        assert!(fits_l2::<half::bf16>(1024 * 1024) && !fits_l2::<half::bf16>(1024 * 1024 + 1));
+        // the standard BatchNorm2d channel's x and y fit; a 1338-sample one's do not
+        assert!(fits_l2::<f32>(2 * 32 * 3136) && !fits_l2::<f32>(2 * 1338 * 3136));
+        assert!(!fits_l2::<f32>(usize::MAX));
+    }
 
     #[test]
     fn lines_per_element_type() {
