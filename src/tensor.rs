@@ -487,6 +487,16 @@ impl<'a> Tensor<'a> {
     pub fn to_f64_vec(&self) -> Vec<f64> {
         strided_to_f64(self.data, &self.shape, &self.strides)
     }
+    /// `out[i] = f(element i)` in logical row-major order, for the first `out.len()` elements
+    /// (no temporary vector: per-call conversions on a hot path).
+    pub(crate) fn map_into<X>(&self, out: &mut [X], f: impl Fn(f64) -> X) {
+        let mut slots = out.iter_mut();
+        strided_for_each(self.data, &self.shape, &self.strides, |v| {
+            if let Some(slot) = slots.next() {
+                *slot = f(v);
+            }
+        });
+    }
     /// The same elements with a leading dim of size 1 (an unbatched input made batched).
     pub fn unsqueeze0(&self) -> Tensor<'a> {
         let mut shape = vec![1];
@@ -630,13 +640,23 @@ impl<'a> TensorMut<'a> {
 /// slice loop when the view is contiguous (per-channel parameters, on every op call), the
 /// offset walk otherwise.
 fn strided_to_f64(data: HostData<'_>, shape: &[usize], strides: &[usize]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(shape.iter().product());
+    strided_for_each(data, shape, strides, |v| out.push(v));
+    out
+}
+
+/// `f` of every element in logical row-major order, as f64.
+fn strided_for_each(
+    data: HostData<'_>,
+    shape: &[usize],
+    strides: &[usize],
+    mut f: impl FnMut(f64),
+) {
     let numel: usize = shape.iter().product();
     if strides_match(shape, strides, &contiguous_strides(shape)) {
-        return dispatch_data!(data, s => s[..numel].iter().map(|v| v.to_f64()).collect());
+        return dispatch_data!(data, s => s[..numel].iter().for_each(|v| f(v.to_f64())));
     }
-    let mut out = Vec::with_capacity(numel);
-    for_each_offset(shape, strides, |off| out.push(data.get_f64(off)));
-    out
+    for_each_offset(shape, strides, |off| f(data.get_f64(off)));
 }
 
 /// Offset of flat row-major index `i` under `strides`.
@@ -759,6 +779,28 @@ mod tests {
         let k = big.first_aligned(64);
         assert!(k < 32);
         assert_eq!(big.range_data(k..k + 1).addr() % 64, 0);
+    }
+
+    #[test]
+    fn map_into_reads_in_logical_order() {
+        let v: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        // contiguous, and a transposed view: logical [[0, 3], [1, 4], [2, 5]]
+        let mut out = [0i64; 6];
+        Tensor::new(&v, &[2, 3])
+            .unwrap()
+            .map_into(&mut out, |x| x as i64 * 10);
+        assert_eq!(out, [0, 10, 20, 30, 40, 50]);
+        let t = Tensor::with_strides(&v, &[3, 2], &[1, 3]).unwrap();
+        t.map_into(&mut out, |x| x as i64);
+        assert_eq!(out, [0, 3, 1, 4, 2, 5]);
+        assert_eq!(t.to_f64_vec(), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        // a shorter output takes the first elements; a longer one keeps its tail
+        let mut short = [0i64; 2];
+        t.map_into(&mut short, |x| x as i64);
+        assert_eq!(short, [0, 3]);
+        let mut long = [-1i64; 8];
+        t.map_into(&mut long, |x| x as i64);
+        assert_eq!(long, [0, 3, 1, 4, 2, 5, -1, -1]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::backend::cpu::backward::{self as kernels, GradCoefficients};
 use crate::backend::cpu::moments::Centre;
+use crate::backend::cpu::scratch::Scratch;
 use crate::backend::cpu::{ChannelLayout, Geom, LrnParams};
 use crate::comm::Communicator;
 use crate::dtype::{DType, Real};
@@ -674,8 +675,11 @@ pub fn layer_norm_backward(
     let accumulate = args.grads.accumulate;
     let (dw, db) = with_element!(x.dtype(), T => {
         type C = <T as crate::Element>::Compute;
-        let mu: Vec<Centre<C>> = args.mean.to_f64_vec().into_iter().map(Centre::of).collect();
-        let r: Vec<C> = param_values(Some(&args.invstd), rows, 0.0);
+        // per-row, so from the scratch pool (no per-call allocation of `rows` values)
+        let mut mu = Scratch::filled(Centre::<C>::default(), rows);
+        args.mean.map_into(&mut mu, Centre::of);
+        let mut r = Scratch::filled(C::ZERO, rows);
+        args.invstd.map_into(&mut r, C::from_f64);
         let w: Option<Vec<C>> = args.weight.as_ref().map(|w| param_values(Some(w), cols, 1.0));
         run_dense_grad::<T, _>(OP, x, grad_output, args.grads.grad_input.as_mut(), false, |xs, gs, dx, _| {
             kernels::layer_norm_backward(xs, gs, dx, cols, &mu, &r, w.as_deref())
