@@ -203,3 +203,53 @@ fn cuda_device_bench_without_a_gpu_is_a_clear_error() {
         text(&out.stdout)
     );
 }
+
+/// `--min-elements` grows a case's batch dimension (8192 rows of 768 and one element more take
+/// 8193 rows), and its bad uses are errors that name the option, not panics.
+#[test]
+fn cpu_bench_grows_cases_to_min_elements() {
+    let min = (8192 * 768 + 1).to_string();
+    let out = normkit(&[
+        "bench",
+        "--device",
+        "cpu",
+        "--json",
+        "--threads",
+        "1",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--warmup-ms",
+        "0",
+        "--dtype",
+        "f32",
+        "--filter",
+        "LayerNorm/8192x768/row-major/fwd",
+        "--min-elements",
+        &min,
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(v["shape"], serde_json::json!([8193, 768]), "{stdout}");
+    for (args, want) in [
+        (
+            vec!["--min-elements", "5", "--max-elements", "5"],
+            "--max-elements and --min-elements",
+        ),
+        (
+            vec!["--min-elements", "1073741825"],
+            "expected at most 1073741824",
+        ),
+        (vec!["--min-elements", "0"], "expected a positive integer"),
+    ] {
+        let out = normkit(&[&["bench", "--device", "cpu"], &args[..]].concat());
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(want) && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -32,8 +32,8 @@ kernels, timed by the host clock (a smoke test of the device path, not a GPU tim
 --filter matches the full-size names). --min-elements N (at most 2^30) grows every case's batch
 dimension to at least N elements, to run the cases on tensors larger than the last-level cache
 (with --bandwidth: against the same 1 GiB streams); it needs about (8 + 2 x element size) bytes
-of memory per element, more for backward cases. --device auto (the default) takes CUDA device 0 when this
-build has the cuda feature and finds a GPU, else the CPU (saying why).
+of memory per element, more for backward cases. --device auto (the default) takes CUDA device
+0 when this build has the cuda feature and finds a GPU, else the CPU (saying why).
 
 On the CPU each case is warmed up for at least --warmup runs (default 3) and --warmup-ms
 milliseconds (default 200; a fresh process's first runs are slower than its steady state;

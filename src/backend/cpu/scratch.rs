@@ -18,8 +18,9 @@
 //! The pool keeps at most [`KEEP_VECTORS`] vectors and [`KEEP_BYTES`] bytes per thread (past
 //! either bound the smallest vectors are freed, so many small temporaries do not shut a large
 //! one out; a vector larger than [`KEEP_BYTES`] is never kept), and frees everything when its
-//! thread exits. A vector goes to the pool of the thread that drops it. Nothing here can panic: a pool that cannot be reached (its thread is exiting, or a
-//! nested take on the same thread holds it) only means a fresh vector.
+//! thread exits. A vector goes to the pool of the thread that drops it. Nothing here can
+//! panic: a pool that cannot be reached (its thread is exiting, or a nested take on the same
+//! thread holds it) only means a fresh vector.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -102,10 +103,7 @@ impl<T: Copy + 'static> Drop for Scratch<T> {
             return;
         };
         let size = bytes(&v);
-        if size == 0 {
-            return;
-        }
-        if size > KEEP_BYTES {
+        if size == 0 || size > KEEP_BYTES {
             return;
         }
         let _ = SPARE.try_with(|s| {
