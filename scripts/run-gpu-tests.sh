@@ -10,7 +10,8 @@
 #   4. with NORMKIT_GPU_COMPARE=path/to/compare.py and a python3 that has torch with CUDA:
 #      `compare.py --device cuda` (normkit against PyTorch on the GPU, alternating rounds) into
 #      compare-gpu.md;
-#   5. compute-sanitizer memcheck/racecheck/synccheck on the CUDA device tests, if installed;
+#   5. compute-sanitizer memcheck/racecheck/synccheck on the CUDA device tests, if installed
+#      (NORMKIT_GPU_SANITIZE="tool ..." and NORMKIT_GPU_SANITIZE_TESTS="test ..." narrow it);
 #   6. the other (CPU-only) test executables, which CI also runs (NORMKIT_GPU_SKIP_CPU=1: not).
 # NORMKIT_GPU_SKIP="name ..." skips the steps of those names (e.g. kernels_compile, which CI
 # runs with the same NVRTC). NORMKIT_GPU_BUDGET_S=N (default: none) skips the steps that would start after N seconds and
@@ -111,11 +112,13 @@ elif [ -n "${NORMKIT_GPU_COMPARE:-}" ]; then
 fi
 
 if command -v compute-sanitizer >/dev/null 2>&1; then
-    for tool in memcheck racecheck synccheck; do
-        for t in cuda_device cuda_device_backward cuda_modules capi_cuda; do
+    for tool in ${NORMKIT_GPU_SANITIZE:-memcheck racecheck synccheck}; do
+        for t in ${NORMKIT_GPU_SANITIZE_TESTS:-cuda_device cuda_device_backward cuda_modules capi_cuda}; do
             # API errors are not reported: tests provoke some on purpose (host pointers given
-            # to cuPointerGetAttribute); capi_cuda's C work runs in child processes
+            # to cuPointerGetAttribute); capi_cuda's C work runs in child processes, and its
+            # harness process makes no CUDA call (without --require-cuda-init no: exit 255)
             step "sanitizer-$tool-$t" 150 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+                --require-cuda-init no \
                 --report-api-errors no --target-processes all "$here/bin/$t" --test-threads=1
         done
     done

@@ -9,7 +9,7 @@ machine a case whose range straddles 1.0x is a tie, whatever its median says.
 
     python3 benches/compare/compare.py [--normkit target/release/normkit] [--reps 11]
         [--rounds 3] [--threads 1 2] [--dtypes float32 bfloat16] [--filter SUBSTR]
-        [--bandwidth] [--markdown] [--settle 0.25] [--device cpu|cuda]
+        [--bandwidth] [--markdown] [--settle 0.25] [--device cpu|cuda] [--min-elements N]
 
 With --device cuda both sides run on GPU 0 (`normkit bench --device cuda`, PyTorch on
 torch.device("cuda")), each timed with CUDA events around every call after warm-up calls; a
@@ -175,9 +175,12 @@ def time_normkit(exe, case, threads, reps, warmup_ms, max_elements=None):
     return rows[0]
 
 
-def time_normkit_suite(exe, dtypes, filt, reps):
-    """One `normkit bench --device cuda` run over the whole (filtered) suite: {name: row}."""
+def time_normkit_suite(exe, dtypes, filt, reps, min_elements=None):
+    """One `normkit bench --device cuda` run over the whole (filtered) suite: {name: row}, keyed
+    by the standard (full-size) case name even when --min-elements grew the shapes."""
     cmd = [exe, "bench", "--device", "cuda", "--json", "--reps", str(reps)]
+    if min_elements:
+        cmd += ["--min-elements", str(min_elements)]
     for d in dtypes:
         cmd += ["--dtype", d]
     if filt:
@@ -187,7 +190,13 @@ def time_normkit_suite(exe, dtypes, filt, reps):
         if line.startswith("FAILED"):
             print(line, file=sys.stderr)
     rows = [json.loads(l) for l in run.stdout.splitlines() if l.startswith("{")]
-    return {name(r): r for r in rows}
+    return {standard_name(r): r for r in rows}
+
+
+def standard_name(row):
+    """A bench row's case name with its batch (first) dim left out: --min-elements grows the
+    batch dim only, so this names the same case at either size."""
+    return name(dict(row, shape=["N"] + list(row["shape"][1:])))
 
 
 def gpu_bandwidth():
@@ -210,21 +219,27 @@ def compare_cuda(args, suite):
         for who in order:
             if who == "n":
                 for k, row in time_normkit_suite(args.normkit, args.dtypes, args.filter,
-                                                 args.reps).items():
+                                                 args.reps, args.min_elements).items():
                     nk.setdefault(k, []).append(row)
             else:
                 for c in cases:
+                    k = standard_name(c)
+                    if args.min_elements:  # PyTorch runs the shape normkit ran (round 0: first)
+                        if k not in nk:
+                            continue
+                        c = dict(c, shape=nk[k][0]["shape"])
                     ms, err = time_torch(c, suite, 1, args.reps, dev, warmup=3, warmup_ms=0.0)
                     if ms is None:
-                        errs[name(c)] = err
-                    th.setdefault(name(c), []).append(ms)
+                        errs[k] = err
+                    th.setdefault(k, []).append(ms)
                 torch.cuda.empty_cache()
     rows = []
     for c in cases:
-        k = name(c)
+        k = standard_name(c)
         if k not in nk:
-            print(f"{k}: no normkit result", file=sys.stderr)
+            print(f"{name(c)}: no normkit result", file=sys.stderr)
             continue
+        c = dict(c, shape=nk[k][0]["shape"])
         n_ms = statistics.median(r["median_ms"] for r in nk[k])
         ok = [v for v in th.get(k, []) if v is not None]
         t_ms = statistics.median(ok) if ok else None
@@ -257,6 +272,11 @@ def main():
                     help="CPU: shrink every case to about this many elements (normkit's rule: "
                          "batch first, then spatial dims; both sides get the shrunk shape), "
                          "to compare the per-call cost on small tensors")
+    ap.add_argument("--min-elements", type=int, default=None,
+                    help="CUDA: grow every case's batch dim to at least this many elements "
+                         "(normkit's --min-elements; PyTorch gets the same shapes), so the "
+                         "working set is several times the GPU's L2 and per-call host time "
+                         "is a small share")
     ap.add_argument("--settle", type=float, default=0.25,
                     help="seconds of idleness before each side's timing, so that neither "
                          "side's still-spinning worker threads (PyTorch's OpenMP spin-wait, "
