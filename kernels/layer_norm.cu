@@ -135,12 +135,18 @@ NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
 
 // ---- Backward ------------------------------------------------------------------------------
 // layer_norm_bwd: one block per row (blockDim.x = 32..512, chosen by the host from cols),
-// grid-stride over rows, grid <= 2·SMs. Per row, with d = x − μ, ĝ = dy·γ:
+// grid-stride over rows, grid = SMs × (LN_BWD_THREADS_PER_SM / blockDim.x) (launch.rs). Per
+// row, with d = x − μ, ĝ = dy·γ:
 //   a = Σĝ/cols·r, b = Σĝ·d/cols·r³, dx = ĝ·r − a − d·b        (CPU order, sums in C)
-// and each thread accumulates dγ_j += dy·d·r, dβ_j += dy for its columns j = it·T + tid:
-// in registers when the row fits (cols <= T·LN_BWD_VALUES; x and dy are then read once), else
-// straight into the block's own workspace row (x and dy read twice, the second mostly from
-// L2). Partials: workspace[block][cols] of dγ, then of dβ (no atomics).
+// and each thread accumulates dγ_j += dy·d·r, dβ_j += dy for its columns:
+//   resident (cols <= T·LN_BWD_VALUES): thread t holds the packs q = it·T + t (16-byte packs
+//            of N elements, columns q·N .. q·N+N−1, memory.cuh) of x and dy in registers, γ
+//            for its columns once per block, dγ/dβ in registers; x and dy are read once, dx
+//            written as packs;
+//   streaming: element by element, x and dy read twice (the second mostly from L2), dγ/dβ
+//            straight into the block's own workspace row.
+// The two row sums are one block reduction (block_all_reduce_sum2). Partials:
+// workspace[block][cols] of dγ, then of dβ (no atomics).
 // layer_norm_bwd_params: 32 columns × 16 slices per block sum the partials in a fixed order
 // (deterministic) and write / accumulate grad_weight and grad_bias.
 #define LN_BWD_VALUES 8
@@ -149,7 +155,8 @@ NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
 template <class S, int VALUES>
 NK_DEVICE void layer_norm_bwd(const LayerNormBwdParams p) {
     typedef typename Traits<S>::C C;
-    __shared__ C smem[32];
+    enum { N = PackWidth<S>::N, ITERS = VALUES / PackWidth<S>::N };
+    __shared__ C smem[64];
     const S* x = static_cast<const S*>(p.x);
     const S* dy = static_cast<const S*>(p.dy);
     S* dx = static_cast<S*>(p.dx);
@@ -162,10 +169,83 @@ NK_DEVICE void layer_norm_bwd(const LayerNormBwdParams p) {
     C* pdb = params ? static_cast<C*>(p.workspace) + (p.partials + blockIdx.x) * cols : 0;
     const bool resident = cols <= nthreads * VALUES;
     const C m = (C)cols;
-    C adw[VALUES], adb[VALUES];
+    if (resident) {
+        const bool vec_ok = is_aligned16(x) && is_aligned16(dy) && optional_aligned16(dx) &&
+                            cols % N == 0;
+        const bool w_vec = vec_ok && optional_aligned16(w);
+        C wv[ITERS][N], adw[ITERS][N], adb[ITERS][N];
 #pragma unroll
-    for (int it = 0; it < VALUES; ++it) adw[it] = adb[it] = (C)0;
-    if (params && !resident)
+        for (int it = 0; it < ITERS; ++it) {
+            const i64 j = ((i64)it * nthreads + tid) * N;
+            if (w) {
+                load_params<C, N>(w, j, cols, w_vec, wv[it]);
+            } else {
+#pragma unroll
+                for (int k = 0; k < N; ++k) wv[it][k] = (C)1;
+            }
+#pragma unroll
+            for (int k = 0; k < N; ++k) adw[it][k] = adb[it][k] = (C)0;
+        }
+        for (i64 row = blockIdx.x; row < p.rows; row += gridDim.x) {
+            const S* xr = x + row * cols;
+            const S* gr = dy + row * cols;
+            const C mu = static_cast<const C*>(p.mean)[row];
+            const C rs = static_cast<const C*>(p.rstd)[row];
+            C xv[ITERS][N], gv[ITERS][N];
+#pragma unroll
+            for (int it = 0; it < ITERS; ++it) {
+                const i64 j = ((i64)it * nthreads + tid) * N;
+                load_pack<S, N>(xr, j, cols, vec_ok, xv[it]);
+                load_pack<S, N>(gr, j, cols, vec_ok, gv[it]);
+            }
+            C sa = (C)0, sb = (C)0;
+#pragma unroll
+            for (int it = 0; it < ITERS; ++it) {
+                const i64 j = ((i64)it * nthreads + tid) * N;
+#pragma unroll
+                for (int k = 0; k < N; ++k)
+                    if (j + k < cols) {
+                        const C d = xv[it][k] - mu;
+                        const C gw = w ? gv[it][k] * wv[it][k] : gv[it][k];
+                        sa += gw;
+                        sb += gw * d;
+                        adw[it][k] += gv[it][k] * d * rs;
+                        adb[it][k] += gv[it][k];
+                    }
+            }
+            block_all_reduce_sum2(sa, sb, smem);
+            if (dx) {
+                const C a = sa / m * rs;
+                const C b = sb / m * rs * rs * rs;
+                S* dr = dx + row * cols;
+#pragma unroll
+                for (int it = 0; it < ITERS; ++it) {
+                    const i64 j = ((i64)it * nthreads + tid) * N;
+                    if (j < cols) {
+                        C o[N];
+#pragma unroll
+                        for (int k = 0; k < N; ++k) {
+                            const C gw = w ? gv[it][k] * wv[it][k] : gv[it][k];
+                            o[k] = gw * rs - a - (xv[it][k] - mu) * b;
+                        }
+                        store_pack<S, N>(dr, j, cols, vec_ok, o);
+                    }
+                }
+            }
+        }
+        if (params) {
+#pragma unroll
+            for (int q = 0; q < ITERS * N; ++q) {  // pack q / N, lane q % N
+                const i64 j = ((i64)(q / N) * nthreads + tid) * N + q % N;
+                if (j < cols) {
+                    pdw[j] = adw[q / N][q % N];
+                    pdb[j] = adb[q / N][q % N];
+                }
+            }
+        }
+        return;
+    }
+    if (params)
         for (i64 j = tid; j < cols; j += nthreads) pdw[j] = pdb[j] = (C)0;
     for (i64 row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const S* xr = x + row * cols;
@@ -173,72 +253,27 @@ NK_DEVICE void layer_norm_bwd(const LayerNormBwdParams p) {
         const C mu = static_cast<const C*>(p.mean)[row];
         const C rs = static_cast<const C*>(p.rstd)[row];
         C sa = (C)0, sb = (C)0;
-        if (resident) {
-            C xv[VALUES], gv[VALUES];
-#pragma unroll
-            for (int it = 0; it < VALUES; ++it) {
-                const i64 j = it * nthreads + tid;
-                const bool in = j < cols;
-                xv[it] = in ? Traits<S>::load(xr[j]) : (C)0;
-                gv[it] = in ? Traits<S>::load(gr[j]) : (C)0;
-                if (in) {
-                    const C d = xv[it] - mu;
-                    const C gw = w ? gv[it] * w[j] : gv[it];
-                    sa += gw;
-                    sb += gw * d;
-                    adw[it] += gv[it] * d * rs;
-                    adb[it] += gv[it];
-                }
+        for (i64 j = tid; j < cols; j += nthreads) {
+            const C g = Traits<S>::load(gr[j]);
+            const C d = Traits<S>::load(xr[j]) - mu;
+            const C gw = w ? g * w[j] : g;
+            sa += gw;
+            sb += gw * d;
+            if (params) {
+                pdw[j] += g * d * rs;
+                pdb[j] += g;
             }
-            sa = block_all_reduce_sum(sa, smem);
-            sb = block_all_reduce_sum(sb, smem);
-            if (dx) {
-                const C a = sa / m * rs;
-                const C b = sb / m * rs * rs * rs;
-                S* dr = dx + row * cols;
-#pragma unroll
-                for (int it = 0; it < VALUES; ++it) {
-                    const i64 j = it * nthreads + tid;
-                    if (j < cols) {
-                        const C gw = w ? gv[it] * w[j] : gv[it];
-                        dr[j] = Traits<S>::store(gw * rs - a - (xv[it] - mu) * b);
-                    }
-                }
-            }
-        } else {
+        }
+        block_all_reduce_sum2(sa, sb, smem);
+        if (dx) {
+            const C a = sa / m * rs;
+            const C b = sb / m * rs * rs * rs;
+            S* dr = dx + row * cols;
             for (i64 j = tid; j < cols; j += nthreads) {
                 const C g = Traits<S>::load(gr[j]);
                 const C d = Traits<S>::load(xr[j]) - mu;
                 const C gw = w ? g * w[j] : g;
-                sa += gw;
-                sb += gw * d;
-                if (params) {
-                    pdw[j] += g * d * rs;
-                    pdb[j] += g;
-                }
-            }
-            sa = block_all_reduce_sum(sa, smem);
-            sb = block_all_reduce_sum(sb, smem);
-            if (dx) {
-                const C a = sa / m * rs;
-                const C b = sb / m * rs * rs * rs;
-                S* dr = dx + row * cols;
-                for (i64 j = tid; j < cols; j += nthreads) {
-                    const C g = Traits<S>::load(gr[j]);
-                    const C d = Traits<S>::load(xr[j]) - mu;
-                    const C gw = w ? g * w[j] : g;
-                    dr[j] = Traits<S>::store(gw * rs - a - d * b);
-                }
-            }
-        }
-    }
-    if (params && resident) {
-#pragma unroll
-        for (int it = 0; it < VALUES; ++it) {
-            const i64 j = it * nthreads + tid;
-            if (j < cols) {
-                pdw[j] = adw[it];
-                pdb[j] = adb[it];
+                dr[j] = Traits<S>::store(gw * rs - a - d * b);
             }
         }
     }
@@ -259,6 +294,7 @@ NK_DEVICE void layer_norm_bwd_params(const LayerNormBwdParams p) {
         const i64 j = tile + tx;
         C sw = (C)0, sb = (C)0;
         if (j < p.cols)
+#pragma unroll 4
             for (i64 k = ty; k < p.partials; k += slices) {
                 sw += ws[k * p.cols + j];
                 sb += ws[(p.partials + k) * p.cols + j];

@@ -17,6 +17,9 @@ fn every_kernel_module_compiles_without_spills() {
     }
     let (major, minor) = nvrtc::version().expect("nvrtcVersion");
     eprintln!("NVRTC {major}.{minor}");
+    // NORMKIT_PTXAS_REPORT=1 prints ptxas's report (registers, shared memory, stack, spills per
+    // entry point) for sm_90: occupancy read at no device time (run with --nocapture)
+    let report = std::env::var("NORMKIT_PTXAS_REPORT").as_deref() == Ok("1");
     let mut failures = Vec::new();
     for m in modules::all() {
         for arch in ["sm_80", "sm_90"] {
@@ -28,6 +31,9 @@ fn every_kernel_module_compiles_without_spills() {
             match nvrtc::compile_uncached(m.source, &format!("{}.cu", m.name), &opts) {
                 Err(e) => failures.push(format!("{} {arch}: {e}", m.name)),
                 Ok(c) => {
+                    if report && arch == "sm_90" {
+                        eprintln!("== {} {arch}\n{}", m.name, c.log);
+                    }
                     for e in m.entry_points {
                         if !c.ptx.contains(&format!(".entry {e}(")) {
                             failures.push(format!("{} {arch}: entry {e} missing from PTX", m.name));

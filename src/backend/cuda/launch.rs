@@ -253,8 +253,11 @@ pub const LN_BWD_RESIDENT_COLS: usize = LN_BWD_MAX_THREADS * LN_BWD_VALUES;
 /// Block of the LayerNorm dγ/dβ merge: 32 columns × 16 slices of the partial rows (was one
 /// thread per column summing every partial row: `cols` threads, a few SMs, for 2·SMs rows).
 const LN_BWD_PARAMS_BLOCK: [u32; 3] = [32, 16, 1];
-/// Blocks per SM of the LayerNorm backward (bounds the dγ/dβ partials to 2·SMs rows).
-const LN_BWD_BLOCKS_PER_SM: usize = 2;
+/// Threads per SM the LayerNorm backward's grid aims at: SMs × (this / block) blocks, 1 to 16
+/// per SM (was 2 blocks per SM whatever the block: 256 threads per SM for 1024-column rows,
+/// which left the row loop latency-bound: 16384×1024 took the same 0.189 ms in f32 and bf16 on
+/// an H200). ptxas gives the row kernel about 100 registers, so about 600 threads fit an SM.
+const LN_BWD_THREADS_PER_SM: usize = 512;
 
 /// Plan of a LayerNorm backward: the row kernel (dx + per-block dγ/dβ partials) and the
 /// column kernel that merges the partials (launch it only when dγ or dβ is requested).
@@ -269,15 +272,16 @@ pub struct LayerNormBwdPlan {
 }
 
 /// LayerNorm backward over `rows` × `cols` (both ≥ 1): one block per row with 32–512 threads
-/// (enough for `cols` at [`LN_BWD_VALUES`] per thread), grid ≤ 2·SMs; the merge of the partial
-/// rows takes one block per 32 columns.
+/// (enough for `cols` at [`LN_BWD_VALUES`] per thread), grid ≤ SMs × (512 / threads), 1 to 16
+/// blocks per SM; the merge of the partial rows takes one block per 32 columns.
 pub fn layer_norm_bwd(dtype: DType, rows: usize, cols: usize, sms: u32) -> LayerNormBwdPlan {
     let t = dtype_suffix(dtype);
     let threads = cols
         .div_ceil(LN_BWD_VALUES)
         .next_power_of_two()
         .clamp(32, LN_BWD_MAX_THREADS) as u32;
-    let partials = rows.clamp(1, LN_BWD_BLOCKS_PER_SM * sms.max(1) as usize);
+    let per_sm = (LN_BWD_THREADS_PER_SM / threads as usize).clamp(1, 16);
+    let partials = rows.clamp(1, per_sm * sms.max(1) as usize);
     LayerNormBwdPlan {
         rows: Launch {
             kernel: format!("layer_norm_bwd_{t}"),
@@ -527,11 +531,19 @@ mod tests {
         assert_eq!(p.rows.config.block, [512, 1, 1]);
         assert_eq!(p.params.config.block, [32, 16, 1]);
         assert_eq!(p.params.config.grid, [129, 1, 1]);
-        assert_eq!(p.partials, 264);
+        assert_eq!(p.partials, 132, "512-thread blocks: one per SM");
         assert_eq!(p.rows.kernel, "layer_norm_bwd_f64");
         assert_eq!(p.params.kernel, "layer_norm_bwd_params_f64");
         let p = layer_norm_bwd(DType::F32, 4096, 4096, 132);
         assert_eq!(p.rows.config.block, [512, 1, 1]);
+        let p = layer_norm_bwd(DType::BF16, 16384, 1024, 132);
+        assert_eq!(p.rows.config.block, [128, 1, 1]);
+        assert_eq!(p.partials, 4 * 132, "128-thread blocks: four per SM");
+        assert_eq!(
+            layer_norm_bwd(DType::F32, 100_000, 8, 132).partials,
+            16 * 132
+        );
+        assert_eq!(layer_norm_bwd(DType::F32, 5, 1024, 132).partials, 5);
         let p = layer_norm_bwd(DType::BF16, 3, 1025, 132);
         assert_eq!(p.rows.config.block, [256, 1, 1]);
         let p = layer_norm_bwd(DType::F16, 3, 513, 132);
