@@ -24,6 +24,11 @@ namespace normkit {
 
 #define LN_WARP_VALUES 32
 #define LN_BLOCK_VALUES 16
+// __launch_bounds__(256, 3): at most 85 registers a thread, so three 256-thread blocks (768
+// threads) per SM; unbounded, ptxas took 93 (bf16) / 99 (f32) registers, two blocks per SM,
+// and rows of 4096 ran latency-bound (bf16 no faster than f32 on an H200). f64 stays
+// unbounded: at three blocks, or at two on sm_80, it spills (kernels_compile test).
+#define LN_BLOCK_BOUNDS 256, 3
 
 // (v − μ)·r·γ_j + β_j for the pack of N values at columns [j, j + N). γ and β come through
 // load_params: vector loads when `params_vec`, and lanes past the row (j + k >= cols: padding
@@ -324,10 +329,13 @@ NK_ENTRY(layer_norm_fwd_warp_f32, LayerNormParams, layer_norm_fwd_warp<float, LN
 NK_ENTRY(layer_norm_fwd_warp_f64, LayerNormParams, layer_norm_fwd_warp<double, LN_WARP_VALUES>)
 NK_ENTRY(layer_norm_fwd_warp_f16, LayerNormParams, layer_norm_fwd_warp<f16, LN_WARP_VALUES>)
 NK_ENTRY(layer_norm_fwd_warp_bf16, LayerNormParams, layer_norm_fwd_warp<bf16, LN_WARP_VALUES>)
-NK_ENTRY(layer_norm_fwd_block_f32, LayerNormParams, layer_norm_fwd_block<float, LN_BLOCK_VALUES>)
+NK_ENTRY_BOUNDED(layer_norm_fwd_block_f32, LayerNormParams, LN_BLOCK_BOUNDS,
+                 layer_norm_fwd_block<float, LN_BLOCK_VALUES>)
 NK_ENTRY(layer_norm_fwd_block_f64, LayerNormParams, layer_norm_fwd_block<double, LN_BLOCK_VALUES>)
-NK_ENTRY(layer_norm_fwd_block_f16, LayerNormParams, layer_norm_fwd_block<f16, LN_BLOCK_VALUES>)
-NK_ENTRY(layer_norm_fwd_block_bf16, LayerNormParams, layer_norm_fwd_block<bf16, LN_BLOCK_VALUES>)
+NK_ENTRY_BOUNDED(layer_norm_fwd_block_f16, LayerNormParams, LN_BLOCK_BOUNDS,
+                 layer_norm_fwd_block<f16, LN_BLOCK_VALUES>)
+NK_ENTRY_BOUNDED(layer_norm_fwd_block_bf16, LayerNormParams, LN_BLOCK_BOUNDS,
+                 layer_norm_fwd_block<bf16, LN_BLOCK_VALUES>)
 NK_ENTRY_BOUNDED(layer_norm_bwd_f32, LayerNormBwdParams, LN_BWD_MAX_THREADS,
                  layer_norm_bwd<float, LN_BWD_VALUES>)
 NK_ENTRY_BOUNDED(layer_norm_bwd_f64, LayerNormBwdParams, LN_BWD_MAX_THREADS,

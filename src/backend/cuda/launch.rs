@@ -437,6 +437,32 @@ mod tests {
         );
     }
 
+    /// The LayerNorm forward block kernels are bounded for occupancy (`LN_BLOCK_BOUNDS`, three
+    /// blocks per SM) with exactly the block the host launches: a larger block than the bound
+    /// would fail at launch on a GPU only.
+    #[test]
+    fn layer_norm_block_bounds_match_the_launch() {
+        use crate::backend::cuda::modules::module_of;
+        let src = module_of("layer_norm_fwd_block_f32")
+            .expect("a module")
+            .source;
+        let define = format!("#define LN_BLOCK_BOUNDS {LN_BLOCK_THREADS}, 3\n");
+        assert!(src.contains(&define), "layer_norm.cu lacks '{define}'");
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let l = layer_norm_fwd(dt, 8, LN_BLOCK_RESIDENT_COLS, 132);
+            assert_eq!(l.config.block, [LN_BLOCK_THREADS, 1, 1]);
+            let line = format!(
+                "NK_ENTRY_BOUNDED({}, LayerNormParams, LN_BLOCK_BOUNDS,",
+                l.kernel
+            );
+            assert!(
+                src.contains(&line),
+                "{}: not declared with {line}",
+                l.kernel
+            );
+        }
+    }
+
     /// Blocks over 256 threads launch only kernels declared with `__launch_bounds__` of at least
     /// that size (without it a kernel may be compiled for more registers than such a block can
     /// have, and fails at launch on a GPU only: layer_norm_bwd_bf16 did at 512 threads).
