@@ -733,6 +733,104 @@ fn instance_norm_running_case(
     }
 }
 
+/// One BatchNorm training step (running statistics, a batch counter from 3) on the CPU and on
+/// `dev` from the same operands: the device operands and the host running statistics after it,
+/// and `(part, device, cpu)` for y, the saved mean and invstd, and the running statistics.
+struct BnTrainStep {
+    xd: DeviceBuffer,
+    wd: DeviceBuffer,
+    rmd: DeviceBuffer,
+    rvd: DeviceBuffer,
+    rmh: Buffer,
+    rvh: Buffer,
+    outs: Vec<(&'static str, Vec<f64>, Vec<f64>)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bn_train_step(
+    dev: &CudaDevice,
+    xb: &Buffer,
+    shape: &[usize],
+    lay: Layout,
+    wb: &Buffer,
+    bb: &Buffer,
+    rm: &Buffer,
+    momentum: Option<f64>,
+) -> BnTrainStep {
+    let (d, n, c) = (xb.dtype(), xb.len(), shape[1]);
+    let rv = Buffer::filled(d.stat_dtype(), c, 1.0);
+    let (mut rmh, mut rvh) = (rm.clone(), rv.clone());
+    let mut yb = Buffer::filled(d, n, 0.0);
+    let mut count_h = 3i64;
+    let cpu = batch_norm(
+        &host(xb, shape, lay),
+        &mut host_mut(&mut yb, shape, lay),
+        BatchNormArgs {
+            weight: Some(wb.view()),
+            bias: Some(bb.view()),
+            running_mean: Some(rmh.view_mut()),
+            running_var: Some(rvh.view_mut()),
+            num_batches_tracked: Some(&mut count_h),
+            training: true,
+            momentum,
+            eps: 1e-5,
+        },
+    )
+    .unwrap();
+    let (xd, wd, bd) = (upload(dev, xb), upload(dev, wb), upload(dev, bb));
+    let (mut rmd, mut rvd) = (upload(dev, rm), upload(dev, &rv));
+    let mut yd = dev.alloc(d, n).unwrap();
+    let mut count_d = 3i64;
+    let stats = dev
+        .batch_norm(
+            &dview(&xd, shape, lay),
+            &mut dview_mut(&mut yd, shape, lay),
+            CudaBatchNormArgs {
+                weight: Some(wd.view(&[c]).unwrap()),
+                bias: Some(bd.view(&[c]).unwrap()),
+                running_mean: Some(rmd.view_mut(&[c]).unwrap()),
+                running_var: Some(rvd.view_mut(&[c]).unwrap()),
+                num_batches_tracked: Some(&mut count_d),
+                training: true,
+                momentum,
+                eps: 1e-5,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        count_d, count_h,
+        "batch_norm {shape:?}: num_batches_tracked"
+    );
+    let outs = vec![
+        ("y", yd.download_f64().unwrap(), yb.to_f64_vec()),
+        (
+            "mean",
+            stats.mean.download_f64().unwrap(),
+            cpu.mean.to_f64_vec(),
+        ),
+        (
+            "invstd",
+            stats.invstd.download_f64().unwrap(),
+            cpu.invstd.to_f64_vec(),
+        ),
+        (
+            "running_mean",
+            rmd.download_f64().unwrap(),
+            rmh.to_f64_vec(),
+        ),
+        ("running_var", rvd.download_f64().unwrap(), rvh.to_f64_vec()),
+    ];
+    BnTrainStep {
+        xd,
+        wd,
+        rmd,
+        rvd,
+        rmh,
+        rvh,
+        outs,
+    }
+}
+
 #[test]
 fn batch_norm_matches_cpu() {
     let Some(dev) = gpu("batch_norm_matches_cpu") else {
@@ -749,62 +847,11 @@ fn batch_norm_matches_cpu() {
                     let wb = Buffer::from_f64(d.stat_dtype(), &values(c, 10));
                     let bb = Buffer::from_f64(d.stat_dtype(), &values(c, 11));
                     let rm = Buffer::from_f64(d.stat_dtype(), &values(c, 12));
-                    let rv = Buffer::filled(d.stat_dtype(), c, 1.0);
-                    let (mut rmh, mut rvh) = (rm.clone(), rv.clone());
-                    let mut yb = Buffer::filled(d, n, 0.0);
-                    let mut count_h = 3i64;
-                    let cpu = batch_norm(
-                        &host(&xb, &shape, lay),
-                        &mut host_mut(&mut yb, &shape, lay),
-                        BatchNormArgs {
-                            weight: Some(wb.view()),
-                            bias: Some(bb.view()),
-                            running_mean: Some(rmh.view_mut()),
-                            running_var: Some(rvh.view_mut()),
-                            num_batches_tracked: Some(&mut count_h),
-                            training: true,
-                            momentum,
-                            eps: 1e-5,
-                        },
-                    )
-                    .unwrap();
-                    let (xd, wd, bd) = (upload(&dev, &xb), upload(&dev, &wb), upload(&dev, &bb));
-                    let (mut rmd, mut rvd) = (upload(&dev, &rm), upload(&dev, &rv));
-                    let mut yd = dev.alloc(d, n).unwrap();
-                    let mut count_d = 3i64;
-                    let stats = dev
-                        .batch_norm(
-                            &dview(&xd, &shape, lay),
-                            &mut dview_mut(&mut yd, &shape, lay),
-                            CudaBatchNormArgs {
-                                weight: Some(wd.view(&[c]).unwrap()),
-                                bias: Some(bd.view(&[c]).unwrap()),
-                                running_mean: Some(rmd.view_mut(&[c]).unwrap()),
-                                running_var: Some(rvd.view_mut(&[c]).unwrap()),
-                                num_batches_tracked: Some(&mut count_d),
-                                training: true,
-                                momentum,
-                                eps: 1e-5,
-                            },
-                        )
-                        .unwrap();
+                    let mut t = bn_train_step(&dev, &xb, &shape, lay, &wb, &bb, &rm, momentum);
                     let what = format!("batch_norm {shape:?} {lay:?} {momentum:?}");
-                    assert_eq!(count_d, count_h);
-                    close(&what, d, &yd.download_f64().unwrap(), &yb.to_f64_vec());
-                    close(
-                        &what,
-                        d,
-                        &stats.mean.download_f64().unwrap(),
-                        &cpu.mean.to_f64_vec(),
-                    );
-                    close(
-                        &what,
-                        d,
-                        &stats.invstd.download_f64().unwrap(),
-                        &cpu.invstd.to_f64_vec(),
-                    );
-                    close(&what, d, &rmd.download_f64().unwrap(), &rmh.to_f64_vec());
-                    close(&what, d, &rvd.download_f64().unwrap(), &rvh.to_f64_vec());
+                    for (part, got, want) in &t.outs {
+                        close(&format!("{what} {part}"), d, got, want);
+                    }
                     // inference from the updated running statistics
                     let mut yb = Buffer::filled(d, n, 0.0);
                     batch_norm(
@@ -812,20 +859,21 @@ fn batch_norm_matches_cpu() {
                         &mut host_mut(&mut yb, &shape, lay),
                         BatchNormArgs {
                             weight: Some(wb.view()),
-                            running_mean: Some(rmh.view_mut()),
-                            running_var: Some(rvh.view_mut()),
+                            running_mean: Some(t.rmh.view_mut()),
+                            running_var: Some(t.rvh.view_mut()),
                             ..Default::default()
                         },
                     )
                     .unwrap();
+                    let mut yd = dev.alloc(d, n).unwrap();
                     let infer = dev
                         .batch_norm(
-                            &dview(&xd, &shape, lay),
+                            &dview(&t.xd, &shape, lay),
                             &mut dview_mut(&mut yd, &shape, lay),
                             CudaBatchNormArgs {
-                                weight: Some(wd.view(&[c]).unwrap()),
-                                running_mean: Some(rmd.view_mut(&[c]).unwrap()),
-                                running_var: Some(rvd.view_mut(&[c]).unwrap()),
+                                weight: Some(t.wd.view(&[c]).unwrap()),
+                                running_mean: Some(t.rmd.view_mut(&[c]).unwrap()),
+                                running_var: Some(t.rvd.view_mut(&[c]).unwrap()),
                                 ..Default::default()
                             },
                         )
@@ -921,4 +969,96 @@ fn device_errors_on_a_gpu() {
         .unwrap();
     assert!(s.mean.is_empty());
     dev.synchronize().unwrap();
+}
+
+/// `got` against `want` element by element: NaN where the CPU has NaN, the same infinity where
+/// it has one, else within the dtype's tolerance of the largest finite `want`.
+fn same_incl_nonfinite(what: &str, d: DType, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want
+        .iter()
+        .filter(|w| w.is_finite())
+        .fold(1.0f64, |m, w| m.max(w.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= tol(d) * scale
+        };
+        assert!(
+            ok,
+            "{what} [{d}] element {i}: device {g}, cpu {w} (scale {scale})"
+        );
+    }
+}
+
+/// BatchNorm training on data that breaks naive statistics, against the CPU op: a mean of 1e4
+/// with a spread of 1e-2 (f32/f64: E[x²] − E[x]² would lose every digit), constant channels
+/// (variance 0), and channels holding a NaN, a +inf, and both infinities. The statistics run in
+/// four-element Welford chunks merged per thread (welford_push_k) and across splits, so each
+/// case crosses the chunk, tail and split paths (4608 elements per channel).
+#[test]
+fn batch_norm_on_adversarial_data_matches_cpu() {
+    let Some(dev) = gpu("batch_norm_on_adversarial_data_matches_cpu") else {
+        return;
+    };
+    let shape = [8usize, 6, 24, 24];
+    let (n, c, s) = (shape.iter().product::<usize>(), shape[1], 24 * 24);
+    let noise = values(n, 21);
+    // element (b, ch, i) of the logical NCHW tensor
+    let data = |f: &dyn Fn(usize, usize, f64) -> f64| -> Vec<f64> {
+        (0..n)
+            .map(|e| f(e / (c * s), (e / s) % c, noise[e]))
+            .collect()
+    };
+    let large_mean = data(&|_, _, u| 1e4 + 1e-2 * u);
+    let constant = data(&|_, ch, _| ch as f64 - 2.5);
+    let non_finite = data(&|b, ch, u| match (b, ch) {
+        (3, 0) => f64::NAN,
+        (5, 1) => f64::INFINITY,
+        (1, 2) => f64::INFINITY,
+        (6, 2) => f64::NEG_INFINITY,
+        _ => u,
+    });
+    for (name, xs) in [
+        ("large mean", &large_mean),
+        ("constant", &constant),
+        ("non-finite", &non_finite),
+    ] {
+        for d in DType::ALL {
+            if name == "large mean" && matches!(d, DType::F16 | DType::BF16) {
+                continue; // 1e4 + 1e-2·u is not representable: a constant there
+            }
+            if name == "large mean" && d == DType::F32 {
+                // Known defect (docs/perf/gpu.md, "Open"): the device statistics of f32 input
+                // accumulate in f32 and centre on an f32 mean, so y is off by ~14 % here
+                // (PyTorch's level; the CPU op, f64 with a hi+lo centre, is within 1e-3).
+                eprintln!("{name} f32: skipped, known defect of the device f32 statistics");
+                continue;
+            }
+            for lay in LAYOUTS {
+                let what = format!("batch_norm {name} {lay:?}");
+                // the logical NCHW values, stored in `lay`
+                let stored: Vec<f64> = match lay {
+                    Layout::ChannelsLast => (0..n)
+                        .map(|e| {
+                            let (b, i, ch) = (e / (s * c), (e / c) % s, e % c);
+                            xs[(b * c + ch) * s + i]
+                        })
+                        .collect(),
+                    _ => xs.clone(),
+                };
+                let xb = Buffer::from_f64(d, &stored);
+                let wb = Buffer::from_f64(d.stat_dtype(), &values(c, 22));
+                let bb = Buffer::from_f64(d.stat_dtype(), &values(c, 23));
+                let rm = Buffer::filled(d.stat_dtype(), c, 0.0);
+                let t = bn_train_step(&dev, &xb, &shape, lay, &wb, &bb, &rm, Some(0.1));
+                for (part, got, want) in &t.outs {
+                    same_incl_nonfinite(&format!("{what} {part}"), d, got, want);
+                }
+            }
+        }
+    }
 }

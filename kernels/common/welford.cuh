@@ -49,6 +49,28 @@ template <class C> NK_DEVICE Welford<C> welford_merge(Welford<C> a, Welford<C> b
     return r;
 }
 
+// Adds K values held in registers: their own (K, mean, M2) by two passes over the registers
+// (the mean as Σ(x/K): no overflow where Σx would), then one merge (a then the K values) — one
+// division per K values where K welford_push calls take K. Non-finite values give the merge's
+// non-finite rule (mean Σx/n: ±inf or NaN; m2 NaN), as welford_push does.
+template <class C, int K> NK_DEVICE void welford_push_k(Welford<C>& w, const C (&v)[K]) {
+    const C inv = (C)1 / (C)K;
+    C m = (C)0;
+#pragma unroll
+    for (int k = 0; k < K; ++k) m += v[k] * inv;
+    C q = (C)0;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        const C d = v[k] - m;
+        q += d * d;
+    }
+    Welford<C> b;
+    b.n = K;
+    b.mean = m;
+    b.m2 = q;
+    w = welford_merge(w, b);
+}
+
 template <class C> NK_DEVICE Welford<C> warp_all_reduce_welford(Welford<C> w) {
     const int lane = (threadIdx.y * blockDim.x + threadIdx.x) & 31;
 #pragma unroll
