@@ -1116,7 +1116,8 @@ simd_clones! {
 /// position: chunk by chunk of [`LRN_CHUNK`] positions, the sums are taken from zero in window
 /// order in registers and divided out at once. Before: a plane-sized accumulator zeroed, then
 /// read and written once per window plane, then read by the division pass (37 % of the time in
-/// the accumulation). The same additions in the same order, so the same bits.
+/// the accumulation). The same additions in the same order and the same denominator as
+/// [`lrn_divide`], so the same bits as the channels-last path.
 fn lrn_plane<T: Element>(
     window: &[&[T]],
     x: &[T],
@@ -1126,7 +1127,8 @@ fn lrn_plane<T: Element>(
     k: T::Compute,
     pow: Power<T::Compute>,
 ) {
-    let base = |a: T::Compute| a / size * alpha + k;
+    let scale = alpha / size;
+    let base = move |a: T::Compute| a * scale + k;
     match pow {
         Power::ThreeQuarters => lrn_plane_by(window, x, y, base, Power::div_three_quarters),
         Power::Half => lrn_plane_by(window, x, y, base, Power::div_half),
@@ -1180,7 +1182,9 @@ fn lrn_chunk<T: Element, const L: usize>(
 }
 
 simd_clones! {
-/// `y = x / (k + sumsq/size·alpha)^beta` elementwise, `sumsq` from `acc`.
+/// `y = x / (k + sumsq·(alpha/size))^beta` elementwise, `sumsq` from `acc` (`alpha/size` once:
+/// a division per element less, 1.24–1.28x for the channels-first plane kernel, within an ulp
+/// of `sumsq/size·alpha`).
 fn lrn_divide<T: Element>(
     x: &[T],
     y: &mut [T],
@@ -1190,7 +1194,8 @@ fn lrn_divide<T: Element>(
     k: T::Compute,
     pow: Power<T::Compute>,
 ) {
-    let base = |a: T::Compute| a / size * alpha + k;
+    let scale = alpha / size;
+    let base = move |a: T::Compute| a * scale + k;
     for r in prefetch::store_ranges(y, x.len()) {
         let items = y[r.clone()].iter_mut().zip(&x[r.clone()]).zip(part(acc, &r));
         lrn_items(items, base, pow);
@@ -1325,7 +1330,7 @@ mod tests {
             }
             lrn_divide(&x, y, &acc, 5.0, 1e-2, 2.0, Power::Half);
             for i in 0..n {
-                let want = x[i] / (acc[i] / 5.0 * 1e-2 + 2.0).sqrt();
+                let want = x[i] / (acc[i] * (1e-2 / 5.0) + 2.0).sqrt();
                 assert_eq!(y[i].to_bits(), want.to_bits(), "lrn_divide off {off} i {i}");
             }
         }
@@ -1361,7 +1366,7 @@ mod tests {
                         for p in &window {
                             sum += p[i] * p[i];
                         }
-                        let d = sum / 5.0 * 1e-2 + 2.0;
+                        let d = sum * (1e-2 / 5.0) + 2.0;
                         let want = match pow {
                             Power::ThreeQuarters => x[i] / (d.sqrt() * d.sqrt().sqrt()),
                             Power::Half => x[i] / d.sqrt(),
