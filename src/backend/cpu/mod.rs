@@ -1111,7 +1111,7 @@ impl<C: Real> Power<C> {
 const LRN_CHUNK: usize = 16;
 
 simd_clones! {
-/// One output plane of the channels-first LocalResponseNorm, `y = x / (k + sum/size·alpha)^beta`
+/// One output plane of the channels-first LocalResponseNorm, `y = x / (k + sum·(alpha/size))^beta`
 /// with `sum` the squares of the window's planes (`window`, in channel order) at the same
 /// position: chunk by chunk of [`LRN_CHUNK`] positions, the sums are taken from zero in window
 /// order in registers and divided out at once. Before: a plane-sized accumulator zeroed, then
