@@ -15,6 +15,7 @@ With --device cuda both sides run on GPU 0 (`normkit bench --device cuda`, PyTor
 torch.device("cuda")), each timed with CUDA events around every call after warm-up calls; a
 round runs the whole (filtered) suite on one side, then on the other, the order swapped every
 round, and --bandwidth measures a device-to-device copy (bytes read + written) through PyTorch.
+SIGTERM (a `timeout` running out) ends the rounds and prints the table of what was measured.
 
 Backward ("bwd") cases time only PyTorch's autograd backward of F.batch_norm (training) /
 F.group_norm / F.layer_norm with x, weight and bias requiring grad (dx, dweight, dbias), the
@@ -25,6 +26,7 @@ PyTorch is needed only here (pip install torch); it is not a CI dependency.
 """
 
 import argparse
+import signal
 import json
 import math
 import os
@@ -210,10 +212,16 @@ def gpu_bandwidth():
     return 2 * a.numel() * 4 / (ms * 1e-3) / 1e9
 
 
-def compare_cuda(args, suite):
-    dev = torch.device("cuda")
-    cases = [c for c in expand(suite, args.dtypes) if args.filter in name(c)]
-    nk, th, errs = {}, {}, {}
+class Interrupted(Exception):
+    """Raised by the SIGTERM handler (set in main for --device cuda)."""
+
+
+def on_sigterm(signum, frame):
+    raise Interrupted()
+
+
+def cuda_rounds(args, suite, dev, cases, nk, th, errs):
+    """The alternating rounds of compare_cuda, filling nk / th / errs as they go."""
     for r in range(args.rounds):
         order = ("n", "t") if r % 2 == 0 else ("t", "n")
         for who in order:
@@ -233,6 +241,17 @@ def compare_cuda(args, suite):
                         errs[k] = err
                     th.setdefault(k, []).append(ms)
                 torch.cuda.empty_cache()
+
+
+def compare_cuda(args, suite):
+    dev = torch.device("cuda")
+    cases = [c for c in expand(suite, args.dtypes) if args.filter in name(c)]
+    nk, th, errs = {}, {}, {}
+    try:
+        cuda_rounds(args, suite, dev, cases, nk, th, errs)
+    except Interrupted:  # SIGTERM (coreutils timeout): tabulate what was measured
+        print("interrupted: the table holds the rounds and cases measured so far",
+              file=sys.stderr)
     rows = []
     for c in cases:
         k = standard_name(c)
@@ -243,7 +262,8 @@ def compare_cuda(args, suite):
         n_ms = statistics.median(r["median_ms"] for r in nk[k])
         ok = [v for v in th.get(k, []) if v is not None]
         t_ms = statistics.median(ok) if ok else None
-        rows.append((0, c, n_ms, t_ms, nk[k][0]["bytes"] / (n_ms * 1e-3) / 1e9, errs.get(k),
+        err = errs.get(k) or (None if ok else "not measured")
+        rows.append((0, c, n_ms, t_ms, nk[k][0]["bytes"] / (n_ms * 1e-3) / 1e9, err,
                      round_spread(nk[k], th.get(k, []))))
     return rows
 
@@ -293,6 +313,7 @@ def main():
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(0)}", file=sys.stderr)
         args.threads = [0]  # one row per case; "0" = not a CPU thread count
+        signal.signal(signal.SIGTERM, on_sigterm)
         bw = {0: gpu_bandwidth()} if args.bandwidth else {}
         rows = compare_cuda(args, suite)
     else:
