@@ -12,7 +12,7 @@
 #   4. compare.py --min-elements (default 2^26: working sets several times the L2, per-call
 #      host time a small share): about 4 minutes per side and round (the device bench spends
 #      ~5 s of host time per grown case), so give it a call of its own
-#      (NORMKIT_SESSION_PARTS=grown) or a --filter; its table prints only when it completes.
+#      (NORMKIT_SESSION_PARTS=grown) or a --filter (cut short, compare.py prints what it has).
 # NORMKIT_SESSION_PARTS="tests std ab grown" (default) picks the parts.
 # Everything goes to $OUT (at most 8 files come back): summary.txt (this script's output),
 # compare-std.md, compare-grown.md, ab.md, logs.tar.xz (every log).
