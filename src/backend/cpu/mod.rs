@@ -1106,6 +1106,32 @@ impl<C: Real> Power<C> {
     }
 }
 
+/// The per-call constants of the LocalResponseNorm denominator `(k + sumsq·scale)^beta`, with
+/// `scale = alpha/size` taken once per call (a division per element less than
+/// `sumsq/size·alpha`: 1.24–1.28x for the channels-first plane kernel; within an ulp).
+#[derive(Clone, Copy, Debug)]
+struct LrnDenom<C> {
+    scale: C,
+    k: C,
+    pow: Power<C>,
+}
+
+impl<C: Real> LrnDenom<C> {
+    fn new(size: C, alpha: C, k: C, pow: Power<C>) -> Self {
+        LrnDenom {
+            scale: alpha / size,
+            k,
+            pow,
+        }
+    }
+
+    /// `k + sumsq·scale`.
+    #[inline(always)]
+    fn base(self, sumsq: C) -> C {
+        sumsq * self.scale + self.k
+    }
+}
+
 /// Positions of a channels-first LocalResponseNorm plane taken at once by [`lrn_plane`]: their
 /// window sums stay in vector registers.
 const LRN_CHUNK: usize = 16;
@@ -1118,18 +1144,9 @@ simd_clones! {
 /// read and written once per window plane, then read by the division pass (37 % of the time in
 /// the accumulation). The same additions in the same order and the same denominator as
 /// [`lrn_divide`], so the same bits as the channels-last path.
-fn lrn_plane<T: Element>(
-    window: &[&[T]],
-    x: &[T],
-    y: &mut [T],
-    size: T::Compute,
-    alpha: T::Compute,
-    k: T::Compute,
-    pow: Power<T::Compute>,
-) {
-    let scale = alpha / size;
-    let base = move |a: T::Compute| a * scale + k;
-    match pow {
+fn lrn_plane<T: Element>(window: &[&[T]], x: &[T], y: &mut [T], den: LrnDenom<T::Compute>) {
+    let base = move |a: T::Compute| den.base(a);
+    match den.pow {
         Power::ThreeQuarters => lrn_plane_by(window, x, y, base, Power::div_three_quarters),
         Power::Half => lrn_plane_by(window, x, y, base, Power::div_half),
         Power::One => lrn_plane_by(window, x, y, base, Power::div_one),
@@ -1182,23 +1199,12 @@ fn lrn_chunk<T: Element, const L: usize>(
 }
 
 simd_clones! {
-/// `y = x / (k + sumsq·(alpha/size))^beta` elementwise, `sumsq` from `acc` (`alpha/size` once:
-/// a division per element less, 1.24–1.28x for the channels-first plane kernel, within an ulp
-/// of `sumsq/size·alpha`).
-fn lrn_divide<T: Element>(
-    x: &[T],
-    y: &mut [T],
-    acc: &[T::Compute],
-    size: T::Compute,
-    alpha: T::Compute,
-    k: T::Compute,
-    pow: Power<T::Compute>,
-) {
-    let scale = alpha / size;
-    let base = move |a: T::Compute| a * scale + k;
+/// `y = x / (k + sumsq·(alpha/size))^beta` elementwise, `sumsq` from `acc`.
+fn lrn_divide<T: Element>(x: &[T], y: &mut [T], acc: &[T::Compute], den: LrnDenom<T::Compute>) {
+    let base = move |a: T::Compute| den.base(a);
     for r in prefetch::store_ranges(y, x.len()) {
         let items = y[r.clone()].iter_mut().zip(&x[r.clone()]).zip(part(acc, &r));
-        lrn_items(items, base, pow);
+        lrn_items(items, base, den.pow);
     }
 }
 }
@@ -1236,10 +1242,12 @@ pub fn lrn<T: Element>(x: &[T], y: &mut [T], g: Geom, layout: ChannelLayout, p: 
     }
     let before = p.size / 2;
     let after = (p.size - 1) / 2;
-    let size = T::Compute::from_usize(p.size);
-    let alpha = T::Compute::from_f64(p.alpha);
-    let kk = T::Compute::from_f64(p.k);
-    let pow = Power::of(p.beta);
+    let den = LrnDenom::new(
+        T::Compute::from_usize(p.size),
+        T::Compute::from_f64(p.alpha),
+        T::Compute::from_f64(p.k),
+        Power::of(p.beta),
+    );
     let window = |c: usize| (c.saturating_sub(before), (c + after).min(g.c - 1));
     match layout {
         ChannelLayout::First => {
@@ -1252,7 +1260,7 @@ pub fn lrn<T: Element>(x: &[T], y: &mut [T], g: Geom, layout: ChannelLayout, p: 
                     let planes: Vec<&[T]> = xs.chunks(g.s).collect();
                     for (c, yp) in ys.chunks_mut(g.s).enumerate() {
                         let (lo, hi) = window(c);
-                        lrn_plane(&planes[lo..=hi], planes[c], yp, size, alpha, kk, pow);
+                        lrn_plane(&planes[lo..=hi], planes[c], yp, den);
                     }
                 });
         }
@@ -1277,7 +1285,7 @@ pub fn lrn<T: Element>(x: &[T], y: &mut [T], g: Geom, layout: ChannelLayout, p: 
                                 *a += s;
                             }
                         }
-                        lrn_divide(xr, yr, &acc, size, alpha, kk, pow);
+                        lrn_divide(xr, yr, &acc, den);
                     }
                 });
         }
@@ -1291,7 +1299,7 @@ mod tests {
     /// the same function of its inputs and per-column coefficients as without the split.
     #[test]
     fn elementwise_kernels_give_the_same_results_at_every_output_offset() {
-        use super::{Centre, Power, affine_run, layer_norm_row, lrn_divide};
+        use super::{Centre, LrnDenom, Power, affine_run, layer_norm_row, lrn_divide};
         let n = 700; // 2800 bytes: split (prefetch::MIN_SPLIT_BYTES)
         let x: Vec<f32> = (0..n)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0 + 1000.0)
@@ -1328,7 +1336,7 @@ mod tests {
                 let want = (x[i] - hi) * scale + of;
                 assert_eq!(y[i].to_bits(), want.to_bits(), "affine_run off {off} i {i}");
             }
-            lrn_divide(&x, y, &acc, 5.0, 1e-2, 2.0, Power::Half);
+            lrn_divide(&x, y, &acc, LrnDenom::new(5.0, 1e-2, 2.0, Power::Half));
             for i in 0..n {
                 let want = x[i] / (acc[i] * (1e-2 / 5.0) + 2.0).sqrt();
                 assert_eq!(y[i].to_bits(), want.to_bits(), "lrn_divide off {off} i {i}");
@@ -1341,7 +1349,7 @@ mod tests {
     /// length and plane length (whole chunks, a tail, tail only).
     #[test]
     fn lrn_plane_is_the_formula_bit_for_bit() {
-        use super::{Power, lrn_plane};
+        use super::{LrnDenom, Power, lrn_plane};
         for n in [1usize, 7, 13, 16, 97, 1025] {
             let planes: Vec<Vec<f32>> = (0..5)
                 .map(|p| {
@@ -1360,7 +1368,7 @@ mod tests {
                     (0.6, Power::General(0.6f32)),
                 ] {
                     let mut y = vec![f32::NAN; n];
-                    lrn_plane(&window, x, &mut y, 5.0, 1e-2, 2.0, pow);
+                    lrn_plane(&window, x, &mut y, LrnDenom::new(5.0, 1e-2, 2.0, pow));
                     for i in 0..n {
                         let mut sum = 0f32;
                         for p in &window {
