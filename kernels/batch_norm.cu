@@ -26,51 +26,58 @@
 
 namespace normkit {
 
-template <class C> struct BnWorkspace {
-    C* mean;
-    C* m2;
+// Partials in the accumulator type A (f64 for f32 input).
+template <class A> struct BnWorkspace {
+    A* mean;
+    A* m2;
     i64* count;
 };
 
-template <class C> NK_DEVICE BnWorkspace<C> bn_workspace(const BatchNormStatsParams& p) {
-    BnWorkspace<C> ws;
+template <class A> NK_DEVICE BnWorkspace<A> bn_workspace(const BatchNormStatsParams& p) {
+    BnWorkspace<A> ws;
     const i64 slots = p.splits * p.c;
-    ws.mean = static_cast<C*>(p.workspace);
+    ws.mean = static_cast<A*>(p.workspace);
     ws.m2 = ws.mean + slots;
     ws.count = reinterpret_cast<i64*>(ws.m2 + slots);
     return ws;
 }
 
-// Merge the partials of channel ch in split order and write every per-channel output.
-template <class C>
-NK_DEVICE void bn_finish_channel(const BatchNormStatsParams& p, const BnWorkspace<C>& ws, i64 ch) {
-    Welford<C> t = welford_empty<C>();
+// Merge the partials of channel ch in split order (in A) and write every per-channel output
+// (in C): the mean rounded to C, and when asked its remainder mean − (A)hi (the apply centres
+// on both, as the CPU op does: an f32 mean of 1e4 is off by up to 5e-4, a tenth of a spread
+// of 1e-2), rstd, the running statistics.
+template <class A, class C>
+NK_DEVICE void bn_finish_channel(const BatchNormStatsParams& p, const BnWorkspace<A>& ws, i64 ch) {
+    Welford<A> t = welford_empty<A>();
     for (i64 k = 0; k < p.splits; ++k) {
-        Welford<C> o;
+        Welford<A> o;
         const i64 slot = k * p.c + ch;
         o.n = ((volatile i64*)ws.count)[slot];
-        o.mean = ((volatile C*)ws.mean)[slot];
-        o.m2 = ((volatile C*)ws.m2)[slot];
+        o.mean = ((volatile A*)ws.mean)[slot];
+        o.m2 = ((volatile A*)ws.m2)[slot];
         t = welford_merge(t, o);
     }
-    const C rstd = rstd_from_m2<C>(t.m2, t.n, p.eps, false, true);
-    static_cast<C*>(p.mean)[ch] = t.mean;
-    static_cast<C*>(p.rstd)[ch] = rstd;
+    const A rstd = rstd_from_m2<A>(t.m2, t.n, p.eps, false, true);
+    const C hi = (C)t.mean;
+    static_cast<C*>(p.mean)[ch] = hi;
+    if (p.mean_lo) static_cast<C*>(p.mean_lo)[ch] = nk_isfinite(t.mean) ? (C)(t.mean - (A)hi) : (C)0;
+    static_cast<C*>(p.rstd)[ch] = (C)rstd;
     if (p.running_mean) {
         C* rm = static_cast<C*>(p.running_mean);
-        rm[ch] = ema<C>(rm[ch], t.mean, p.momentum);
+        rm[ch] = (C)ema<A>((A)rm[ch], t.mean, p.momentum);
     }
     if (p.running_var) {
         C* rv = static_cast<C*>(p.running_var);
-        const C unbiased = (C)((double)t.m2 / (double)(t.n - 1));
-        rv[ch] = ema<C>(rv[ch], unbiased, p.momentum);
+        const A unbiased = (A)((double)t.m2 / (double)(t.n - 1));
+        rv[ch] = (C)ema<A>((A)rv[ch], unbiased, p.momentum);
     }
 }
 
 template <class S>
 NK_DEVICE void batch_norm_stats_nchw(const BatchNormStatsParams p) {
     typedef typename Traits<S>::C C;
-    __shared__ WelfordSmem<C> smem;
+    typedef typename Traits<S>::A A;
+    __shared__ WelfordSmem<A> smem;
     __shared__ int last;
     const S* x = static_cast<const S*>(p.x);
     const i64 ch = blockIdx.x;
@@ -78,26 +85,26 @@ NK_DEVICE void batch_norm_stats_nchw(const BatchNormStatsParams p) {
     const i64 total = p.n * p.s;
     const i64 lo = total * split / p.splits;
     const i64 hi = total * (split + 1) / p.splits;
-    Welford<C> acc = welford_empty<C>();
+    Welford<A> acc = welford_empty<A>();
     // Four loads in flight, then one Welford update for the four (welford_push_k: one division
     // per four elements; with one welford_push per element, a division each, the loop was
     // bound by instructions: 0.93 TB/s for one read on an H200).
     // Element e of this channel (e = n·s + spatial index).
     auto at = [&](i64 e) {
         const i64 n = e / p.s;
-        return Traits<S>::load(x[(n * p.c + ch) * p.s + (e - n * p.s)]);
+        return (A)Traits<S>::load(x[(n * p.c + ch) * p.s + (e - n * p.s)]);
     };
     const i64 step = blockDim.x;
     i64 j = lo + threadIdx.x;
     for (; j + 3 * step < hi; j += 4 * step) {
-        C v[4];
+        A v[4];
 #pragma unroll
         for (int u = 0; u < 4; ++u) v[u] = at(j + u * step);
-        welford_push_k<C, 4>(acc, v);
+        welford_push_k<A, 4>(acc, v);
     }
     for (; j < hi; j += step) welford_push(acc, at(j));
     acc = block_all_reduce_welford(acc, smem);
-    const BnWorkspace<C> ws = bn_workspace<C>(p);
+    const BnWorkspace<A> ws = bn_workspace<A>(p);
     if (threadIdx.x == 0) {
         const i64 slot = split * p.c + ch;
         ws.count[slot] = acc.n;
@@ -110,7 +117,7 @@ NK_DEVICE void batch_norm_stats_nchw(const BatchNormStatsParams p) {
     __syncthreads();
     if (last && threadIdx.x == 0) {
         __threadfence();
-        bn_finish_channel<C>(p, ws, ch);
+        bn_finish_channel<A, C>(p, ws, ch);
         static_cast<u32*>(p.counters)[ch] = 0u;
     }
 }
@@ -118,9 +125,10 @@ NK_DEVICE void batch_norm_stats_nchw(const BatchNormStatsParams p) {
 template <class S>
 NK_DEVICE void batch_norm_stats_nhwc(const BatchNormStatsParams p) {
     typedef typename Traits<S>::C C;
+    typedef typename Traits<S>::A A;
     __shared__ i64 sn[8][32];
-    __shared__ C smean[8][32];
-    __shared__ C sm2[8][32];
+    __shared__ A smean[8][32];
+    __shared__ A sm2[8][32];
     __shared__ int last;
     const S* x = static_cast<const S*>(p.x);
     const i64 ch = (i64)blockIdx.x * 32 + threadIdx.x;
@@ -128,28 +136,28 @@ NK_DEVICE void batch_norm_stats_nhwc(const BatchNormStatsParams p) {
     const i64 rows = p.n * p.s;
     const i64 lo = rows * split / p.splits;
     const i64 hi = rows * (split + 1) / p.splits;
-    Welford<C> acc = welford_empty<C>();
+    Welford<A> acc = welford_empty<A>();
     if (ch < p.c) {
         // Four rows' loads in flight, then one Welford update for the four (welford_push_k).
         const i64 step = blockDim.y;
         i64 r = lo + threadIdx.y;
         for (; r + 3 * step < hi; r += 4 * step) {
-            C v[4];
+            A v[4];
 #pragma unroll
-            for (int u = 0; u < 4; ++u) v[u] = Traits<S>::load(x[(r + u * step) * p.c + ch]);
-            welford_push_k<C, 4>(acc, v);
+            for (int u = 0; u < 4; ++u) v[u] = (A)Traits<S>::load(x[(r + u * step) * p.c + ch]);
+            welford_push_k<A, 4>(acc, v);
         }
-        for (; r < hi; r += step) welford_push(acc, Traits<S>::load(x[r * p.c + ch]));
+        for (; r < hi; r += step) welford_push(acc, (A)Traits<S>::load(x[r * p.c + ch]));
     }
     sn[threadIdx.y][threadIdx.x] = acc.n;
     smean[threadIdx.y][threadIdx.x] = acc.mean;
     sm2[threadIdx.y][threadIdx.x] = acc.m2;
     __syncthreads();
-    const BnWorkspace<C> ws = bn_workspace<C>(p);
+    const BnWorkspace<A> ws = bn_workspace<A>(p);
     if (threadIdx.y == 0 && ch < p.c) {
-        Welford<C> t = welford_empty<C>();
+        Welford<A> t = welford_empty<A>();
         for (int k = 0; k < (int)blockDim.y; ++k) {
-            Welford<C> o;
+            Welford<A> o;
             o.n = sn[k][threadIdx.x];
             o.mean = smean[k][threadIdx.x];
             o.m2 = sm2[k][threadIdx.x];
@@ -169,7 +177,7 @@ NK_DEVICE void batch_norm_stats_nhwc(const BatchNormStatsParams p) {
     __syncthreads();
     if (last) {
         __threadfence();
-        if (threadIdx.y == 0 && ch < p.c) bn_finish_channel<C>(p, ws, ch);
+        if (threadIdx.y == 0 && ch < p.c) bn_finish_channel<A, C>(p, ws, ch);
         if (threadIdx.x == 0 && threadIdx.y == 0) static_cast<u32*>(p.counters)[blockIdx.x] = 0u;
     }
 }
@@ -186,6 +194,7 @@ template <bool NHWC> NK_DEVICE i64 bn_channel(const BatchNormApplyParams& p, i64
 // PyTorch's do. The per-channel arrays come through load_params (vector loads when `vec`).
 template <class C, bool INFER> struct BnCoef {
     const C* mean;  // saved mean, or running mean
+    const C* lo;    // training: the saved mean's remainder, or null (offset β − lo·scale)
     const C* r;     // saved rstd, or running variance
     const C* w;
     const C* b;
@@ -193,8 +202,14 @@ template <class C, bool INFER> struct BnCoef {
     bool vec;
     C eps;
     template <int K> NK_MEMBER void pack(i64 c0, C (&shift)[K], C (&scale)[K], C (&offset)[K]) const {
-        C r_[K], wv[K];
+        C r_[K], wv[K], lo_[K];
         load_params<C, K>(mean, c0, c, vec, shift);
+        if (lo) {
+            load_params<C, K>(lo, c0, c, vec, lo_);
+        } else {
+#pragma unroll
+            for (int k = 0; k < K; ++k) lo_[k] = (C)0;
+        }
         load_params<C, K>(r, c0, c, vec, r_);
         if (b) {
             load_params<C, K>(b, c0, c, vec, offset);
@@ -213,6 +228,7 @@ template <class C, bool INFER> struct BnCoef {
             const C gamma = wv[k];
             if (!INFER) {
                 scale[k] = w ? r_[k] * gamma : r_[k];
+                if (lo) offset[k] = offset[k] - lo_[k] * scale[k];
             } else {
                 scale[k] = (C)1 / nk_sqrt(r_[k] + eps) * gamma;
                 if (!nk_isfinite(scale[k])) {
@@ -272,12 +288,13 @@ NK_DEVICE void batch_norm_affine(const BatchNormApplyParams p) {
     typedef typename Traits<S>::C C;
     BnCoef<C, INFER> k;
     k.mean = static_cast<const C*>(p.mean);
+    k.lo = INFER ? 0 : static_cast<const C*>(p.mean_lo);
     k.r = static_cast<const C*>(p.rstd_or_var);
     k.w = static_cast<const C*>(p.weight);
     k.b = static_cast<const C*>(p.bias);
     k.c = p.c;
     k.vec = is_aligned16(k.mean) && is_aligned16(k.r) && optional_aligned16(k.w) &&
-            optional_aligned16(k.b);
+            optional_aligned16(k.b) && optional_aligned16(k.lo);
     k.eps = (C)p.eps;
     bn_affine<S, NHWC>(p, k);
 }

@@ -76,8 +76,9 @@ struct BatchNormStatsParams {
     i64 splits;
     double eps;
     double momentum;  // running-statistic factor f: new = f·batch + (1 − f)·old
+    void* mean_lo;    // or null: c compute values, the batch mean's remainder below `mean`
 };
-static_assert(sizeof(BatchNormStatsParams) == 104, "BatchNormStatsParams layout");
+static_assert(sizeof(BatchNormStatsParams) == 112, "BatchNormStatsParams layout");
 
 // BatchNorm elementwise apply: training (mean/rstd from the stats kernel) or inference
 // (mean/var = running statistics, scale computed in-kernel).
@@ -92,8 +93,9 @@ struct BatchNormApplyParams {
     i64 c;
     i64 s;
     double eps;  // inference only
+    const void* mean_lo;  // training: the mean's remainder (stats kernel), or null
 };
-static_assert(sizeof(BatchNormApplyParams) == 80, "BatchNormApplyParams layout");
+static_assert(sizeof(BatchNormApplyParams) == 88, "BatchNormApplyParams layout");
 
 // LocalResponseNorm across channels.
 struct LrnParams {

@@ -75,23 +75,29 @@ NK_DEVICE bf16 f32_to_bf16(float f) {
 }
 
 template <class S> struct Traits;
+// C: the compute type (elementwise math, parameters, saved statistics). A: the accumulator of
+// statistics that span many elements (f64 for f32 input, as the CPU op's; C otherwise).
 template <> struct Traits<float> {
     typedef float C;
+    typedef double A;
     static __device__ __forceinline__ C load(float v) { return v; }
     static __device__ __forceinline__ float store(C v) { return v; }
 };
 template <> struct Traits<double> {
     typedef double C;
+    typedef double A;
     static __device__ __forceinline__ C load(double v) { return v; }
     static __device__ __forceinline__ double store(C v) { return v; }
 };
 template <> struct Traits<f16> {
     typedef float C;
+    typedef float A;
     static __device__ __forceinline__ C load(f16 v) { return f16_to_f32(v); }
     static __device__ __forceinline__ f16 store(C v) { return f32_to_f16(v); }
 };
 template <> struct Traits<bf16> {
     typedef float C;
+    typedef float A;
     static __device__ __forceinline__ C load(bf16 v) { return bf16_to_f32(v); }
     static __device__ __forceinline__ bf16 store(C v) { return f32_to_bf16(v); }
 };

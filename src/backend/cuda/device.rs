@@ -514,7 +514,11 @@ impl CudaDevice {
             } => {
                 self.check_train_pointers(OP, &apply, (running_mean, running_var))?;
                 let stats = self.empty_stats(dtype, apply.c as usize)?;
+                // the batch mean's remainder below the saved (compute-type) mean, which the
+                // apply centres on too (f32 input: statistics in f64, as the CPU op's)
+                let mean_lo = self.alloc(dtype.stat_dtype(), apply.c as usize)?;
                 apply.mean = stats.mean.ptr();
+                apply.mean_lo = mean_lo.ptr();
                 apply.rstd_or_var = stats.invstd.ptr();
                 self.bn_stats(
                     dtype,
@@ -587,6 +591,7 @@ impl CudaDevice {
             splits: 0, // set from the same plan by kernels::batch_norm_stats
             eps,
             momentum,
+            mean_lo: apply.mean_lo,
         };
         // SAFETY: x holds n·c·s elements and mean/rstd (and the running statistics when
         // given) c compute values of this device (the caller's checks and allocations); the

@@ -572,6 +572,7 @@ impl EmuDevice {
         let mut workspace = vec![0u64; plan.workspace_bytes.div_ceil(8)];
         let mut counters = vec![0u32; plan.counters];
         let mut mean = vec![T::Compute::ZERO; c];
+        let mut mean_lo = vec![T::Compute::ZERO; c];
         let mut rstd = vec![T::Compute::ZERO; c];
         let stats = BatchNormStatsParams {
             x: x.as_ptr() as u64,
@@ -587,6 +588,7 @@ impl EmuDevice {
             splits: plan.splits as i64,
             eps,
             momentum,
+            mean_lo: mean_lo.as_mut_ptr() as u64,
         };
         let apply = BatchNormApplyParams {
             x: x.as_ptr() as u64,
@@ -599,6 +601,7 @@ impl EmuDevice {
             c: c as i64,
             s: s as i64,
             eps,
+            mean_lo: mean_lo.as_ptr() as u64,
         };
         // SAFETY: addresses point into live slices and vectors checked or sized above (x, y:
         // n·c·s; per-channel buffers: c; workspace and counters sized by the same plan the
@@ -650,6 +653,7 @@ impl EmuDevice {
             c: c as i64,
             s: s as i64,
             eps,
+            mean_lo: 0,
         };
         // SAFETY: addresses point into live slices checked above (x, y: n·c·s; per-channel
         // buffers: c); the emulated launch completes before returning.

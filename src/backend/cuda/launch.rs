@@ -152,7 +152,8 @@ pub struct BatchNormStatsPlan {
     pub launch: Launch,
     /// Blocks per channel (NCHW) or per 32-channel tile (NHWC).
     pub splits: usize,
-    /// Bytes of workspace: splits·c compute values of mean and of M2, then splits·c i64 counts.
+    /// Bytes of workspace: splits·c accumulator values of mean and of M2 (f64 for f32 input:
+    /// `Traits<float>::A`, as the CPU op's statistics), then splits·c i64 counts.
     pub workspace_bytes: usize,
     /// Number of u32 ticket counters; zero them once when allocating, the kernel resets them.
     pub counters: usize,
@@ -181,7 +182,11 @@ pub fn batch_norm_stats(
     let by_occupancy = target_blocks.div_ceil(tiles.max(1));
     let by_work = per_channel.div_ceil(min_per_split).max(1);
     let splits = by_occupancy.min(by_work).clamp(1, BN_MAX_SPLITS);
-    let compute_bytes = dtype.stat_dtype().size_in_bytes();
+    // the kernels' accumulator type (`Traits<S>::A`): f64 for f32 and f64 input, f32 else
+    let acc_bytes = match dtype {
+        DType::F32 | DType::F64 => 8,
+        DType::F16 | DType::BF16 => 4,
+    };
     BatchNormStatsPlan {
         launch: Launch {
             kernel: format!(
@@ -195,7 +200,7 @@ pub fn batch_norm_stats(
             },
         },
         splits,
-        workspace_bytes: splits * c * (2 * compute_bytes + 8),
+        workspace_bytes: splits * c * (2 * acc_bytes + 8),
         counters: tiles,
     }
 }

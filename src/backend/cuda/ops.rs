@@ -642,6 +642,7 @@ fn infer_plan(
             c: c as i64,
             s: s as i64,
             eps,
+            mean_lo: 0,
         },
     })
 }

@@ -56,17 +56,17 @@ params_struct!(
 
 params_struct!(
     /// `BatchNormStatsParams`: per-channel statistics with split partials and last-block merge.
-    BatchNormStatsParams, 104, {
+    BatchNormStatsParams, 112, {
     x: u64, mean: u64, rstd: u64, running_mean: u64, running_var: u64,
     workspace: u64, counters: u64,
-    n: i64, c: i64, s: i64, splits: i64, eps: f64, momentum: f64,
+    n: i64, c: i64, s: i64, splits: i64, eps: f64, momentum: f64, mean_lo: u64,
 });
 
 params_struct!(
     /// `BatchNormApplyParams`: elementwise apply (training) or inference from running stats.
-    BatchNormApplyParams, 80, {
+    BatchNormApplyParams, 88, {
     x: u64, y: u64, mean: u64, rstd_or_var: u64, weight: u64, bias: u64,
-    n: i64, c: i64, s: i64, eps: f64,
+    n: i64, c: i64, s: i64, eps: f64, mean_lo: u64,
 });
 
 params_struct!(
