@@ -514,11 +514,15 @@ impl CudaDevice {
             } => {
                 self.check_train_pointers(OP, &apply, (running_mean, running_var))?;
                 let stats = self.empty_stats(dtype, apply.c as usize)?;
-                // the batch mean's remainder below the saved (compute-type) mean, which the
-                // apply centres on too (f32 input: statistics in f64, as the CPU op's)
-                let mean_lo = self.alloc(dtype.stat_dtype(), apply.c as usize)?;
+                // f32 input: the statistics run in f64 (as the CPU op's) and the apply centres
+                // on the saved f32 mean and its remainder; other dtypes' remainder is 0 (their
+                // statistics are in the compute type), so they pass none
+                let mean_lo = match dtype {
+                    DType::F32 => Some(self.alloc(dtype.stat_dtype(), apply.c as usize)?),
+                    _ => None,
+                };
                 apply.mean = stats.mean.ptr();
-                apply.mean_lo = mean_lo.ptr();
+                apply.mean_lo = mean_lo.as_ref().map_or(0, |b| b.ptr());
                 apply.rstd_or_var = stats.invstd.ptr();
                 self.bn_stats(
                     dtype,

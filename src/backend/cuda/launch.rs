@@ -442,6 +442,23 @@ mod tests {
         );
     }
 
+    /// The statistics workspace holds the kernels' accumulator type (`Traits<S>::A`): f64
+    /// partials for f32 input, so 24 bytes per (split, channel) there, not 16.
+    #[test]
+    fn batch_norm_stats_workspace_fits_the_accumulator() {
+        for (dt, per) in [
+            (DType::F32, 24),
+            (DType::F64, 24),
+            (DType::BF16, 16),
+            (DType::F16, 16),
+        ] {
+            for order in [ChannelOrder::Nchw, ChannelOrder::Nhwc] {
+                let p = batch_norm_stats(dt, order, 8, 40, 576, 132);
+                assert_eq!(p.workspace_bytes, p.splits * 40 * per, "{dt:?} {order:?}");
+            }
+        }
+    }
+
     /// The LayerNorm forward block kernels are bounded for occupancy (`LN_BLOCK_BOUNDS`, three
     /// blocks per SM) with exactly the block the host launches: a larger block than the bound
     /// would fail at launch on a GPU only.
