@@ -21,6 +21,7 @@ use crate::ops::{
 };
 use crate::tensor::{HostData, HostDataMut};
 use crate::{Buffer, DType, Tensor, TensorMut};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -305,6 +306,10 @@ pub struct Prepared {
     grad_weight: Option<Buffer>,
     grad_bias: Option<Buffer>,
     saved: Option<SavedStats>,
+    /// The reference check's `(N, C, S)` view ([`Prepared::geom`]) and layout, taken once: the
+    /// check asks for them per element (a grown case's check reads whole channels).
+    nchw: (usize, usize, usize),
+    channels_last: bool,
 }
 
 /// Statistics of one normalised group for the backward reference: mean, `r = 1/sqrt(var +
@@ -361,8 +366,7 @@ impl Lined {
 
     /// A copy of the tensor's elements in a buffer of their own (for an upload).
     pub(crate) fn to_buffer(&self) -> Buffer {
-        let d = self.as_data();
-        Buffer::from_f64(d.dtype(), &d.to_f64_vec())
+        self.as_data().to_buffer()
     }
 }
 
@@ -392,7 +396,10 @@ impl Prepared {
                 Lined::LINE
             ));
         }
-        let xs: Vec<f64> = (0..n as u64).map(|i| 0.5 + 2.0 * noise(i)).collect();
+        let xs: Vec<f64> = (0..n as u64)
+            .into_par_iter()
+            .map(|i| 0.5 + 2.0 * noise(i))
+            .collect();
         let p = case.param_len();
         let param = |f: &dyn Fn(f64) -> f64| {
             (p > 0).then(|| Buffer::from_f64(d, &(0..p).map(|i| f(i as f64)).collect::<Vec<_>>()))
@@ -420,6 +427,8 @@ impl Prepared {
             grad_weight: None,
             grad_bias: None,
             saved: None,
+            nchw: Prepared::geom_of(case),
+            channels_last: case.channels_last(),
         })
         .and_then(|mut prep| {
             if case.is_backward() {
@@ -427,7 +436,10 @@ impl Prepared {
                     .forward()
                     .map_err(|e| format!("{}: forward: {e}", case.name()))?;
                 prep.saved = Some(saved);
-                let dys: Vec<f64> = (0..n as u64).map(|i| noise(i ^ 0x0005_DEEC_E66D)).collect();
+                let dys: Vec<f64> = (0..n as u64)
+                    .into_par_iter()
+                    .map(|i| noise(i ^ 0x0005_DEEC_E66D))
+                    .collect();
                 prep.dy = Some(Lined::from_f64(d, &dys, offset_bytes));
                 prep.grad_weight = param(&|_| 0.0);
                 prep.grad_bias = param(&|_| 0.0);
@@ -602,12 +614,12 @@ impl Prepared {
         }
     }
 
-    /// Geometry of the logical `(N, C, S)` view and the memory offset of `(n, c, s)`.
-    fn geom(&self) -> (usize, usize, usize) {
-        let sh = &self.case.shape;
-        if self.case.layer == "LayerNorm" {
-            let cols = self.case.param_len().max(1);
-            return (self.case.numel() / cols, 1, cols);
+    /// Geometry of the logical `(N, C, S)` view of `case` (LayerNorm: rows × 1 × columns).
+    fn geom_of(case: &Case) -> (usize, usize, usize) {
+        let sh = &case.shape;
+        if case.layer == "LayerNorm" {
+            let cols = case.param_len().max(1);
+            return (case.numel() / cols, 1, cols);
         }
         (
             sh[0],
@@ -616,9 +628,15 @@ impl Prepared {
         )
     }
 
+    /// Geometry of the logical `(N, C, S)` view ([`Prepared::geom_of`] of the case).
+    fn geom(&self) -> (usize, usize, usize) {
+        self.nchw
+    }
+
+    /// The memory offset of `(n, c, s)`.
     fn offset(&self, n: usize, c: usize, s: usize) -> usize {
-        let (_, cc, ss) = self.geom();
-        if self.case.channels_last() {
+        let (_, cc, ss) = self.nchw;
+        if self.channels_last {
             (n * ss + s) * cc + c
         } else {
             (n * cc + c) * ss + s
@@ -1044,7 +1062,6 @@ fn scale(a: &[f64], b: &mut [f64], s: f64) {
 /// Measures read, write and scale bandwidth over two buffers of `bytes` each (best of `reps`).
 pub fn bandwidth(threads: usize, bytes: usize, reps: usize) -> Bandwidth {
     use crate::backend::cpu::threads::OnThreads;
-    use rayon::prelude::*;
     let n = (bytes / 8).max(1 << 16);
     let piece = 1 << 16;
     let mut a = vec![1.0f64; n];

@@ -80,7 +80,16 @@ impl<'a> HostData<'a> {
     }
     /// All elements converted to f64.
     pub fn to_f64_vec(&self) -> Vec<f64> {
-        (0..self.len()).map(|i| self.get_f64(i)).collect()
+        dispatch_data!(self, s => s.iter().map(|v| v.to_f64()).collect())
+    }
+    /// A copy of the elements in a buffer of their own, in their dtype.
+    pub fn to_buffer(&self) -> Buffer {
+        match self {
+            HostData::F32(s) => Buffer::F32(s.to_vec()),
+            HostData::F64(s) => Buffer::F64(s.to_vec()),
+            HostData::F16(s) => Buffer::F16(s.to_vec()),
+            HostData::BF16(s) => Buffer::BF16(s.to_vec()),
+        }
     }
     /// The address of the first element (placement checks in tests).
     #[cfg(test)]
@@ -128,8 +137,16 @@ impl HostDataMut<'_> {
     }
     /// Stores `values` (rounded) from element 0 on; as many as fit.
     pub fn copy_from_f64(&mut self, values: &[f64]) {
-        for (i, &v) in values.iter().enumerate().take(self.len()) {
-            self.set_f64(i, v);
+        fn each<T>(s: &mut [T], values: &[f64], f: impl Fn(f64) -> T) {
+            for (o, &v) in s.iter_mut().zip(values) {
+                *o = f(v);
+            }
+        }
+        match self {
+            HostDataMut::F32(s) => each(s, values, |v| v as f32),
+            HostDataMut::F64(s) => each(s, values, |v| v),
+            HostDataMut::F16(s) => each(s, values, f16::from_f64),
+            HostDataMut::BF16(s) => each(s, values, bf16::from_f64),
         }
     }
 }
