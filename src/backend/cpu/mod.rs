@@ -193,6 +193,7 @@ pub fn channel_moments<T: Element>(
         return (vec![0.0; g.c], vec![0.0; g.c]);
     }
     match layout {
+        ChannelLayout::First if channel_past_l2::<T>(g) => plane_merged_moments(x, g),
         ChannelLayout::First => {
             let stats: Vec<(f64, f64)> = (0..g.c)
                 .into_par_iter()
@@ -208,6 +209,45 @@ pub fn channel_moments<T: Element>(
         }
         ChannelLayout::Last => column_moments(&x[..count * g.c], g.c, true),
     }
+}
+
+/// Whether a channels-first channel (`N` planes of `S`) and its output do not fit in L2
+/// together ([`prefetch::fits_l2`]): then the per-channel passes ([`planes_moments`], the fused
+/// forward) read the channel from memory in `N` short streams `C·S` apart, and a second pass
+/// over it finds nothing in cache, so the statistics and the apply run in memory order instead
+/// ([`plane_merged_moments`], [`apply_channel`]).
+fn channel_past_l2<T>(g: Geom) -> bool {
+    !prefetch::fits_l2::<T>(2 * g.n * g.s)
+}
+
+/// Channels first, channels past L2 ([`channel_past_l2`]): the moments of every `(n, c)`
+/// plane ([`moments`]) in one parallel pass over the tensor in memory order, then each
+/// channel's `N` planes merged in `n` order (Chan et al., as [`column_moments`]' pieces) —
+/// the same bits for every thread count. A non-finite plane mean (±∞, NaN) merges as
+/// `Σx / n` does ([`chan_step`]).
+fn plane_merged_moments<T: Element>(x: &[T], g: Geom) -> (Vec<f64>, Vec<f64>) {
+    let planes: Vec<(f64, f64)> = x[..g.n * g.c * g.s]
+        .par_chunks(g.s)
+        .on_threads()
+        .map(moments)
+        .collect();
+    let k = g.s as f64;
+    (0..g.c)
+        .map(|c| {
+            let (mut mu, mut q) = planes[c];
+            let mut count = k;
+            for n in 1..g.n {
+                let total = count + k;
+                chan_step(
+                    (&mut mu, &mut q),
+                    planes[n * g.c + c],
+                    (k / total, count * k / total),
+                );
+                count = total;
+            }
+            (mu, q)
+        })
+        .unzip()
 }
 
 /// Per-column `(mean, m2)` over a row-major `(rows, cols)` slice in one pass over memory:
@@ -607,7 +647,9 @@ fn planes_moments<T: Element>(planes: &[&[T]], dests: &[&[T]]) -> (f64, f64) {
 /// `y = (x − μ)·(r·γ_c) + β_c` of its `N` planes run back to back while the channel is in
 /// L2, so `x` is read from memory once instead of twice. The same operations in the same
 /// order as [`channel_moments`] then [`apply_channel`], so the results are bit-identical.
-/// Returns `(mean, m2, r)` per channel.
+/// A channel that does not fit in L2 with its output ([`channel_past_l2`]) would be read from
+/// memory twice either way: such tensors take [`channel_moments`] (in memory order) and
+/// [`apply_channel`] themselves. Returns `(mean, m2, r)` per channel.
 pub fn batch_norm_first_fused<T: Element>(
     x: &[T],
     y: &mut [T],
@@ -617,9 +659,11 @@ pub fn batch_norm_first_fused<T: Element>(
     beta: &[T::Compute],
 ) -> (Vec<f64>, Vec<f64>, Vec<T::Compute>) {
     let total = g.n * g.c * g.s;
-    if total == 0 {
+    if total == 0 || channel_past_l2::<T>(g) {
+        // nothing to fuse: the channel would be read from memory again by the apply
         let (mean, m2) = channel_moments(x, g, ChannelLayout::First);
-        let r = m2.iter().map(|&m| finish(m)).collect();
+        let r: Vec<T::Compute> = m2.iter().map(|&m| finish(m)).collect();
+        apply_channels_first(x, y, g, (&mean, &r), (gamma, beta));
         return (mean, m2, r);
     }
     // Each channel's output planes, in `n` order (disjoint borrows of `y`).
@@ -635,14 +679,13 @@ pub fn batch_norm_first_fused<T: Element>(
             let planes: Vec<&[T]> = (0..g.n)
                 .map(|n| &x[(n * g.c + c) * g.s..(n * g.c + c + 1) * g.s])
                 .collect();
-            // the output planes are prefetched with the input where that pays and they stay
-            // in cache until the apply
-            let dests: Vec<&[T]> =
-                if prefetch::output_pays::<T>() && prefetch::fits_l2::<T>(2 * g.n * g.s) {
-                    ys.iter().map(|p| &**p).collect()
-                } else {
-                    Vec::new()
-                };
+            // the output planes are prefetched with the input where that pays (they stay in
+            // L2 until the apply: the channel fits there with its output, `channel_past_l2`)
+            let dests: Vec<&[T]> = if prefetch::output_pays::<T>() {
+                ys.iter().map(|p| &**p).collect()
+            } else {
+                Vec::new()
+            };
             let (mean, m2) = planes_moments(&planes, &dests);
             let rs = finish(m2);
             let (shift, scale) = (Centre::of(mean), rs * gamma[c]);
@@ -653,6 +696,26 @@ pub fn batch_norm_first_fused<T: Element>(
         })
         .collect();
     unzip3(stats)
+}
+
+/// `y = (x − μ_c)·(r_c·γ_c) + β_c` over channels-first data ([`apply_channel`] with
+/// BatchNorm's per-channel coefficients: the unfused forward's apply).
+fn apply_channels_first<T: Element>(
+    x: &[T],
+    y: &mut [T],
+    g: Geom,
+    (mean, r): (&[f64], &[T::Compute]),
+    (gamma, beta): (&[T::Compute], &[T::Compute]),
+) {
+    let shift: Vec<Centre<T::Compute>> = mean.iter().map(|&m| Centre::of(m)).collect();
+    let scale: Vec<T::Compute> = r.iter().zip(gamma).map(|(&r, &w)| r * w).collect();
+    let k = Coefficients {
+        shift: &shift,
+        scale: &scale,
+        offset: beta,
+        per_sample: false,
+    };
+    apply_channel(x, y, g, ChannelLayout::First, &k);
 }
 
 /// Splits a vector of triples into three vectors.
@@ -1462,40 +1525,145 @@ mod tests {
         }
     }
 
+    /// The test BatchNorm affine: `γ_c = 0.5 + c`, `β_c = c − 2`.
+    fn test_affine<C: crate::dtype::Real>(c: usize) -> (Vec<C>, Vec<C>) {
+        let gamma = (0..c).map(|c| C::from_f64(0.5 + c as f64)).collect();
+        let beta = (0..c).map(|c| C::from_f64(c as f64 - 2.0)).collect();
+        (gamma, beta)
+    }
+
+    /// The unfused channels-first BatchNorm forward: `channel_moments`, `r = fin(m2)`, then
+    /// `apply_channel`. Returns `(mean, m2, r, y)`.
+    #[allow(clippy::type_complexity)]
+    fn moments_then_apply<T: crate::dtype::Element>(
+        x: &[T],
+        g: super::Geom,
+        fin: impl Fn(f64) -> T::Compute,
+        (gamma, beta): (&[T::Compute], &[T::Compute]),
+    ) -> (Vec<f64>, Vec<f64>, Vec<T::Compute>, Vec<T>) {
+        use super::{ChannelLayout, apply_channels_first, channel_moments};
+        let (mean, m2) = channel_moments(x, g, ChannelLayout::First);
+        let r: Vec<T::Compute> = m2.iter().map(|&m| fin(m)).collect();
+        let mut y = vec![T::default(); x.len()];
+        apply_channels_first(x, &mut y, g, (&mean, &r), (gamma, beta));
+        (mean, m2, r, y)
+    }
+
+    /// The bits of a vector of values (NaN compares equal to itself).
+    fn bits_of<T: crate::dtype::Element>(v: &[T]) -> Vec<u64> {
+        v.iter().map(|v| v.to_f64().to_bits()).collect()
+    }
+
+    /// Channels past L2 (`channel_past_l2`: 70 planes of 8000, 2.1 MiB of bf16 with its
+    /// output): the per-plane moments merged per channel match a float64 two-pass reference on
+    /// data that breaks naive statistics (a mean of 1e4 with a spread of 1e-2, a constant
+    /// channel, channels holding a NaN, a +inf, both infinities, planes with their own means),
+    /// give the same bits at one and three threads, and the BatchNorm forward takes them and
+    /// the apply (the same bits as `channel_moments` then `apply_channel`).
+    #[test]
+    fn channels_past_l2_merge_plane_moments() {
+        use super::{
+            ChannelLayout, Geom, batch_norm_first_fused, channel_moments, channel_past_l2,
+        };
+        let g = Geom {
+            n: 70,
+            c: 6,
+            s: 8000,
+        };
+        assert!(channel_past_l2::<half::bf16>(g) && channel_past_l2::<f32>(g));
+        let value = |i: usize| -> f64 {
+            let (n, c, s) = (i / (g.c * g.s), i / g.s % g.c, i % g.s);
+            let u = ((i * 7919) % 1013) as f64 / 506.0 - 1.0;
+            match (c, n, s) {
+                (0, ..) => 1e4 + 1e-2 * u,
+                (1, ..) => 3.25,
+                (2, 17, 5) => f64::NAN,
+                (3, 40, 7999) => f64::INFINITY,
+                (4, 0, 0) => f64::INFINITY,
+                (4, 69, 3) => f64::NEG_INFINITY,
+                // planes with their own means and spreads: the merge's δ² term counts
+                (5, ..) => n as f64 * 0.5 + u * (1.0 + n as f64),
+                _ => u,
+            }
+        };
+        let xs: Vec<f64> = (0..g.n * g.c * g.s).map(value).collect();
+        fn check<T: crate::dtype::Element>(x: &[T], g: Geom) {
+            let (mean, m2) = install(Some(1), || channel_moments(x, g, ChannelLayout::First));
+            let three = install(Some(3), || channel_moments(x, g, ChannelLayout::First));
+            assert_eq!(
+                (bits_of(&three.0), bits_of(&three.1)),
+                (bits_of(&mean), bits_of(&m2))
+            );
+            let x64: Vec<f64> = x.iter().map(|v| v.to_f64()).collect();
+            for c in 0..g.c {
+                // float64 two-pass reference
+                let items =
+                    || (0..g.n).flat_map(|n| (0..g.s).map(move |s| (n * g.c + c) * g.s + s));
+                let rm = items().map(|i| x64[i]).sum::<f64>() / (g.n * g.s) as f64;
+                let rq: f64 = items().map(|i| (x64[i] - rm).powi(2)).sum();
+                let what = format!(
+                    "{:?} channel {c}: ({}, {}) vs ({rm}, {rq})",
+                    T::DTYPE,
+                    mean[c],
+                    m2[c]
+                );
+                if !rm.is_finite() {
+                    assert!(mean[c] == rm || (rm.is_nan() && mean[c].is_nan()), "{what}");
+                    assert!(m2[c].is_nan(), "{what}");
+                } else {
+                    // within a millionth of the spread (the constant channel: exact)
+                    let sd = (rq / (g.n * g.s) as f64).sqrt();
+                    assert!(
+                        (mean[c] - rm).abs() <= 1e-6 * sd + 1e-15 * rm.abs(),
+                        "{what}"
+                    );
+                    assert!((m2[c] - rq).abs() <= 1e-6 * rq, "{what}");
+                }
+            }
+            let fin =
+                |m: f64| super::moments::finish::<T::Compute>(g.n * g.s, m, 1e-5, false, true).1;
+            let (gamma, beta) = test_affine::<T::Compute>(g.c);
+            let mut y1 = vec![T::default(); x.len()];
+            let (m1, v1, r1) = install(Some(2), || {
+                batch_norm_first_fused(x, &mut y1, g, fin, &gamma, &beta)
+            });
+            let (_, _, r2, y2) = moments_then_apply(x, g, fin, (&gamma, &beta));
+            assert_eq!((bits_of(&m1), bits_of(&v1)), (bits_of(&mean), bits_of(&m2)));
+            let r64 = |r: &[T::Compute]| {
+                r.iter()
+                    .map(|&v| crate::dtype::Real::to_f64(v))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits_of(&r64(&r1)), bits_of(&r64(&r2)));
+            assert!(
+                bits_of(&y1) == bits_of(&y2),
+                "{:?}: the forward is not moments then apply",
+                T::DTYPE
+            );
+        }
+        check(&xs.iter().map(|&v| v as f32).collect::<Vec<_>>(), g);
+        check(
+            &xs.iter()
+                .map(|&v| half::bf16::from_f64(v))
+                .collect::<Vec<_>>(),
+            g,
+        );
+    }
+
     /// The fused channels-first BatchNorm forward gives the same bits as the moments, then the
     /// apply, in f32 and bf16.
     #[test]
     fn fused_batch_norm_matches_moments_then_apply() {
-        use super::{
-            ChannelLayout, Coefficients, Geom, apply_channel, batch_norm_first_fused,
-            channel_moments, moments::Centre, moments::finish,
-        };
+        use super::{Geom, batch_norm_first_fused, moments::finish};
         fn check<T: crate::dtype::Element>(x: &[T]) {
             let g = Geom { n: 3, c: 5, s: 37 };
             let fin = |m: f64| finish::<T::Compute>(g.n * g.s, m, 1e-5, false, true).1;
-            let gamma: Vec<T::Compute> = (0..g.c)
-                .map(|c| <T::Compute as crate::dtype::Real>::from_f64(0.5 + c as f64))
-                .collect();
-            let beta: Vec<T::Compute> = (0..g.c)
-                .map(|c| <T::Compute as crate::dtype::Real>::from_f64(c as f64 - 2.0))
-                .collect();
+            let (gamma, beta) = test_affine::<T::Compute>(g.c);
             let mut y1 = vec![T::default(); x.len()];
             let (m1, v1, r1) = batch_norm_first_fused(x, &mut y1, g, fin, &gamma, &beta);
-            let (m2, v2) = channel_moments(x, g, ChannelLayout::First);
-            let r2: Vec<T::Compute> = v2.iter().map(|&m| fin(m)).collect();
-            let shift: Vec<Centre<T::Compute>> = m2.iter().map(|&m| Centre::of(m)).collect();
-            let scale: Vec<T::Compute> = r2.iter().zip(&gamma).map(|(&r, &w)| r * w).collect();
-            let k = Coefficients {
-                shift: &shift,
-                scale: &scale,
-                offset: &beta,
-                per_sample: false,
-            };
-            let mut y2 = vec![T::default(); x.len()];
-            apply_channel(x, &mut y2, g, ChannelLayout::First, &k);
+            let (m2, v2, r2, y2) = moments_then_apply(x, g, fin, (&gamma, &beta));
             assert_eq!((m1, v1, r1), (m2, v2, r2));
-            let bits = |y: &[T]| y.iter().map(|v| v.to_f64().to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&y1), bits(&y2));
+            assert_eq!(bits_of(&y1), bits_of(&y2));
         }
         let values: Vec<f64> = (0..3 * 5 * 37)
             .map(|i| 7.0 + ((i * 7919) % 1013) as f64 / 97.0)
