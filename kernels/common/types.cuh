@@ -111,13 +111,14 @@ NK_DEVICE float nk_pow(float a, float b) { return powf(a, b); }
 NK_DEVICE double nk_pow(double a, double b) { return pow(a, b); }
 
 // Inverse standard deviation from m2 = Σ(x−μ)² over `count` elements, in CPU order
-// (backend/cpu/moments.rs `finish`): var = C(m2)/count (biased), optional clamp at 0,
+// (backend/cpu/moments.rs `finish`): var = C(m2)/count (biased), optional clamp of a negative
+// var at 0 (max(var, 0) as PyTorch's C++ computes it: a NaN variance stays NaN),
 // r = C(1/sqrt(double(var) + eps)); with `zero_var_rule`, var == 0 and eps == 0 give r = 0
 // (PyTorch's batch-norm kernel rule, reached through InstanceNorm).
 template <class C>
 NK_DEVICE C rstd_from_m2(C m2, i64 count, double eps, bool clamp, bool zero_var_rule) {
     C var = (C)((double)m2 / (double)count);
-    if (clamp && !(var > (C)0)) var = (C)0;
+    if (clamp && var < (C)0) var = (C)0;
     if (zero_var_rule && var == (C)0 && eps == 0.0) return (C)0;
     return (C)(1.0 / sqrt((double)var + eps));
 }
