@@ -22,6 +22,8 @@ use normkit::ops::{
 };
 use normkit::{Buffer, DType, ErrorKind, Layout, Tensor, TensorMut};
 
+mod emu_common;
+
 fn require_cuda() -> bool {
     std::env::var("NORMKIT_REQUIRE_CUDA").as_deref() == Ok("1")
 }
@@ -1117,6 +1119,22 @@ fn batch_norm_on_adversarial_data_matches_cpu() {
         return;
     };
     bn_on_adversarial_data(&dev, &[8, 6, 24, 24], None);
+}
+
+/// SyncBatchNorm training on the device (`CudaDevice::sync_batch_norm`: local statistics on
+/// the device, the exchange and Chan merge on the host, the apply on the device) on the
+/// adversarial inputs, against the CPU op in the same group: a 2-rank group whose other rank
+/// mirrors this one ([`emu_common::Mirror`]), so the merge runs on equal halves. Before f32
+/// local means were exchanged with their remainder and the apply centred on the global mean's
+/// hi + lo, f32 large-mean y was 1.6e-2 of the largest output off (4.662 for the CPU's 4.750;
+/// either half alone fails too); before M2 = 0 was recovered for r = 0, constant channels got
+/// invstd 0 (CPU 316.2) and an infinite running variance, in every dtype.
+#[test]
+fn sync_batch_norm_on_adversarial_data_matches_cpu() {
+    let Some(dev) = gpu("sync_batch_norm_on_adversarial_data_matches_cpu") else {
+        return;
+    };
+    bn_on_adversarial_data(&dev, &[8, 6, 12, 12], Some(&emu_common::Mirror));
 }
 
 /// The BatchNorm (or, with `comm`, SyncBatchNorm) training step of [`bn_train_step`] on the
