@@ -2,14 +2,16 @@
 //
 // View x as (n, c, s) with s = prod(spatial); group g holds channels [g·cg, (g+1)·cg),
 // cg = c / groups. One block per (n, g), grid-stride over
-// groups; y = (x − μ)·(r·γ_c) + β_c.
+// groups; y = (x − μ)·(r·γ_c) + β_c. Statistics relative to the group's first element x0, μ as
+// hi + lo (Centre, types.cuh), as the CPU op's (f32 data of mean 1e4 and spread 1e-2 needs it).
 //   nchw  group (n, g) is the contiguous run of cg·s elements at (n·groups + g)·cg·s: a row of
 //         row_norm_block (common/row_norm.cuh, the LayerNorm block kernel's body): 16-byte
 //         packs, two-pass statistics from registers when the group fits (cg·s <= blockDim.x ·
 //         GN_ROW_VALUES; the host sizes the block for that, up to GN_ROW_MAX_THREADS), else
 //         three streaming reads; one channel index and one γ/β load per pack when s % N == 0.
-//   nhwc  Welford statistics per thread over the group's strided elements (thread -> warp ->
-//         block, Chan merges in fixed order), then the apply (a second read, mostly from L2).
+//   nhwc  Welford statistics of x − x0 per thread over the group's strided elements (thread ->
+//         warp -> block, Chan merges in fixed order), then the apply (a second read, mostly from
+//         L2).
 //   GroupNorm:    r = 1/sqrt(max(var, 0) + eps)          (clamp_var = 1)
 //   InstanceNorm: r = 0 when var == 0 and eps == 0       (zero_var_rule = 1)
 // Variants by layout: nchw (each group is one contiguous run of cg·s elements) and nhwc
@@ -68,14 +70,15 @@ template <class C> struct GnEpilogue {
     NK_MEMBER i64 channel_of(i64 j) const {
         return (cg * s <= 0x7fffffffLL) ? (i64)((u32)j / (u32)s) : j / s;
     }
-    template <int N> NK_MEMBER void apply(C (&v)[N], C mu, C r, i64 row, i64 j) const {
+    template <int N>
+    NK_MEMBER void apply(C (&v)[N], const Centre<C>& mu, C r, i64 row, i64 j) const {
         const i64 c0 = (row % groups) * cg;
         const i64 ch = channel_of(j);
         if (j - ch * s + N <= s) {
             const C scale = w ? r * w[c0 + ch] : r;
-            const C shift = b ? b[c0 + ch] : (C)0;
+            const C beta = b ? b[c0 + ch] : (C)0;
 #pragma unroll
-            for (int k = 0; k < N; ++k) v[k] = (v[k] - mu) * scale + shift;
+            for (int k = 0; k < N; ++k) v[k] = mu.centre(v[k]) * scale + beta;
         } else {
 #pragma unroll
             for (int k = 0; k < N; ++k) {
@@ -83,8 +86,8 @@ template <class C> struct GnEpilogue {
                 const i64 t = channel_of(j + k);
                 const i64 ck = t < cg ? t : cg - 1;
                 const C scale = w ? r * w[c0 + ck] : r;
-                const C shift = b ? b[c0 + ck] : (C)0;
-                v[k] = (v[k] - mu) * scale + shift;
+                const C beta = b ? b[c0 + ck] : (C)0;
+                v[k] = mu.centre(v[k]) * scale + beta;
             }
         }
     }
@@ -132,24 +135,26 @@ NK_DEVICE void group_norm_fwd(const GroupNormParams p) {
     for (i64 ng = blockIdx.x; ng < p.n * p.groups; ng += gridDim.x) {
         const i64 n = ng / p.groups;
         const i64 g = ng - n * p.groups;
+        i64 ch;
+        // read before the block merge (a barrier): in place, no thread has written yet
+        const i64 first = gn_offset<NHWC, GroupNormParams>(p, n, g, cg, 0, &ch);
+        const C x0 = shift_of(Traits<S>::load(x[first]));
         Welford<C> acc = welford_empty<C>();
         for (i64 i = threadIdx.x; i < len; i += nthreads) {
-            i64 ch;
             const i64 off = gn_offset<NHWC, GroupNormParams>(p, n, g, cg, i, &ch);
-            welford_push(acc, Traits<S>::load(x[off]));
+            welford_push(acc, Traits<S>::load(x[off]) - x0);
         }
         acc = block_all_reduce_welford(acc, smem);
-        const C mean = acc.mean;
+        const Centre<C> mean = centre_of(x0, acc.mean);
         const C rstd = rstd_from_m2<C>(acc.m2, len, p.eps, p.clamp_var != 0, p.zero_var_rule != 0);
         for (i64 i = threadIdx.x; i < len; i += nthreads) {
-            i64 ch;
             const i64 off = gn_offset<NHWC, GroupNormParams>(p, n, g, cg, i, &ch);
             const C scale = w ? rstd * w[ch] : rstd;
-            const C shift = b ? b[ch] : (C)0;
-            y[off] = Traits<S>::store((Traits<S>::load(x[off]) - mean) * scale + shift);
+            const C beta = b ? b[ch] : (C)0;
+            y[off] = Traits<S>::store(mean.centre(Traits<S>::load(x[off])) * scale + beta);
         }
         if (threadIdx.x == 0) {
-            if (p.mean) static_cast<C*>(p.mean)[ng] = mean;
+            if (p.mean) static_cast<C*>(p.mean)[ng] = mean.hi;
             if (p.rstd) static_cast<C*>(p.rstd)[ng] = rstd;
             if (p.m2) static_cast<C*>(p.m2)[ng] = acc.m2;
         }

@@ -1,8 +1,9 @@
 // layer_norm.cu: LayerNorm forward, y = (x − μ)·r·γ + β per row, with
 // μ = Σx/N, r = 1/sqrt(Σ(x − μ)²/N + eps) (biased variance, no clamp; spec §6.3, §9.2).
 //
-// Two-pass statistics from registers (mean, then Σ(x − μ)²), never E[x²] − E[x]². Saved mean
-// and rstd are in the compute type (f32 for f16/bf16/f32, f64 for f64).
+// Two-pass statistics from registers (Σ(x − x0) with x0 the row's first element, then
+// Σ(x − μ)² with μ as hi + lo: resident_moments, common/row_norm.cuh), never E[x²] − E[x]².
+// Saved mean and rstd are in the compute type (f32 for f16/bf16/f32, f64 for f64).
 //
 // Variants (chosen on the host by src/backend/cuda/launch.rs):
 //   warp   one warp per row, rows in registers: cols <= 32 * LN_WARP_VALUES (1024).
@@ -30,7 +31,7 @@ namespace normkit {
 // unbounded: at three blocks, or at two on sm_80, it spills (kernels_compile test).
 #define LN_BLOCK_BOUNDS 256, 3
 
-// (v − μ)·r·γ_j + β_j for the pack of N values at columns [j, j + N). γ and β come through
+// ((v − μ.hi) − μ.lo)·r·γ_j + β_j for the pack of N values at columns [j, j + N). γ and β come through
 // load_params: vector loads when `params_vec`, and lanes past the row (j + k >= cols: padding
 // of the last pack, never stored) read no γ/β, which hold only cols values (an out-of-bounds
 // read found by compute-sanitizer on an H100).
@@ -38,14 +39,14 @@ namespace normkit {
 // load spanned 32·N·sizeof(C) bytes (1 KiB for bf16): 2N such loads per pack made the bf16
 // forward as slow as the f32 one (H100, docs/perf/gpu.md).
 template <class C, int N>
-NK_DEVICE void ln_affine_pack(C (&v)[N], C mean, C rstd, const C* w, const C* b, i64 j, i64 cols,
-                              bool params_vec) {
+NK_DEVICE void ln_affine_pack(C (&v)[N], const Centre<C>& mean, C rstd, const C* w, const C* b,
+                              i64 j, i64 cols, bool params_vec) {
     C wv[N], bv[N];
     if (w) load_params<C, N>(w, j, cols, params_vec, wv);
     if (b) load_params<C, N>(b, j, cols, params_vec, bv);
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-        C t = (v[k] - mean) * rstd;
+        C t = mean.centre(v[k]) * rstd;
         if (w) t = t * wv[k];
         if (b) t = t + bv[k];
         v[k] = t;
@@ -68,25 +69,14 @@ NK_DEVICE void layer_norm_fwd_warp(const LayerNormParams p) {
     for (i64 row = (i64)blockIdx.x * warps + (threadIdx.x >> 5); row < p.rows;
          row += (i64)gridDim.x * warps) {
         const S* xr = x + row * cols;
+        const C x0 = shift_of(Traits<S>::load(xr[0]));
         C v[ITERS][N];
-        C sum = (C)0;
-#pragma unroll
-        for (int it = 0; it < ITERS; ++it) {
-            load_pack<S, N>(xr, ((i64)it * 32 + lane) * N, cols, vec_ok, v[it]);
-#pragma unroll
-            for (int k = 0; k < N; ++k) sum += v[it][k];
-        }
-        const C mean = warp_all_reduce_sum(sum) / (C)cols;
-        C sq = (C)0;
 #pragma unroll
         for (int it = 0; it < ITERS; ++it)
-#pragma unroll
-            for (int k = 0; k < N; ++k)
-                if (((i64)it * 32 + lane) * N + k < cols) {
-                    C d = v[it][k] - mean;
-                    sq += d * d;
-                }
-        const C m2 = warp_all_reduce_sum(sq);
+            load_pack<S, N>(xr, ((i64)it * 32 + lane) * N, cols, vec_ok, v[it], x0);
+        C m2;
+        const Centre<C> mean = resident_moments<C, ITERS, N>(
+            v, x0, lane, 32, cols, [](C s) { return warp_all_reduce_sum(s); }, m2);
         const C rstd = rstd_from_m2<C>(m2, cols, p.eps, false, false);
         S* yr = y + row * cols;
 #pragma unroll
@@ -96,7 +86,7 @@ NK_DEVICE void layer_norm_fwd_warp(const LayerNormParams p) {
             store_pack<S, N>(yr, base, cols, vec_ok, v[it]);
         }
         if (lane == 0) {
-            if (p.mean) static_cast<C*>(p.mean)[row] = mean;
+            if (p.mean) static_cast<C*>(p.mean)[row] = mean.hi;
             if (p.rstd) static_cast<C*>(p.rstd)[row] = rstd;
         }
     }
@@ -112,7 +102,7 @@ template <class C> struct LnEpilogue {
     double eps;
     bool params_vec;
     NK_MEMBER C rstd(C m2) const { return rstd_from_m2<C>(m2, cols, eps, false, false); }
-    template <int N> NK_MEMBER void apply(C (&v)[N], C mu, C r, i64, i64 j) const {
+    template <int N> NK_MEMBER void apply(C (&v)[N], const Centre<C>& mu, C r, i64, i64 j) const {
         ln_affine_pack<C, N>(v, mu, r, w, b, j, cols, params_vec);
     }
     NK_MEMBER void save(i64 row, C mu, C r, C) const {

@@ -14,12 +14,15 @@ use normkit::backend::cuda::ops::{
     plan_layer_norm, plan_local_response_norm,
 };
 use normkit::backend::cuda::{CudaAvailability, nvrtc, probe};
+use normkit::comm::Communicator;
 use normkit::device::{Device, DeviceRequest, select_device};
 use normkit::ops::{
     BatchNormArgs, GroupNormArgs, InstanceNormArgs, LayerNormArgs, LrnArgs, batch_norm, group_norm,
-    instance_norm, layer_norm, local_response_norm,
+    instance_norm, layer_norm, local_response_norm, sync_batch_norm,
 };
 use normkit::{Buffer, DType, ErrorKind, Layout, Tensor, TensorMut};
+
+mod emu_common;
 
 fn require_cuda() -> bool {
     std::env::var("NORMKIT_REQUIRE_CUDA").as_deref() == Ok("1")
@@ -409,6 +412,165 @@ fn dview_mut<'a>(b: &'a mut DeviceBuffer, shape: &[usize], layout: Layout) -> De
 
 const LAYOUTS: [Layout; 2] = [Layout::Contiguous, Layout::ChannelsLast];
 
+/// `(part, device, cpu)` for y and the saved mean and invstd of one op run on `dev` and on the
+/// CPU from the same operands.
+type Parts = Vec<(&'static str, Vec<f64>, Vec<f64>)>;
+
+/// A comparison of device values with the CPU's ([`close`], [`same_incl_nonfinite`]).
+type Compare = fn(&str, DType, &[f64], &[f64]);
+
+/// Compares every part with `cmp`, labelled `what` and the part.
+fn compare_parts(what: &str, d: DType, parts: Parts, cmp: Compare) {
+    for (part, got, want) in parts {
+        cmp(&format!("{what} {part}"), d, &got, &want);
+    }
+}
+
+/// γ and β of `len` values in the statistics dtype of `d`: `values(len, seed)` and
+/// `values(len, seed + 1)`.
+fn affine(d: DType, len: usize, seed: u64) -> (Buffer, Buffer) {
+    let sd = d.stat_dtype();
+    (
+        Buffer::from_f64(sd, &values(len, seed)),
+        Buffer::from_f64(sd, &values(len, seed + 1)),
+    )
+}
+
+/// LayerNorm over the trailing dims `ns` of `xs` (shape `shape`) in dtype `d`, with γ and β
+/// from [`affine`]`(seed)`, on the CPU and on `dev`, every part compared with `cmp`.
+#[allow(clippy::too_many_arguments)]
+fn check_layer_norm(
+    dev: &CudaDevice,
+    d: DType,
+    xs: &[f64],
+    shape: &[usize],
+    ns: &[usize],
+    seed: u64,
+    cmp: Compare,
+    what: &str,
+) {
+    let (xb, n) = (Buffer::from_f64(d, xs), xs.len());
+    let (wb, bb) = affine(d, ns.iter().product(), seed);
+    let (xb, wb, bb) = (&xb, &wb, &bb);
+    let mut yb = Buffer::filled(d, n, 0.0);
+    let cpu = layer_norm(
+        &host(xb, shape, Layout::Contiguous),
+        &mut host_mut(&mut yb, shape, Layout::Contiguous),
+        LayerNormArgs {
+            weight: Some(Tensor::new(wb.as_data(), ns).unwrap()),
+            bias: Some(Tensor::new(bb.as_data(), ns).unwrap()),
+            ..LayerNormArgs::new(ns)
+        },
+    )
+    .unwrap();
+    let (xd, wd, bd) = (upload(dev, xb), upload(dev, wb), upload(dev, bb));
+    let mut yd = dev.alloc(d, n).unwrap();
+    let stats = dev
+        .layer_norm(
+            &xd.view(shape).unwrap(),
+            &mut yd.view_mut(shape).unwrap(),
+            CudaLayerNormArgs {
+                normalized_shape: ns.to_vec(),
+                weight: Some(wd.view(ns).unwrap()),
+                bias: Some(bd.view(ns).unwrap()),
+                eps: 1e-5,
+            },
+        )
+        .unwrap();
+    let parts = vec![
+        ("y", yd.download_f64().unwrap(), yb.to_f64_vec()),
+        (
+            "mean",
+            stats.mean.download_f64().unwrap(),
+            cpu.mean.to_f64_vec(),
+        ),
+        (
+            "invstd",
+            stats.invstd.download_f64().unwrap(),
+            cpu.invstd.to_f64_vec(),
+        ),
+    ];
+    compare_parts(what, d, parts, cmp);
+}
+
+/// GroupNorm with `groups` groups (`Some`), or InstanceNorm from the input's statistics
+/// (`None`), of `xs` (shape `shape`, values in the memory order of `lay`) in dtype `d`, with γ
+/// and β from [`affine`]`(seed)`, on the CPU and on `dev`, every part compared with `cmp`.
+#[allow(clippy::too_many_arguments)]
+fn check_group_norm(
+    dev: &CudaDevice,
+    d: DType,
+    xs: &[f64],
+    (shape, lay): (&[usize], Layout),
+    groups: Option<usize>,
+    seed: u64,
+    cmp: Compare,
+    what: &str,
+) {
+    let (xb, n, c) = (Buffer::from_f64(d, xs), xs.len(), shape[1]);
+    let (wb, bb) = affine(d, c, seed);
+    let (xb, wb, bb) = (&xb, &wb, &bb);
+    let (xd, wd, bd) = (upload(dev, xb), upload(dev, wb), upload(dev, bb));
+    let (weight, bias) = (Some(wd.view(&[c]).unwrap()), Some(bd.view(&[c]).unwrap()));
+    let mut yb = Buffer::filled(d, n, 0.0);
+    let mut yd = dev.alloc(d, n).unwrap();
+    let (x, y) = (&host(xb, shape, lay), &mut host_mut(&mut yb, shape, lay));
+    let (xv, yv) = (&dview(&xd, shape, lay), &mut dview_mut(&mut yd, shape, lay));
+    let (cpu, stats) = match groups {
+        Some(num_groups) => {
+            let args = GroupNormArgs {
+                weight: Some(wb.view()),
+                bias: Some(bb.view()),
+                ..GroupNormArgs::new(num_groups)
+            };
+            let dargs = CudaGroupNormArgs {
+                num_groups,
+                weight,
+                bias,
+                eps: 1e-5,
+            };
+            (
+                group_norm(x, y, args).unwrap(),
+                dev.group_norm(xv, yv, dargs).unwrap(),
+            )
+        }
+        None => {
+            let args = InstanceNormArgs {
+                weight: Some(wb.view()),
+                bias: Some(bb.view()),
+                ..Default::default()
+            };
+            let dargs = CudaInstanceNormArgs {
+                weight,
+                bias,
+                running_mean: None,
+                running_var: None,
+                use_input_stats: true,
+                momentum: 0.1,
+                eps: 1e-5,
+            };
+            (
+                instance_norm(x, y, args).unwrap(),
+                dev.instance_norm(xv, yv, dargs).unwrap(),
+            )
+        }
+    };
+    let parts = vec![
+        ("y", yd.download_f64().unwrap(), yb.to_f64_vec()),
+        (
+            "mean",
+            stats.mean.download_f64().unwrap(),
+            cpu.mean.to_f64_vec(),
+        ),
+        (
+            "invstd",
+            stats.invstd.download_f64().unwrap(),
+            cpu.invstd.to_f64_vec(),
+        ),
+    ];
+    compare_parts(what, d, parts, cmp);
+}
+
 #[test]
 fn layer_norm_matches_cpu() {
     let Some(dev) = gpu("layer_norm_matches_cpu") else {
@@ -422,50 +584,9 @@ fn layer_norm_matches_cpu() {
             (vec![3, 1500], vec![1500]),
             (vec![2, 5000], vec![5000]),
         ] {
-            let n: usize = shape.iter().product();
-            let cols: usize = ns.iter().product();
-            let xb = Buffer::from_f64(d, &values(n, 1));
-            let wb = Buffer::from_f64(d.stat_dtype(), &values(cols, 2));
-            let bb = Buffer::from_f64(d.stat_dtype(), &values(cols, 3));
-            let mut yb = Buffer::filled(d, n, 0.0);
-            let cpu = layer_norm(
-                &host(&xb, &shape, Layout::Contiguous),
-                &mut host_mut(&mut yb, &shape, Layout::Contiguous),
-                LayerNormArgs {
-                    weight: Some(Tensor::new(wb.as_data(), &ns).unwrap()),
-                    bias: Some(Tensor::new(bb.as_data(), &ns).unwrap()),
-                    ..LayerNormArgs::new(&ns)
-                },
-            )
-            .unwrap();
-            let (xd, wd, bd) = (upload(&dev, &xb), upload(&dev, &wb), upload(&dev, &bb));
-            let mut yd = dev.alloc(d, n).unwrap();
-            let stats = dev
-                .layer_norm(
-                    &xd.view(&shape).unwrap(),
-                    &mut yd.view_mut(&shape).unwrap(),
-                    CudaLayerNormArgs {
-                        normalized_shape: ns.clone(),
-                        weight: Some(wd.view(&ns).unwrap()),
-                        bias: Some(bd.view(&ns).unwrap()),
-                        eps: 1e-5,
-                    },
-                )
-                .unwrap();
+            let xs = values(shape.iter().product(), 1);
             let what = format!("layer_norm {shape:?}");
-            close(&what, d, &yd.download_f64().unwrap(), &yb.to_f64_vec());
-            close(
-                &what,
-                d,
-                &stats.mean.download_f64().unwrap(),
-                &cpu.mean.to_f64_vec(),
-            );
-            close(
-                &what,
-                d,
-                &stats.invstd.download_f64().unwrap(),
-                &cpu.invstd.to_f64_vec(),
-            );
+            check_layer_norm(&dev, d, &xs, &shape, &ns, 2, close, &what);
         }
     }
 }
@@ -479,84 +600,14 @@ fn group_and_instance_norm_match_cpu() {
     let n = 180;
     for d in DType::ALL {
         for lay in LAYOUTS {
-            let xb = Buffer::from_f64(d, &values(n, 4));
-            let wb = Buffer::from_f64(d.stat_dtype(), &values(6, 5));
-            let bb = Buffer::from_f64(d.stat_dtype(), &values(6, 6));
-            let (xd, wd, bd) = (upload(&dev, &xb), upload(&dev, &wb), upload(&dev, &bb));
-            // GroupNorm, 3 groups
-            let mut yb = Buffer::filled(d, n, 0.0);
-            let cpu = group_norm(
-                &host(&xb, &shape, lay),
-                &mut host_mut(&mut yb, &shape, lay),
-                GroupNormArgs {
-                    weight: Some(wb.view()),
-                    bias: Some(bb.view()),
-                    ..GroupNormArgs::new(3)
-                },
-            )
-            .unwrap();
-            let mut yd = dev.alloc(d, n).unwrap();
-            let stats = dev
-                .group_norm(
-                    &dview(&xd, &shape, lay),
-                    &mut dview_mut(&mut yd, &shape, lay),
-                    CudaGroupNormArgs {
-                        num_groups: 3,
-                        weight: Some(wd.view(&[6]).unwrap()),
-                        bias: Some(bd.view(&[6]).unwrap()),
-                        eps: 1e-5,
-                    },
-                )
-                .unwrap();
-            let what = format!("group_norm {lay:?}");
-            close(&what, d, &yd.download_f64().unwrap(), &yb.to_f64_vec());
-            close(
-                &what,
-                d,
-                &stats.mean.download_f64().unwrap(),
-                &cpu.mean.to_f64_vec(),
-            );
-            close(
-                &what,
-                d,
-                &stats.invstd.download_f64().unwrap(),
-                &cpu.invstd.to_f64_vec(),
-            );
-            // InstanceNorm with input statistics
-            let mut yb = Buffer::filled(d, n, 0.0);
-            let cpu = instance_norm(
-                &host(&xb, &shape, lay),
-                &mut host_mut(&mut yb, &shape, lay),
-                InstanceNormArgs {
-                    weight: Some(wb.view()),
-                    bias: Some(bb.view()),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            let stats = dev
-                .instance_norm(
-                    &dview(&xd, &shape, lay),
-                    &mut dview_mut(&mut yd, &shape, lay),
-                    CudaInstanceNormArgs {
-                        weight: Some(wd.view(&[6]).unwrap()),
-                        bias: Some(bd.view(&[6]).unwrap()),
-                        running_mean: None,
-                        running_var: None,
-                        use_input_stats: true,
-                        momentum: 0.1,
-                        eps: 1e-5,
-                    },
-                )
-                .unwrap();
-            let what = format!("instance_norm {lay:?}");
-            close(&what, d, &yd.download_f64().unwrap(), &yb.to_f64_vec());
-            close(
-                &what,
-                d,
-                &stats.invstd.download_f64().unwrap(),
-                &cpu.invstd.to_f64_vec(),
-            );
+            let xs = values(n, 4);
+            let xb = Buffer::from_f64(d, &xs);
+            // GroupNorm, 3 groups; InstanceNorm with input statistics
+            for (op, groups) in [("group_norm", Some(3)), ("instance_norm", None)] {
+                let what = format!("{op} {lay:?}");
+                check_group_norm(&dev, d, &xs, (&shape, lay), groups, 5, close, &what);
+            }
+            let (xd, mut yd) = (upload(&dev, &xb), dev.alloc(d, n).unwrap());
             // InstanceNorm with running statistics
             let rm = Buffer::from_f64(d.stat_dtype(), &values(6, 7));
             let rv = Buffer::from_f64(
@@ -734,8 +785,9 @@ fn instance_norm_running_case(
 }
 
 /// One BatchNorm training step (running statistics, a batch counter from 3) on the CPU and on
-/// `dev` from the same operands: the device operands and the host running statistics after it,
-/// and `(part, device, cpu)` for y, the saved mean and invstd, and the running statistics.
+/// `dev` from the same operands (SyncBatchNorm's in the group of `comm` when given): the device
+/// operands and the host running statistics after it, and `(part, device, cpu)` for y, the
+/// saved mean and invstd, and the running statistics.
 struct BnTrainStep {
     xd: DeviceBuffer,
     wd: DeviceBuffer,
@@ -756,47 +808,47 @@ fn bn_train_step(
     bb: &Buffer,
     rm: &Buffer,
     momentum: Option<f64>,
+    comm: Option<&dyn Communicator>,
 ) -> BnTrainStep {
     let (d, n, c) = (xb.dtype(), xb.len(), shape[1]);
     let rv = Buffer::filled(d.stat_dtype(), c, 1.0);
     let (mut rmh, mut rvh) = (rm.clone(), rv.clone());
     let mut yb = Buffer::filled(d, n, 0.0);
     let mut count_h = 3i64;
-    let cpu = batch_norm(
-        &host(xb, shape, lay),
-        &mut host_mut(&mut yb, shape, lay),
-        BatchNormArgs {
-            weight: Some(wb.view()),
-            bias: Some(bb.view()),
-            running_mean: Some(rmh.view_mut()),
-            running_var: Some(rvh.view_mut()),
-            num_batches_tracked: Some(&mut count_h),
-            training: true,
-            momentum,
-            eps: 1e-5,
-        },
-    )
-    .unwrap();
+    let (x, y) = (&host(xb, shape, lay), &mut host_mut(&mut yb, shape, lay));
+    let args = BatchNormArgs {
+        weight: Some(wb.view()),
+        bias: Some(bb.view()),
+        running_mean: Some(rmh.view_mut()),
+        running_var: Some(rvh.view_mut()),
+        num_batches_tracked: Some(&mut count_h),
+        training: true,
+        momentum,
+        eps: 1e-5,
+    };
+    let cpu = match comm {
+        Some(comm) => sync_batch_norm(x, y, args, comm).unwrap().0,
+        None => batch_norm(x, y, args).unwrap(),
+    };
     let (xd, wd, bd) = (upload(dev, xb), upload(dev, wb), upload(dev, bb));
     let (mut rmd, mut rvd) = (upload(dev, rm), upload(dev, &rv));
     let mut yd = dev.alloc(d, n).unwrap();
     let mut count_d = 3i64;
-    let stats = dev
-        .batch_norm(
-            &dview(&xd, shape, lay),
-            &mut dview_mut(&mut yd, shape, lay),
-            CudaBatchNormArgs {
-                weight: Some(wd.view(&[c]).unwrap()),
-                bias: Some(bd.view(&[c]).unwrap()),
-                running_mean: Some(rmd.view_mut(&[c]).unwrap()),
-                running_var: Some(rvd.view_mut(&[c]).unwrap()),
-                num_batches_tracked: Some(&mut count_d),
-                training: true,
-                momentum,
-                eps: 1e-5,
-            },
-        )
-        .unwrap();
+    let (x, y) = (&dview(&xd, shape, lay), &mut dview_mut(&mut yd, shape, lay));
+    let args = CudaBatchNormArgs {
+        weight: Some(wd.view(&[c]).unwrap()),
+        bias: Some(bd.view(&[c]).unwrap()),
+        running_mean: Some(rmd.view_mut(&[c]).unwrap()),
+        running_var: Some(rvd.view_mut(&[c]).unwrap()),
+        num_batches_tracked: Some(&mut count_d),
+        training: true,
+        momentum,
+        eps: 1e-5,
+    };
+    let stats = match comm {
+        Some(comm) => dev.sync_batch_norm(x, y, args, comm).unwrap().0,
+        None => dev.batch_norm(x, y, args).unwrap(),
+    };
     assert_eq!(
         count_d, count_h,
         "batch_norm {shape:?}: num_batches_tracked"
@@ -847,7 +899,8 @@ fn batch_norm_matches_cpu() {
                     let wb = Buffer::from_f64(d.stat_dtype(), &values(c, 10));
                     let bb = Buffer::from_f64(d.stat_dtype(), &values(c, 11));
                     let rm = Buffer::from_f64(d.stat_dtype(), &values(c, 12));
-                    let mut t = bn_train_step(&dev, &xb, &shape, lay, &wb, &bb, &rm, momentum);
+                    let mut t =
+                        bn_train_step(&dev, &xb, &shape, lay, &wb, &bb, &rm, momentum, None);
                     let what = format!("batch_norm {shape:?} {lay:?} {momentum:?}");
                     for (part, got, want) in &t.outs {
                         close(&format!("{what} {part}"), d, got, want);
@@ -994,6 +1047,65 @@ fn same_incl_nonfinite(what: &str, d: DType, got: &[f64], want: &[f64]) {
     }
 }
 
+/// The adversarial inputs of the `*_on_adversarial_data_matches_cpu` tests, as logical
+/// (N, C, S) values of `shape` (N, C, then any spatial dims): `large mean` 1e4 + 1e-2·u (f32
+/// and f64 only, see [`adversarial_dtypes`]: E[x²] − E[x]² loses every digit, f32 sums and an
+/// f32 centre lose most), `constant` per channel (variance 0), and `non-finite`: u except the
+/// whole planes (b, ch) of `special`, set to the given value (NaN, ±inf). u in [-1.5, 2.5)
+/// from `values(·, seed)`.
+fn adversarial_inputs(
+    shape: &[usize],
+    seed: u64,
+    special: &[(usize, usize, f64)],
+) -> [(&'static str, Vec<f64>); 3] {
+    let (n, c) = (shape.iter().product::<usize>(), shape[1]);
+    let s = n / (shape[0] * c);
+    let noise = values(n, seed);
+    // element (b, ch, i) of the logical (N, C, S) tensor
+    let data = |f: &dyn Fn(usize, usize, f64) -> f64| -> Vec<f64> {
+        (0..n)
+            .map(|e| f(e / (c * s), (e / s) % c, noise[e]))
+            .collect()
+    };
+    [
+        ("large mean", data(&|_, _, u| 1e4 + 1e-2 * u)),
+        ("constant", data(&|_, ch, _| ch as f64 - 2.5)),
+        (
+            "non-finite",
+            data(&|b, ch, u| {
+                special
+                    .iter()
+                    .find(|&&(sb, sc, _)| (sb, sc) == (b, ch))
+                    .map_or(u, |&(_, _, v)| v)
+            }),
+        ),
+    ]
+}
+
+/// The dtypes an adversarial case runs in: all, but `large mean` in f32 and f64 only (1e4 +
+/// 1e-2·u is not representable in f16/bf16: a constant there).
+fn adversarial_dtypes(case: &str) -> impl Iterator<Item = DType> {
+    let all = case != "large mean";
+    DType::ALL
+        .into_iter()
+        .filter(move |d| all || matches!(d, DType::F32 | DType::F64))
+}
+
+/// Logical (N, C, S) values `xs` of `shape` in the memory order of `lay`.
+fn stored_as(xs: &[f64], shape: &[usize], lay: Layout) -> Vec<f64> {
+    let (n, c) = (xs.len(), shape[1]);
+    let s = n / (shape[0] * c);
+    match lay {
+        Layout::ChannelsLast => (0..n)
+            .map(|e| {
+                let (b, i, ch) = (e / (s * c), (e / c) % s, e % c);
+                xs[(b * c + ch) * s + i]
+            })
+            .collect(),
+        _ => xs.to_vec(),
+    }
+}
+
 /// BatchNorm training on data that breaks naive statistics, against the CPU op: a mean of 1e4
 /// with a spread of 1e-2 (f32/f64: E[x²] − E[x]² would lose every digit; f32 statistics in f32
 /// with an f32 centre were 14 % off, so the device accumulates f32 input in f64 and centres on
@@ -1006,52 +1118,118 @@ fn batch_norm_on_adversarial_data_matches_cpu() {
     let Some(dev) = gpu("batch_norm_on_adversarial_data_matches_cpu") else {
         return;
     };
-    let shape = [8usize, 6, 24, 24];
-    let (n, c, s) = (shape.iter().product::<usize>(), shape[1], 24 * 24);
-    let noise = values(n, 21);
-    // element (b, ch, i) of the logical NCHW tensor
-    let data = |f: &dyn Fn(usize, usize, f64) -> f64| -> Vec<f64> {
-        (0..n)
-            .map(|e| f(e / (c * s), (e / s) % c, noise[e]))
-            .collect()
+    bn_on_adversarial_data(&dev, &[8, 6, 24, 24], None);
+}
+
+/// SyncBatchNorm training on the device (`CudaDevice::sync_batch_norm`: local statistics on
+/// the device, the exchange and Chan merge on the host, the apply on the device) on the
+/// adversarial inputs, against the CPU op in the same group: a 2-rank group whose other rank
+/// mirrors this one ([`emu_common::Mirror`]), so the merge runs on equal halves. Before f32
+/// local means were exchanged with their remainder and the apply centred on the global mean's
+/// hi + lo, f32 large-mean y was 1.6e-2 of the largest output off (4.662 for the CPU's 4.750;
+/// either half alone fails too); before M2 = 0 was recovered for r = 0, constant channels got
+/// invstd 0 (CPU 316.2) and an infinite running variance, in every dtype.
+#[test]
+fn sync_batch_norm_on_adversarial_data_matches_cpu() {
+    let Some(dev) = gpu("sync_batch_norm_on_adversarial_data_matches_cpu") else {
+        return;
     };
-    let large_mean = data(&|_, _, u| 1e4 + 1e-2 * u);
-    let constant = data(&|_, ch, _| ch as f64 - 2.5);
-    let non_finite = data(&|b, ch, u| match (b, ch) {
-        (3, 0) => f64::NAN,
-        (5, 1) => f64::INFINITY,
-        (1, 2) => f64::INFINITY,
-        (6, 2) => f64::NEG_INFINITY,
-        _ => u,
-    });
-    for (name, xs) in [
-        ("large mean", &large_mean),
-        ("constant", &constant),
-        ("non-finite", &non_finite),
-    ] {
-        for d in DType::ALL {
-            if name == "large mean" && matches!(d, DType::F16 | DType::BF16) {
-                continue; // 1e4 + 1e-2·u is not representable: a constant there
-            }
+    bn_on_adversarial_data(&dev, &[8, 6, 12, 12], Some(&emu_common::Mirror));
+}
+
+/// The BatchNorm (or, with `comm`, SyncBatchNorm) training step of [`bn_train_step`] on the
+/// adversarial inputs of `shape` (N ≥ 7, C ≥ 3: the non-finite planes), compared with
+/// [`same_incl_nonfinite`].
+fn bn_on_adversarial_data(dev: &CudaDevice, shape: &[usize], comm: Option<&dyn Communicator>) {
+    let c = shape[1];
+    let special = [
+        (3, 0, f64::NAN),
+        (5, 1, f64::INFINITY),
+        (1, 2, f64::INFINITY),
+        (6, 2, f64::NEG_INFINITY),
+    ];
+    let op = if comm.is_some() {
+        "sync_batch_norm"
+    } else {
+        "batch_norm"
+    };
+    for (name, xs) in adversarial_inputs(shape, 21, &special) {
+        for d in adversarial_dtypes(name) {
             for lay in LAYOUTS {
-                let what = format!("batch_norm {name} {lay:?}");
-                // the logical NCHW values, stored in `lay`
-                let stored: Vec<f64> = match lay {
-                    Layout::ChannelsLast => (0..n)
-                        .map(|e| {
-                            let (b, i, ch) = (e / (s * c), (e / c) % s, e % c);
-                            xs[(b * c + ch) * s + i]
-                        })
-                        .collect(),
-                    _ => xs.clone(),
-                };
-                let xb = Buffer::from_f64(d, &stored);
-                let wb = Buffer::from_f64(d.stat_dtype(), &values(c, 22));
-                let bb = Buffer::from_f64(d.stat_dtype(), &values(c, 23));
+                let what = format!("{op} {name} {lay:?}");
+                let xb = Buffer::from_f64(d, &stored_as(&xs, shape, lay));
+                let (wb, bb) = affine(d, c, 22);
                 let rm = Buffer::filled(d.stat_dtype(), c, 0.0);
-                let t = bn_train_step(&dev, &xb, &shape, lay, &wb, &bb, &rm, Some(0.1));
+                let t = bn_train_step(dev, &xb, shape, lay, &wb, &bb, &rm, Some(0.1), comm);
                 for (part, got, want) in &t.outs {
                     same_incl_nonfinite(&format!("{what} {part}"), d, got, want);
+                }
+            }
+        }
+    }
+}
+
+/// LayerNorm on the adversarial inputs ([`adversarial_inputs`]) against the CPU op: y, saved
+/// mean and invstd. Rows of 120 and 999 (ragged) take the warp kernel (≤ 1024 columns), 3000
+/// the block kernel with the row in registers (≤ 4096), 5100 and 4101 (ragged) its streaming
+/// path. Input (8, 3, k) normalised over (3, k): row 3 starts with a NaN plane, row 1 with +inf
+/// and holds −inf too, rows 5 and 6 start finite and hold +inf / −inf (a finite and a
+/// non-finite first element: the statistics are taken relative to it). Before the device took
+/// f32 rows' sums relative to their first element, f32 large-mean rows were up to 1.3 % off.
+#[test]
+fn layer_norm_on_adversarial_data_matches_cpu() {
+    let Some(dev) = gpu("layer_norm_on_adversarial_data_matches_cpu") else {
+        return;
+    };
+    let special = [
+        (3, 0, f64::NAN),
+        (1, 0, f64::INFINITY),
+        (1, 2, f64::NEG_INFINITY),
+        (5, 1, f64::INFINITY),
+        (6, 2, f64::NEG_INFINITY),
+    ];
+    for k in [40usize, 333, 1000, 1700, 1367] {
+        let (shape, ns) = ([8, 3, k], [3, k]);
+        for (name, xs) in adversarial_inputs(&shape, 24, &special) {
+            for d in adversarial_dtypes(name) {
+                let what = format!("layer_norm {name} {shape:?}");
+                check_layer_norm(&dev, d, &xs, &shape, &ns, 25, same_incl_nonfinite, &what);
+            }
+        }
+    }
+}
+
+/// GroupNorm (2 groups of 3 channels) and InstanceNorm on the adversarial inputs
+/// ([`adversarial_inputs`]) against the CPU op, both layouts: y, saved mean and invstd.
+/// Contiguous (NCHW) groups of 210 elements and instances of 70 (shape (2, 6, 7, 10)) are held
+/// in registers by the row kernel, groups of 9408 ((2, 6, 56, 56)) and instances of 9216 ((1,
+/// 4, 96, 96)) stream (> 8192 elements); channels last runs Welford per element. Group (1, 0)
+/// starts with a NaN plane, (0, 0) holds +inf after finite data, (0, 1) starts with +inf and
+/// holds −inf.
+#[test]
+fn group_and_instance_norm_on_adversarial_data_match_cpu() {
+    let Some(dev) = gpu("group_and_instance_norm_on_adversarial_data_match_cpu") else {
+        return;
+    };
+    let special = [
+        (1, 0, f64::NAN),
+        (0, 1, f64::INFINITY),
+        (0, 3, f64::INFINITY),
+        (0, 5, f64::NEG_INFINITY),
+    ];
+    for (shape, op, groups) in [
+        ([2usize, 6, 7, 10], "group_norm", Some(2)),
+        ([2, 6, 7, 10], "instance_norm", None),
+        ([2, 6, 56, 56], "group_norm", Some(2)),
+        ([1, 4, 96, 96], "instance_norm", None),
+    ] {
+        for (name, xs) in adversarial_inputs(&shape, 27, &special) {
+            for d in adversarial_dtypes(name) {
+                for lay in LAYOUTS {
+                    let what = format!("{op} {name} {shape:?} {lay:?}");
+                    let stored = stored_as(&xs, &shape, lay);
+                    let cmp = same_incl_nonfinite;
+                    check_group_norm(&dev, d, &stored, (&shape, lay), groups, 28, cmp, &what);
                 }
             }
         }

@@ -240,27 +240,6 @@ fn a_failing_collective_leaves_the_state_unchanged() {
     assert_eq!(before, after);
 }
 
-/// A 2-rank group whose other rank mirrors this one.
-struct Mirror;
-
-impl Communicator for Mirror {
-    fn world_size(&self) -> usize {
-        2
-    }
-    fn rank(&self) -> usize {
-        0
-    }
-    fn all_gather(&self, send: &[f64], recv: &mut [f64]) -> Result<()> {
-        recv[..send.len()].copy_from_slice(send);
-        recv[send.len()..].copy_from_slice(send);
-        Ok(())
-    }
-    fn all_reduce_sum(&self, data: &mut [f64]) -> Result<()> {
-        data.iter_mut().for_each(|v| *v *= 2.0);
-        Ok(())
-    }
-}
-
 #[test]
 fn an_empty_rank_takes_part_and_overwrites_its_parameter_gradients() {
     use normkit::backend::cuda::backward::{
@@ -291,7 +270,7 @@ fn an_empty_rank_takes_part_and_overwrites_its_parameter_gradients() {
             },
         },
         4.0,
-        &Mirror,
+        &emu_common::Mirror,
     )
     .unwrap();
     assert_eq!(gw.download::<f32>().unwrap(), vec![0.0; C]);

@@ -18,10 +18,12 @@ NK_DEVICE bool is_aligned16(const void* p) { return (((u64)p) & 15u) == 0; }
 // An optional array (γ, β: null when absent) that load_params may read as vectors.
 NK_DEVICE bool optional_aligned16(const void* p) { return !p || is_aligned16(p); }
 
-// Loads elements [i, i + N) of `p` as compute values; lanes at or beyond `end` read as 0.
+// Loads elements [i, i + N) of `p` as compute values; lanes at or beyond `end` read as `fill`
+// (0 unless given: a row's shift, so that padding adds nothing to Σ(x − shift)).
 template <class S, int N>
 NK_DEVICE void load_pack(const S* p, i64 i, i64 end, bool vec_ok,
-                         typename Traits<S>::C (&out)[N]) {
+                         typename Traits<S>::C (&out)[N],
+                         typename Traits<S>::C fill = (typename Traits<S>::C)0) {
     if (vec_ok && i + N <= end) {
         Pack<S, N> pk = *reinterpret_cast<const Pack<S, N>*>(p + i);
 #pragma unroll
@@ -29,7 +31,7 @@ NK_DEVICE void load_pack(const S* p, i64 i, i64 end, bool vec_ok,
     } else {
 #pragma unroll
         for (int k = 0; k < N; ++k)
-            out[k] = (i + k < end) ? Traits<S>::load(p[i + k]) : (typename Traits<S>::C)0;
+            out[k] = (i + k < end) ? Traits<S>::load(p[i + k]) : fill;
     }
 }
 

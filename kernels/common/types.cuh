@@ -110,14 +110,44 @@ NK_DEVICE double nk_sqrt(double v) { return sqrt(v); }
 NK_DEVICE float nk_pow(float a, float b) { return powf(a, b); }
 NK_DEVICE double nk_pow(double a, double b) { return pow(a, b); }
 
+// A mean held as the unevaluated sum hi + lo of two compute values (the CPU op's `Centre`,
+// backend/cpu/moments.rs): hi is the mean rounded to C (the saved mean), lo the remainder.
+// `(x − hi) − lo` keeps the mean's precision: x − hi is exact near the mean (Sterbenz), lo is
+// tiny. An f32 mean of 1e4 alone is off by up to 4.9e-4, a twentieth of a spread of 1e-2.
+template <class C> struct Centre {
+    C hi;
+    C lo;
+    NK_MEMBER C centre(C x) const { return (x - hi) - lo; }
+};
+
+// The shift of a run's statistics (sums of x − shift, at the data's spread instead of its
+// offset): the run's first element, or 0 where that is not finite (the sums then see the data
+// itself, so NaN and ±inf propagate as without a shift).
+template <class C> NK_DEVICE C shift_of(C first) { return nk_isfinite(first) ? first : (C)0; }
+
+// shift + dm (dm: the mean of x − shift) as a Centre: hi = fl(shift + dm), lo = the exact
+// rounding error of that sum (TwoSum; no products, so no FMA contraction), wherever the shift
+// lies relative to the mean. A non-finite mean has no low part (lo = 0, as `Centre::of`).
+template <class C> NK_DEVICE Centre<C> centre_of(C shift, C dm) {
+    Centre<C> m;
+    m.hi = shift + dm;
+    m.lo = (C)0;
+    if (nk_isfinite(m.hi)) {
+        const C b = m.hi - shift;
+        m.lo = (shift - (m.hi - b)) + (dm - b);
+    }
+    return m;
+}
+
 // Inverse standard deviation from m2 = Σ(x−μ)² over `count` elements, in CPU order
-// (backend/cpu/moments.rs `finish`): var = C(m2)/count (biased), optional clamp at 0,
+// (backend/cpu/moments.rs `finish`): var = C(m2)/count (biased), optional clamp of a negative
+// var at 0 (max(var, 0) as PyTorch's C++ computes it: a NaN variance stays NaN),
 // r = C(1/sqrt(double(var) + eps)); with `zero_var_rule`, var == 0 and eps == 0 give r = 0
 // (PyTorch's batch-norm kernel rule, reached through InstanceNorm).
 template <class C>
 NK_DEVICE C rstd_from_m2(C m2, i64 count, double eps, bool clamp, bool zero_var_rule) {
     C var = (C)((double)m2 / (double)count);
-    if (clamp && !(var > (C)0)) var = (C)0;
+    if (clamp && var < (C)0) var = (C)0;
     if (zero_var_rule && var == (C)0 && eps == 0.0) return (C)0;
     return (C)(1.0 / sqrt((double)var + eps));
 }

@@ -117,3 +117,24 @@ pub fn device() -> Option<normkit::backend::cuda::device::CudaDevice> {
     }
     Some(CudaDevice::emulated(DEVICES[0]).unwrap())
 }
+
+/// A 2-rank group whose other rank mirrors this one.
+pub struct Mirror;
+
+impl normkit::comm::Communicator for Mirror {
+    fn world_size(&self) -> usize {
+        2
+    }
+    fn rank(&self) -> usize {
+        0
+    }
+    fn all_gather(&self, send: &[f64], recv: &mut [f64]) -> normkit::Result<()> {
+        recv[..send.len()].copy_from_slice(send);
+        recv[send.len()..].copy_from_slice(send);
+        Ok(())
+    }
+    fn all_reduce_sum(&self, data: &mut [f64]) -> normkit::Result<()> {
+        data.iter_mut().for_each(|v| *v *= 2.0);
+        Ok(())
+    }
+}

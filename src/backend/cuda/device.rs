@@ -514,13 +514,7 @@ impl CudaDevice {
             } => {
                 self.check_train_pointers(OP, &apply, (running_mean, running_var))?;
                 let stats = self.empty_stats(dtype, apply.c as usize)?;
-                // f32 input: the statistics run in f64 (as the CPU op's) and the apply centres
-                // on the saved f32 mean and its remainder; other dtypes' remainder is 0 (their
-                // statistics are in the compute type), so they pass none
-                let mean_lo = match dtype {
-                    DType::F32 => Some(self.alloc(dtype.stat_dtype(), apply.c as usize)?),
-                    _ => None,
-                };
+                let mean_lo = self.mean_lo_buffer(dtype, apply.c as usize)?;
                 apply.mean = stats.mean.ptr();
                 apply.mean_lo = mean_lo.as_ref().map_or(0, |b| b.ptr());
                 apply.rstd_or_var = stats.invstd.ptr();
@@ -619,6 +613,17 @@ impl CudaDevice {
         // SAFETY: x, y hold n·c·s elements (plan), are distinct (plan) and are this
         // device's memory (check_pointers); the launch is ordered on this stream.
         unsafe { kernels::lrn_fwd(self, plan.dtype, plan.order, &plan.params) }
+    }
+
+    /// For f32 input, an uninitialised buffer of `c` f32 values for the remainder of the
+    /// per-channel BatchNorm means below their saved f32 values (`mean_lo` of the statistics and
+    /// apply kernels): the statistics run in f64, as the CPU op's, and the apply centres on both
+    /// parts. Other dtypes' remainder is 0 (their statistics are in the compute type): `None`.
+    pub(super) fn mean_lo_buffer(&self, dtype: DType, c: usize) -> Result<Option<DeviceBuffer>> {
+        match dtype {
+            DType::F32 => Ok(Some(self.alloc(dtype.stat_dtype(), c)?)),
+            _ => Ok(None),
+        }
     }
 
     /// Two uninitialised buffers of `len` values of the statistics dtype `sd`.

@@ -2,14 +2,18 @@
 //! through a [`Communicator`] (in-process threads, NCCL, MPI through the C callbacks).
 //!
 //! Forward: the statistics kernel gives the local per-channel mean and 1/sqrt(var) (eps = 0,
-//! so the variance comes back to f32/f64 relative precision), the host packs
-//! `[count, mean(C), M2(C)]`, exchanges it with one `all_gather` and merges with Chan's
-//! formula in f64 (the CPU op's [`all_gather_moments`]); the global mean and inverse std are
-//! uploaded and the apply kernel normalises; the running statistics are updated with the
-//! CPU op's own rule from the global moments. Backward: the reduce kernel gives the local
-//! Σdy and Σdy·(x − μ), one `all_reduce_sum` adds them over the ranks, the host computes the
-//! dx coefficients with the global count and the elementwise kernel applies them; parameter
-//! gradients are this rank's sums (as the CPU op and PyTorch).
+//! so the variance comes back to f32/f64 relative precision; f32 input's mean as its f32 value
+//! plus remainder, from the kernel's f64 statistics), the host packs `[count, mean, M2]` (f64),
+//! exchanges it with one `all_gather` and merges with Chan's formula in f64 (the CPU op's
+//! [`all_gather_moments`]); the global mean (f32 input: with its remainder below the saved f32
+//! mean, as the CPU op's centre) and inverse std are uploaded and the apply kernel normalises;
+//! the running statistics are updated with the CPU op's own rule from the global moments.
+//! (An f32 mean of 1e4 alone is off by up to 4.9e-4, a twentieth of a spread of 1e-2: on such
+//! data y was 1.6e-2 of the largest output off before the remainders, 4.662 for the CPU's
+//! 4.750.) Backward: the reduce kernel gives the local Σdy and Σdy·(x − μ), one
+//! `all_reduce_sum` adds them over the ranks, the host computes the dx coefficients with the
+//! global count and the elementwise kernel applies them; parameter gradients are this rank's
+//! sums (as the CPU op and PyTorch).
 //!
 //! The collectives take host payloads, so each step waits for the device twice (download of
 //! the local sums, upload of the merged ones): inherent to host-side communicators.
@@ -24,6 +28,7 @@ use super::ops::{
     BatchNormPlan, CudaBatchNormArgs, DeviceTensor, DeviceTensorMut, plan_sync_batch_norm,
 };
 use super::params::{BatchNormApplyParams, NormBwdParams};
+use crate::backend::cpu::moments::Centre;
 use crate::comm::{Communicator, RankMoments, all_gather_moments, communication};
 use crate::dtype::{DType, Real};
 use crate::error::{Error, Result};
@@ -71,16 +76,31 @@ impl CudaDevice {
         let local_count = (n * s) as f64;
         let (mean, m2) = if local_count > 0.0 {
             let local = self.empty_stats_of(sd, c)?;
+            let local_lo = self.mean_lo_buffer(dtype, c)?;
             let probe = BatchNormApplyParams {
                 mean: local.mean.ptr(),
                 rstd_or_var: local.invstd.ptr(),
+                mean_lo: local_lo.as_ref().map_or(0, |b| b.ptr()),
                 ..apply
             };
             // eps 0: 1/sqrt(var) keeps the variance to the compute type's relative precision
             self.bn_stats(dtype, order, &probe, (0, 0), 0.0, 0.0)?;
-            let mu = local.mean.download_f64()?;
+            let mut mu = local.mean.download_f64()?;
+            if let Some(lo) = &local_lo {
+                for (m, l) in mu.iter_mut().zip(lo.download_f64()?) {
+                    *m += l;
+                }
+            }
             let r = local.invstd.download_f64()?;
-            let m2: Vec<f64> = r.iter().map(|&r| local_count / (r * r)).collect();
+            // r = 0 is the kernel's var == 0 && eps == 0 rule (PyTorch's): a constant channel,
+            // M2 = 0 (count / r² gave inf: a global invstd of 0 and an infinite running
+            // variance). 1/sqrt(var) is not 0 for any other variance the f64 (f32 for
+            // f16/bf16) statistics of finite data reach, except overflowing ones (f64 data
+            // beyond 1e154, bf16 near its maximum), taken as 0 too.
+            let m2: Vec<f64> = r
+                .iter()
+                .map(|&r| if r == 0.0 { 0.0 } else { local_count / (r * r) })
+                .collect();
             (mu, m2)
         } else {
             (vec![0.0; c], vec![0.0; c])
@@ -106,10 +126,20 @@ impl CudaDevice {
             invstd: self.upload_buffer(&saved.invstd)?,
         };
         if local_count > 0.0 {
+            // f32: the global mean's remainder below the saved f32 mean (the CPU op's centre)
+            let global_lo = match dtype {
+                DType::F32 => {
+                    let lo: Vec<f32> = g.mean.iter().map(|&m| Centre::<f32>::of(m).lo).collect();
+                    Some(self.upload(&lo)?)
+                }
+                _ => None,
+            };
             apply.mean = stats.mean.ptr();
+            apply.mean_lo = global_lo.as_ref().map_or(0, |b| b.ptr());
             apply.rstd_or_var = stats.invstd.ptr();
             // SAFETY: x, y hold n·c·s elements (plan), weight/bias c compute values or 0, all
-            // this device's memory (checked); mean/rstd are the c-value buffers just uploaded.
+            // this device's memory (checked); mean/rstd (and mean_lo for f32) are the c-value
+            // buffers just uploaded.
             unsafe { kernels::batch_norm_apply(self, dtype, order, &apply)? };
         }
         if running_mean != 0 || running_var != 0 {
