@@ -12,7 +12,7 @@
 //! statistics; the check compares `dx` samples and a few parameter gradients with the float64
 //! formula `dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))`, `ĝ = dy·γ`, `dγ = Σ dy·x̂`, `dβ = Σ dy`.
 
-use crate::backend::cpu::threads;
+use crate::backend::cpu::threads::{self, OnThreads};
 use crate::ops::{
     BatchNormArgs, ForwardStats, Gradients, GroupNormArgs, GroupNormBackwardArgs, InstanceNormArgs,
     LayerNormArgs, LayerNormBackwardArgs, LrnArgs, NormBackwardArgs, SavedStats, batch_norm,
@@ -396,9 +396,10 @@ impl Prepared {
                 Lined::LINE
             ));
         }
-        let xs: Vec<f64> = (0..n as u64)
+        let xs: Vec<f64> = (0..n)
             .into_par_iter()
-            .map(|i| 0.5 + 2.0 * noise(i))
+            .on_threads()
+            .map(|i| 0.5 + 2.0 * noise(i as u64))
             .collect();
         let p = case.param_len();
         let param = |f: &dyn Fn(f64) -> f64| {
@@ -436,9 +437,10 @@ impl Prepared {
                     .forward()
                     .map_err(|e| format!("{}: forward: {e}", case.name()))?;
                 prep.saved = Some(saved);
-                let dys: Vec<f64> = (0..n as u64)
+                let dys: Vec<f64> = (0..n)
                     .into_par_iter()
-                    .map(|i| noise(i ^ 0x0005_DEEC_E66D))
+                    .on_threads()
+                    .map(|i| noise(i as u64 ^ 0x0005_DEEC_E66D))
                     .collect();
                 prep.dy = Some(Lined::from_f64(d, &dys, offset_bytes));
                 prep.grad_weight = param(&|_| 0.0);
@@ -1061,7 +1063,6 @@ fn scale(a: &[f64], b: &mut [f64], s: f64) {
 
 /// Measures read, write and scale bandwidth over two buffers of `bytes` each (best of `reps`).
 pub fn bandwidth(threads: usize, bytes: usize, reps: usize) -> Bandwidth {
-    use crate::backend::cpu::threads::OnThreads;
     let n = (bytes / 8).max(1 << 16);
     let piece = 1 << 16;
     let mut a = vec![1.0f64; n];
