@@ -215,10 +215,15 @@ pub fn channel_moments<T: Element>(
 /// together ([`prefetch::fits_l2`]): then the per-channel passes ([`planes_moments`], the fused
 /// forward) read the channel from memory in `N` short streams `C·S` apart, and a second pass
 /// over it finds nothing in cache, so the statistics and the apply run in memory order instead
-/// ([`plane_merged_moments`], [`apply_channel`]).
+/// ([`plane_merged_moments`], [`apply_channel`]) — where the planes hold at least
+/// [`MIN_MERGED_PLANE`] elements (a plane's moments and its merge cost a few dozen
+/// nanoseconds: shorter planes keep the per-channel pass).
 fn channel_past_l2<T>(g: Geom) -> bool {
-    !prefetch::fits_l2::<T>(2 * g.n * g.s)
+    g.s >= MIN_MERGED_PLANE && !prefetch::fits_l2::<T>(2 * g.n * g.s)
 }
+
+/// The shortest plane [`plane_merged_moments`] takes (1 KiB of f32).
+const MIN_MERGED_PLANE: usize = 256;
 
 /// Channels first, channels past L2 ([`channel_past_l2`]): the moments of every `(n, c)`
 /// plane ([`moments`]) in one parallel pass over the tensor in memory order, then each
@@ -232,7 +237,9 @@ fn plane_merged_moments<T: Element>(x: &[T], g: Geom) -> (Vec<f64>, Vec<f64>) {
         .map(moments)
         .collect();
     let k = g.s as f64;
-    (0..g.c)
+    let merged: Vec<(f64, f64)> = (0..g.c)
+        .into_par_iter()
+        .on_threads()
         .map(|c| {
             let (mut mu, mut q) = planes[c];
             let mut count = k;
@@ -247,7 +254,8 @@ fn plane_merged_moments<T: Element>(x: &[T], g: Geom) -> (Vec<f64>, Vec<f64>) {
             }
             (mu, q)
         })
-        .unzip()
+        .collect();
+    merged.into_iter().unzip()
 }
 
 /// Per-column `(mean, m2)` over a row-major `(rows, cols)` slice in one pass over memory:
@@ -1571,6 +1579,12 @@ mod tests {
             s: 8000,
         };
         assert!(channel_past_l2::<half::bf16>(g) && channel_past_l2::<f32>(g));
+        // short planes keep the per-channel pass however large the channel
+        assert!(!channel_past_l2::<f32>(Geom {
+            n: 1 << 20,
+            c: 2,
+            s: 255
+        }));
         let value = |i: usize| -> f64 {
             let (n, c, s) = (i / (g.c * g.s), i / g.s % g.c, i % g.s);
             let u = ((i * 7919) % 1013) as f64 / 506.0 - 1.0;
