@@ -289,7 +289,8 @@ fn run_typed<T: crate::tensor::ElementData>(
         |count: f64, m: f64| moments::finish::<T::Compute>(count as usize, m, eps, false, true).1;
     if comm.is_none() && x.numel() > 0 && g.s != 1 {
         // Local statistics: channels-first input is normalised channel by channel while the
-        // channel is in cache (bit-identical to the moments-then-apply path below). Dense
+        // channel is in cache, or in memory order where a channel does not fit in L2
+        // (bit-identical to the moments-then-apply path below either way). Dense
         // channels-last data (always the case for S = 1) returns `None` before touching `y`
         // and takes that path.
         let fin = |m: f64| finish(local_count, m);
