@@ -23,6 +23,7 @@ use normkit::ops::{
 use normkit::{Buffer, DType, ErrorKind, Layout, Tensor, TensorMut};
 
 mod emu_common;
+use emu_common::{host, host_mut};
 
 fn require_cuda() -> bool {
     std::env::var("NORMKIT_REQUIRE_CUDA").as_deref() == Ok("1")
@@ -379,20 +380,6 @@ fn close(what: &str, d: DType, got: &[f64], want: &[f64]) {
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let ok = (g - w).abs() <= tol(d) * w.abs().max(1.0) || (g.is_nan() && w.is_nan());
         assert!(ok, "{what} [{d}] element {i}: cuda {g}, cpu {w}");
-    }
-}
-
-fn host<'a>(b: &'a Buffer, shape: &[usize], layout: Layout) -> Tensor<'a> {
-    match layout {
-        Layout::ChannelsLast => Tensor::channels_last(b.as_data(), shape).unwrap(),
-        _ => Tensor::new(b.as_data(), shape).unwrap(),
-    }
-}
-
-fn host_mut<'a>(b: &'a mut Buffer, shape: &[usize], layout: Layout) -> TensorMut<'a> {
-    match layout {
-        Layout::ChannelsLast => TensorMut::channels_last(b.as_data_mut(), shape).unwrap(),
-        _ => TensorMut::new(b.as_data_mut(), shape).unwrap(),
     }
 }
 
