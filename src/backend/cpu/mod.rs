@@ -104,6 +104,11 @@ fn affine_rows<T: Element>(
     (hi, scale, offset): FoldedRef<'_, T::Compute>,
 ) {
     let cols = hi.len();
+    match cols {
+        64 => return affine_rows_of::<T, 64>(x, y, (hi, scale, offset)),
+        128 => return affine_rows_of::<T, 128>(x, y, (hi, scale, offset)),
+        _ => {}
+    }
     for (yr, xr) in y.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
         let coef = hi.iter().zip(scale).zip(offset);
         for ((o, &v), ((&hi, &sc), &of)) in yr.iter_mut().zip(xr).zip(coef) {
@@ -111,6 +116,30 @@ fn affine_rows<T: Element>(
         }
     }
 }
+}
+
+/// [`affine_rows`] for rows of exactly `W` columns: the coefficients as arrays, which the
+/// compiler keeps in registers across the rows instead of reading three coefficient streams
+/// per row from L1. Same-run microbenchmark on an AMD EPYC (Zen 4) VM, 64 columns, f32:
+/// 1.13x (docs/perf/cpu.md, round 17).
+#[inline(always)]
+fn affine_rows_of<T: Element, const W: usize>(
+    x: &[T],
+    y: &mut [T],
+    (hi, scale, offset): FoldedRef<'_, T::Compute>,
+) {
+    let (Ok(hi), Ok(sc), Ok(of)) = (
+        <&[T::Compute; W]>::try_from(hi),
+        <&[T::Compute; W]>::try_from(scale),
+        <&[T::Compute; W]>::try_from(offset),
+    ) else {
+        return;
+    };
+    for (yr, xr) in y.chunks_exact_mut(W).zip(x.chunks_exact(W)) {
+        for i in 0..W {
+            yr[i] = T::from_compute((xr[i].to_compute() - hi[i]) * sc[i] + of[i]);
+        }
+    }
 }
 
 simd_clones! {
@@ -1974,6 +2003,41 @@ mod tests {
                     "row {r} col {j}: {got} vs {want}"
                 );
             }
+        }
+    }
+
+    /// The channels-last apply (`affine_rows`: coefficient arrays for 64 and 128 columns, the
+    /// row loop otherwise) gives every element the bits of `(x − hi_c)·s_c + o_c` in the
+    /// compute type, for f32 and bf16, at 64, 128 and 96 columns.
+    #[test]
+    fn channels_last_apply_is_elementwise_at_every_width() {
+        use crate::dtype::{Element, Real};
+        fn check<T: Element>(cols: usize) {
+            let rows = 13;
+            let x: Vec<T> = (0..rows * cols)
+                .map(|i| T::from_f64(1000.0 + ((i * 37 % 101) as f64 - 50.0) / 7.0))
+                .collect();
+            let coef = |k: f64| -> Vec<T::Compute> {
+                (0..cols)
+                    .map(|c| T::Compute::from_f64(k * (1.0 + (c % 13) as f64 / 16.0)))
+                    .collect()
+            };
+            let (hi, scale, offset) = (coef(1000.0), coef(0.75), coef(-0.5));
+            let mut y = vec![T::default(); rows * cols];
+            super::affine_rows(&x, &mut y, (&hi, &scale, &offset));
+            for (i, (&got, &v)) in y.iter().zip(&x).enumerate() {
+                let c = i % cols;
+                let want = T::from_compute((v.to_compute() - hi[c]) * scale[c] + offset[c]);
+                assert_eq!(
+                    got.to_f64().to_bits(),
+                    want.to_f64().to_bits(),
+                    "{cols} cols, {i}"
+                );
+            }
+        }
+        for cols in [64, 128, 96] {
+            check::<f32>(cols);
+            check::<half::bf16>(cols);
         }
     }
 }
