@@ -329,7 +329,14 @@ fn channel_backward(
             // Statistics per (sample, group): reduce and apply per group (channels first) or
             // per sample (channels last) while it is in cache (the bits of the two passes).
             // Statistics per channel, channels first: per channel, its N planes gathered.
-            let fused = !grouping.per_channel && sync.is_none();
+            // 2-byte elements, channels first, groups of several planes (GroupNorm): the two
+            // passes. Same-run A/B on an AMD EPYC (Zen 4) VM, GroupNorm 16x256x32x32 bf16:
+            // 1.41x (1 and 2 threads) over the per-group fusion, which f32 keeps (the two
+            // passes measured 0.87-0.96x for it); docs/perf/cpu.md, round 17. The same bits.
+            let two_byte_groups = std::mem::size_of::<T>() == 2
+                && lay == ChannelLayout::First
+                && geom.c / grouping.groups.max(1) > 1;
+            let fused = !grouping.per_channel && sync.is_none() && !two_byte_groups;
             let per_channel_fused = grouping.per_channel && sync.is_none() && lay == ChannelLayout::First;
             let (a, b) = match dx {
                 Some(dx) if fused => {
