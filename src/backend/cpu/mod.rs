@@ -104,10 +104,13 @@ fn affine_rows<T: Element>(
     (hi, scale, offset): FoldedRef<'_, T::Compute>,
 ) {
     let cols = hi.len();
-    match cols {
-        64 => return affine_rows_of::<T, 64>(x, y, (hi, scale, offset)),
-        128 => return affine_rows_of::<T, 128>(x, y, (hi, scale, offset)),
-        _ => {}
+    let done = match cols {
+        64 => affine_rows_of::<T, 64>(x, y, (hi, scale, offset)),
+        128 => affine_rows_of::<T, 128>(x, y, (hi, scale, offset)),
+        _ => false,
+    };
+    if done {
+        return;
     }
     for (yr, xr) in y.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
         let coef = hi.iter().zip(scale).zip(offset);
@@ -121,25 +124,27 @@ fn affine_rows<T: Element>(
 /// [`affine_rows`] for rows of exactly `W` columns: the coefficients as arrays, which the
 /// compiler keeps in registers across the rows instead of reading three coefficient streams
 /// per row from L1. Same-run microbenchmark on an AMD EPYC (Zen 4) VM, 64 columns, f32:
-/// 1.13x (docs/perf/cpu.md, round 17).
+/// 1.13x (docs/perf/cpu.md, round 17). `false` (nothing written) when a coefficient vector is
+/// not `W` long, for the caller's row loop.
 #[inline(always)]
 fn affine_rows_of<T: Element, const W: usize>(
     x: &[T],
     y: &mut [T],
     (hi, scale, offset): FoldedRef<'_, T::Compute>,
-) {
+) -> bool {
     let (Ok(hi), Ok(sc), Ok(of)) = (
         <&[T::Compute; W]>::try_from(hi),
         <&[T::Compute; W]>::try_from(scale),
         <&[T::Compute; W]>::try_from(offset),
     ) else {
-        return;
+        return false;
     };
     for (yr, xr) in y.chunks_exact_mut(W).zip(x.chunks_exact(W)) {
         for i in 0..W {
             yr[i] = T::from_compute((xr[i].to_compute() - hi[i]) * sc[i] + of[i]);
         }
     }
+    true
 }
 
 simd_clones! {
