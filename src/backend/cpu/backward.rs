@@ -426,39 +426,6 @@ fn grad_sums_columns<T: Element>(
     }
 }
 
-/// [`grad_sums_columns`] for rows of exactly `W` columns, `FLUSH` rows per block in registers.
-#[inline(always)]
-fn grad_sums_tile<T: Element, const W: usize>(
-    a: &mut [T::Acc],
-    b: &mut [T::Acc],
-    xs: &[T],
-    gs: &[T],
-    (hi, lo): SplitCentres<'_, T::Compute>,
-) {
-    let (hi, lo) = (&hi[..W], &lo[..W]);
-    let block = moments::FLUSH * W;
-    for (xb, gb) in xs.chunks(block).zip(gs.chunks(block)) {
-        let (mut pa, mut pb) = ([T::Compute::ZERO; W], [T::Compute::ZERO; W]);
-        for (xr, gr) in xb.chunks_exact(W).zip(gb.chunks_exact(W)) {
-            for i in 0..W {
-                let g = gr[i].to_compute();
-                pa[i] += g;
-                pb[i] += g * Centre { hi: hi[i], lo: lo[i] }.centre(xr[i].to_compute());
-            }
-        }
-        flush_columns::<T>(a, &pa);
-        flush_columns::<T>(b, &pb);
-    }
-}
-
-/// `acc[c] += part[c]` (compute type into accumulator type, exact conversion).
-#[inline(always)]
-fn flush_columns<T: Element>(acc: &mut [T::Acc], part: &[T::Compute]) {
-    for (t, &v) in acc.iter_mut().zip(part) {
-        *t += acc_of::<T>(v);
-    }
-}
-
 /// Channels last: `dx = g·p_c + (x − hi_c)·q_c + o'_c` over the rows of one sample's run
 /// (`(hi, o')` from [`fold_centres`]).
 fn grad_apply_rows<T: Element>(
@@ -538,15 +505,6 @@ fn layer_norm_grad_row<T: Element>(
     (lanes_sum(&a), lanes_sum(&b))
 }
 
-/// `acc[i] += part[i]; part[i] = 0` over [`LANES`] lanes.
-#[inline(always)]
-fn flush_lanes<T: Element>(acc: &mut [T::Acc; LANES], part: &mut [T::Compute; LANES]) {
-    for (t, p) in acc.iter_mut().zip(part.iter_mut()) {
-        *t += acc_of::<T>(*p);
-        *p = T::Compute::ZERO;
-    }
-}
-
 /// One LayerNorm row of `dx = g·w·r − a − (x − μ)·b`, prefetching the lines of the slices
 /// in `next` (the next row's `x`, `g` and `dx`) one line per line of this row, so memory
 /// fetches them while this in-cache pass computes ([`prefetch`]).
@@ -584,6 +542,42 @@ fn layer_norm_grad_apply<T: Element>(
     }
     run(dc.into_remainder(), wt, xt, gt);
 }
+}
+
+/// [`grad_sums_columns`] for rows of exactly `W` columns, `FLUSH` rows per block in registers.
+#[inline(always)]
+fn grad_sums_tile<T: Element, const W: usize>(
+    a: &mut [T::Acc],
+    b: &mut [T::Acc],
+    xs: &[T],
+    gs: &[T],
+    (hi, lo): SplitCentres<'_, T::Compute>,
+) {
+    let (hi, lo) = (&hi[..W], &lo[..W]);
+    let block = moments::FLUSH * W;
+    for (xb, gb) in xs.chunks(block).zip(gs.chunks(block)) {
+        let (mut pa, mut pb) = ([T::Compute::ZERO; W], [T::Compute::ZERO; W]);
+        for (xr, gr) in xb.chunks_exact(W).zip(gb.chunks_exact(W)) {
+            for i in 0..W {
+                let g = gr[i].to_compute();
+                pa[i] += g;
+                pb[i] += g * Centre {
+                    hi: hi[i],
+                    lo: lo[i],
+                }
+                .centre(xr[i].to_compute());
+            }
+        }
+        moments::add_parts::<T>(a, &pa);
+        moments::add_parts::<T>(b, &pb);
+    }
+}
+
+/// `acc[i] += part[i]; part[i] = 0` over [`LANES`] lanes.
+#[inline(always)]
+fn flush_lanes<T: Element>(acc: &mut [T::Acc; LANES], part: &mut [T::Compute; LANES]) {
+    moments::add_parts::<T>(acc, part);
+    *part = [T::Compute::ZERO; LANES];
 }
 
 /// The lanes summed in order. Never inlined (see [`add_tail`]).
@@ -703,8 +697,8 @@ pub fn layer_norm_backward<T: Element>(
             let (c, rs) = (mu[r0 + k], rstd[r0 + k]);
             let (sa, sb) = layer_norm_grad_row(xr, gr, w, c, rs, &mut pw, &mut pb);
             if (k + 1) % moments::FLUSH == 0 || k + 1 == rows_here {
-                flush_columns::<T>(dw, &pw);
-                flush_columns::<T>(db, &pb);
+                moments::add_parts::<T>(dw, &pw);
+                moments::add_parts::<T>(db, &pb);
                 pw.fill(T::Compute::ZERO);
                 pb.fill(T::Compute::ZERO);
             }

@@ -504,10 +504,8 @@ fn column_dev_sums<T: Element>(
                 dev_step(a, b, v.to_compute() - s);
             }
         }
-        for ((t1, t2), (&a, &b)) in s1.iter_mut().zip(s2.iter_mut()).zip(p1.iter().zip(&*p2)) {
-            *t1 += moments::acc_of::<T>(a);
-            *t2 += moments::acc_of::<T>(b);
-        }
+        moments::add_parts::<T>(s1, p1);
+        moments::add_parts::<T>(s2, p2);
     }
 }
 }

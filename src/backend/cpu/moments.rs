@@ -142,11 +142,19 @@ pub fn shifted_sum<T: Element>(xs: &[T], shift: T::Compute) -> T::Acc {
 }
 }
 
-/// `acc[i] += part[i]` (compute type into accumulator type, exact conversion).
+/// `acc[i] += part[i]` over [`LANES`] lanes ([`add_parts`]).
 #[inline(always)]
 fn flush<T: Element>(acc: &mut [T::Acc; LANES], part: &[T::Compute; LANES]) {
-    for i in 0..LANES {
-        acc[i] += acc_of::<T>(part[i]);
+    add_parts::<T>(acc, part);
+}
+
+/// `acc[i] += part[i]` (compute type into accumulator type, exact conversion): compute-type
+/// partials of a bounded number of terms added into their accumulators (the statistics' and
+/// the backward sums' flush).
+#[inline(always)]
+pub(crate) fn add_parts<T: Element>(acc: &mut [T::Acc], part: &[T::Compute]) {
+    for (t, &v) in acc.iter_mut().zip(part) {
+        *t += acc_of::<T>(v);
     }
 }
 
