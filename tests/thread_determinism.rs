@@ -1,9 +1,13 @@
-//! Results do not depend on the CPU thread count: work is split into pieces fixed by the
-//! shape, and partial sums merge in a fixed order. Each op runs at 1, 2 and 3 threads on
-//! shapes large enough to be split, and the outputs must be bit-identical.
+//! Results do not depend on the CPU thread count or on the vector width of the kernels: work
+//! is split into pieces fixed by the shape, partial sums merge in a fixed order, and the
+//! AVX-512 and AVX2 clones perform the same operations in the same order. Each op runs at 1, 2
+//! and 3 threads with the widest clones and at 1 and 2 threads with the AVX2 ones
+//! (`simd::VectorPolicy`), on shapes large enough to be split, and the outputs must be
+//! bit-identical.
 
 // view/view_mut: contiguous or channels-last tensors over a slice
 mod sync_common;
+use normkit::backend::cpu::simd::{VectorPolicy, set_vector_policy};
 use normkit::backend::cpu::threads::install;
 use normkit::ops::{
     BatchNormArgs, ForwardStats, Gradients, GroupNormArgs, LayerNormArgs, LayerNormBackwardArgs,
@@ -25,16 +29,25 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Runs `f` at 1, 2 and 3 threads and checks every result is bit-identical to the first.
+/// Runs `f` at 1, 2 and 3 threads with the widest clones and at 1 and 2 threads with the AVX2
+/// clones, and checks every result is bit-identical to the first. (The policy is process-wide:
+/// the other test of this file may run under either, which by this file's claim changes
+/// nothing.)
 fn same_for_all_thread_counts(what: &str, f: &(dyn Fn() -> Vec<u32> + Sync)) {
-    let first = install(Some(1), f);
-    for t in [2, 3] {
-        let other = install(Some(t), f);
-        assert!(
-            first == other,
-            "{what}: results differ between 1 and {t} threads"
-        );
+    use VectorPolicy::{Narrow, Wide};
+    let mut first = None;
+    for (policy, t) in [(Wide, 1), (Wide, 2), (Wide, 3), (Narrow, 1), (Narrow, 2)] {
+        set_vector_policy(policy);
+        let r = install(Some(t), f);
+        match &first {
+            None => first = Some(r),
+            Some(first) => assert!(
+                *first == r,
+                "{what}: the {policy:?} clones at {t} threads differ from Wide at 1 thread"
+            ),
+        }
     }
+    set_vector_policy(VectorPolicy::Auto);
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -46,6 +59,7 @@ fn forward_ops_are_bit_identical_across_thread_counts() {
     for (shape, cl) in [
         ([8usize, 16, 33, 35], false),
         ([8, 16, 33, 35], true),
+        ([4, 64, 9, 11], true),
         ([2048, 64, 1, 1], false),
     ] {
         let n: usize = shape.iter().product();

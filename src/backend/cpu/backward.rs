@@ -9,7 +9,7 @@ use super::moments::{self, Centre, acc_of, add_tail, simd_clones};
 use super::scratch::Scratch;
 
 /// Independent f64 (f32 input) partial sums of the LayerNorm backward row reductions
-/// ([`layer_norm_grad_row`]; the channels-first sums run through `moments::pair_sums`).
+/// (`layer_norm_grad_row`; the channels-first sums run through `moments::pair_sums`).
 pub const LANES: usize = 16;
 use super::prefetch;
 use super::threads::{self, OnThreads};
@@ -432,8 +432,9 @@ fn grad_apply_rows<T: Element>(
     xs: &[T],
     gs: &[T],
     dx: &mut [T],
-    (hi, (p, q, o)): (&[T::Compute], GradColumns<'_, T::Compute>),
+    coef: (&[T::Compute], GradColumns<'_, T::Compute>),
 ) {
+    let (hi, (p, q, o)) = coef;
     let cols = hi.len();
     let rows = dx.chunks_exact_mut(cols).zip(xs.chunks_exact(cols).zip(gs.chunks_exact(cols)));
     for (dr, (xr, gr)) in rows {
@@ -515,9 +516,10 @@ fn layer_norm_grad_apply<T: Element>(
     w: &[T::Compute],
     dr: &mut [T],
     mu: Centre<T::Compute>,
-    (rs, a, b): (T::Compute, T::Compute, T::Compute),
+    coef: (T::Compute, T::Compute, T::Compute),
     next: [&[T]; 3],
 ) {
+    let (rs, a, b) = coef;
     // −a − (x − μ)·b as (x − hi)·(−b) + o' with o' = −a + lo·b (Centre::fold)
     let (hi, o) = mu.fold(-b, -a);
     let run = |dr: &mut [T], w: &[T::Compute], xr: &[T], gr: &[T]| {

@@ -12,6 +12,7 @@ pub mod backward;
 pub mod moments;
 pub mod prefetch;
 pub mod scratch;
+pub mod simd;
 pub mod threads;
 
 use crate::dtype::{Element, Real};
@@ -20,20 +21,28 @@ use rayon::prelude::*;
 use scratch::Scratch;
 use threads::OnThreads;
 
-/// The instruction set the hot loops dispatch to on this machine (the `multiversion` clones:
-/// AVX-512, AVX2+FMA, or the baseline build).
-pub fn simd_level() -> &'static str {
+/// The instruction sets the hot loops dispatch to on this machine (the `multiversion` clones:
+/// AVX-512, AVX2+FMA, or the baseline build), per element type ([`simd::narrow`]).
+pub fn simd_level() -> String {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx2") && has!("fma") {
-            return "x86_64 avx512 (f, bw, vl)";
-        }
-        if has!("avx2") && has!("fma") {
-            return "x86_64 avx2+fma";
-        }
+        let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+        let avx512 = avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl");
+        let set = |narrow: bool| match (avx512 && !narrow, avx2) {
+            (true, _) => "avx512 (f, bw, vl)",
+            (false, true) => "avx2+fma",
+            (false, false) => "baseline",
+        };
+        return format!(
+            "x86_64 {} for f32/f64, {} for bf16/f16 (policy {:?})",
+            set(simd::narrow::<f32>()),
+            set(simd::narrow::<half::bf16>()),
+            simd::vector_policy()
+        );
     }
-    "baseline (no runtime SIMD clone for this CPU)"
+    #[allow(unreachable_code)]
+    "baseline (no runtime SIMD clone for this CPU)".to_string()
 }
 
 /// Dense layouts the kernels handle.
@@ -101,8 +110,9 @@ simd_clones! {
 fn affine_rows<T: Element>(
     x: &[T],
     y: &mut [T],
-    (hi, scale, offset): FoldedRef<'_, T::Compute>,
+    coef: FoldedRef<'_, T::Compute>,
 ) {
+    let (hi, scale, offset) = coef;
     let cols = hi.len();
     let done = match cols {
         64 => affine_rows_of::<T, 64>(x, y, (hi, scale, offset)),
@@ -358,7 +368,7 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
                         (*bm, *bq) = (s.to_f64() + m.to_f64(), q.to_f64());
                     }
                 }
-                total.merge(&block);
+                total.merge::<T>(&block);
                 for (h, &m) in centre.iter_mut().zip(&total.mean) {
                     let m = T::Compute::from_f64(m);
                     *h = if m.is_finite() { m } else { T::Compute::ZERO };
@@ -375,7 +385,7 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
     };
     let mut all = ColumnMoments::new(cols);
     for t in &tasks {
-        all.merge(t);
+        all.merge::<T>(t);
     }
     // A non-finite value turns Welford's running mean within a piece into NaN (∞ − ∞) where
     // the mean `Σx / n` is ±∞ (PyTorch's saved mean and running mean): such columns (rare) get
@@ -471,11 +481,12 @@ simd_clones! {
 /// 1.08–1.10x f32, 1.03–1.13x bf16; GroupNorm NHWC fwd 1.07–1.12x f32, 1.03–1.07x bf16
 /// (docs/perf/cpu.md, round 13). Results unchanged: a prefetch is only a hint.
 fn column_dev_sums<T: Element>(
-    (s1, s2): (&mut [T::Acc], &mut [T::Acc]),
-    (p1, p2): (&mut [T::Compute], &mut [T::Compute]),
+    sums: (&mut [T::Acc], &mut [T::Acc]),
+    parts: (&mut [T::Compute], &mut [T::Compute]),
     shift: &[T::Compute],
-    (chunk, ahead): (&[T], &[T]),
+    input: (&[T], &[T]),
 ) {
+    let ((s1, s2), (p1, p2), (chunk, ahead)) = (sums, parts, input);
     let cols = shift.len();
     let tiled = cols - cols % COLUMN_TILE;
     let block_len = (moments::FLUSH * cols).max(1);
@@ -541,10 +552,11 @@ simd_clones! {
 /// column stays exactly 0. f16/bf16 inputs (8 or 11 significant bits, computed in f32's 24)
 /// need no shift and skip its subtraction (`shift` = 0): with it, 0.88–0.96x in a same-run A/B.
 fn welford_columns<T: Element>(
-    (mean, m2): (&mut [T::Compute], &mut [T::Compute]),
+    moments: (&mut [T::Compute], &mut [T::Compute]),
     shift: &mut [T::Compute],
     chunk: &[T],
 ) {
+    let (mean, m2) = moments;
     let cols = mean.len();
     mean.fill(T::Compute::ZERO);
     m2.fill(T::Compute::ZERO);
@@ -608,7 +620,7 @@ impl ColumnMoments {
     }
 
     /// Adds the rows of `b` (Chan et al.); merging into an empty set copies `b`.
-    fn merge(&mut self, b: &ColumnMoments) {
+    fn merge<T: Element>(&mut self, b: &ColumnMoments) {
         if self.n == 0.0 {
             self.n = b.n;
             self.mean.copy_from_slice(&b.mean);
@@ -616,7 +628,7 @@ impl ColumnMoments {
             return;
         }
         let total = self.n + b.n;
-        chan_merge(
+        chan_merge::<T>(
             (&mut self.mean, &mut self.m2),
             (&b.mean, &b.m2),
             (b.n / total, self.n * b.n / total),
@@ -626,12 +638,15 @@ impl ColumnMoments {
 }
 
 simd_clones! {
-/// `mean_a += δ·f_b`, `m2_a += m2_b + δ²·w` per column, `δ = mean_b − mean_a`.
-fn chan_merge(
-    (mean, m2): (&mut [f64], &mut [f64]),
-    (mean_b, m2_b): (&[f64], &[f64]),
-    (fb, w): (f64, f64),
+/// `mean_a += δ·f_b`, `m2_a += m2_b + δ²·w` per column, `δ = mean_b − mean_a` (f64; `T`, the
+/// input's element type, picks the clones: [`simd::narrow`]).
+#[allow(clippy::extra_unused_type_parameters)] // `T` only chooses the clones
+fn chan_merge<T: Element>(
+    a: (&mut [f64], &mut [f64]),
+    b: (&[f64], &[f64]),
+    factors: (f64, f64),
 ) {
+    let ((mean, m2), (mean_b, m2_b), (fb, w)) = (a, b, factors);
     for ((ma, m2a), (&mb, &m2b)) in mean.iter_mut().zip(m2).zip(mean_b.iter().zip(m2_b)) {
         chan_step((ma, m2a), (mb, m2b), (fb, w));
     }

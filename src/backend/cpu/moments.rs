@@ -27,22 +27,7 @@ pub const LANES: usize = 32;
 /// stays within about `FLUSH·ε` of its terms, while the additions run at the f32 vector rate.
 pub const FLUSH: usize = 16;
 
-/// Compiles each enclosed function once per instruction set (AVX-512, AVX2+FMA, baseline) and
-/// picks the clone at run time (`multiversion`; no `unsafe` here). The clones perform the same
-/// IEEE operations in the same order (Rust never contracts `a·b + c` into an FMA), so results
-/// do not depend on the CPU.
-macro_rules! simd_clones {
-    ($($item:item)*) => {
-        $(
-            #[multiversion::multiversion(targets(
-                "x86_64+avx512f+avx512bw+avx512vl+avx2+fma+f16c",
-                "x86_64+avx2+fma+f16c",
-            ))]
-            $item
-        )*
-    };
-}
-pub(crate) use simd_clones;
+pub(crate) use super::simd::simd_clones;
 
 /// Elements at the start of a run whose mean centres the run's statistics pass
 /// ([`moments_by`]): two chunks of [`LANES`], read again from L1 by that pass.
