@@ -1071,6 +1071,22 @@ void normkit_set_cpu_caller_teams(bool enabled);
 bool normkit_cpu_caller_teams(void);
 
 /**
+ * Chooses the vector width of the CPU kernels (process-wide): 0 = automatic (the widest clone
+ * the CPU has, except f32/f64 on AMD Zen 4, which runs 512-bit vectors as two halves and
+ * takes the AVX2 clones there), 256 = the AVX2 clones for every element type, 512 = the
+ * widest clone for every element type. Overrides the `NORMKIT_CPU_VECTORS` environment
+ * variable. Results are bit-identical whichever runs; only the speed changes. Another value
+ * is NORMKIT_STATUS_INVALID_ARGUMENT (nothing changes). Thread-safe.
+ */
+normkit_status_t normkit_set_cpu_vector_width(uint32_t bits);
+
+/**
+ * The vector-width setting of the CPU kernels (see normkit_set_cpu_vector_width): 0, 256 or
+ * 512. Thread-safe.
+ */
+uint32_t normkit_cpu_vector_width(void);
+
+/**
  * The library's ABI version (compare with NORMKIT_ABI_VERSION). Thread-safe.
  */
 uint32_t normkit_abi_version(void);

@@ -192,6 +192,45 @@ pub extern "C" fn normkit_cpu_caller_teams() -> bool {
     boundary_or!("normkit_cpu_caller_teams", false, { crate::caller_teams() })
 }
 
+/// Chooses the vector width of the CPU kernels (process-wide): 0 = automatic (the widest clone
+/// the CPU has, except f32/f64 on AMD Zen 4, which runs 512-bit vectors as two halves and
+/// takes the AVX2 clones there), 256 = the AVX2 clones for every element type, 512 = the
+/// widest clone for every element type. Overrides the `NORMKIT_CPU_VECTORS` environment
+/// variable. Results are bit-identical whichever runs; only the speed changes. Another value
+/// is NORMKIT_STATUS_INVALID_ARGUMENT (nothing changes). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn normkit_set_cpu_vector_width(bits: u32) -> normkit_status_t {
+    boundary!("normkit_set_cpu_vector_width", {
+        use crate::VectorPolicy as P;
+        let policy = match bits {
+            0 => P::Auto,
+            256 => P::Narrow,
+            512 => P::Wide,
+            _ => {
+                return Err(CapiError::invalid(
+                    "bits",
+                    format!("expected 0 (automatic), 256 or 512, got {bits}"),
+                ));
+            }
+        };
+        crate::set_vector_policy(policy);
+        Ok(())
+    })
+}
+
+/// The vector-width setting of the CPU kernels (see normkit_set_cpu_vector_width): 0, 256 or
+/// 512. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn normkit_cpu_vector_width() -> u32 {
+    boundary_or!("normkit_cpu_vector_width", 0, {
+        match crate::vector_policy() {
+            crate::VectorPolicy::Auto => 0,
+            crate::VectorPolicy::Narrow => 256,
+            crate::VectorPolicy::Wide => 512,
+        }
+    })
+}
+
 /// The library's ABI version (compare with NORMKIT_ABI_VERSION). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn normkit_abi_version() -> u32 {

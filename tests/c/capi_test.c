@@ -141,6 +141,21 @@ static void test_caller_teams(void) {
   CHECK(normkit_cpu_caller_teams() == before);
 }
 
+static void test_vector_width(void) {
+  uint32_t before = normkit_cpu_vector_width();
+  CHECK(before == 0 || before == 256 || before == 512);
+  CHECK(normkit_set_cpu_vector_width(256) == NORMKIT_STATUS_OK);
+  CHECK(normkit_cpu_vector_width() == 256);
+  CHECK(normkit_set_cpu_vector_width(512) == NORMKIT_STATUS_OK);
+  CHECK(normkit_cpu_vector_width() == 512);
+  CHECK(normkit_set_cpu_vector_width(128) == NORMKIT_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(normkit_last_error_message(), "normkit_set_cpu_vector_width") != NULL);
+  CHECK(strstr(normkit_last_error_message(), "got 128") != NULL);
+  CHECK(normkit_cpu_vector_width() == 512);
+  CHECK(normkit_set_cpu_vector_width(before) == NORMKIT_STATUS_OK);
+  CHECK(normkit_cpu_vector_width() == before);
+}
+
 static void test_status_strings(void) {
   CHECK(NORMKIT_STATUS_OK == 0);
   CHECK(strcmp(normkit_status_string(NORMKIT_STATUS_OK), "success") == 0);
@@ -1520,6 +1535,7 @@ int main(void) {
   test_versions();
   test_spin_wait();
   test_caller_teams();
+  test_vector_width();
   test_status_strings();
   test_context();
   test_last_error();
