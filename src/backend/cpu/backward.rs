@@ -91,21 +91,24 @@ fn unit_grad<T: Element>(
     mu: &[Centre<T::Compute>],
     coefficients: &(impl Fn(UnitPairs, &[f64], &[f64]) -> UnitCoefficients<T::Compute> + Sync),
 ) -> (Vec<f64>, Vec<f64>) {
-    // the sums read each plane from memory: they prefetch the next plane's `x` and `g` and
-    // (4- and 8-byte elements, a unit whose `x`, `g` and `dx` fit in L2) this plane's `dx`,
-    // written by the apply below
+    // the sums read each plane from memory: they prefetch the next plane's `x` and `g`
+    // (`prefetch::next_planes_pay`) and (4- and 8-byte elements, a unit whose `x`, `g` and `dx`
+    // fit in L2) this plane's `dx`, written by the apply below
     let unit: usize = xs.iter().map(|p| p.len()).sum();
     let dests: Vec<&[T]> = if prefetch::output_pays::<T>() && prefetch::fits_l2::<T>(3 * unit) {
         ds.iter().map(|d| &**d).collect()
     } else {
         Vec::new()
     };
+    let next_planes = prefetch::next_planes_pay::<T>();
     let (a, b): (Vec<f64>, Vec<f64>) = xs
         .iter()
         .zip(gs)
         .enumerate()
         .map(|(j, (xp, gp))| {
-            let ahead = [plane(xs, j + 1), plane(gs, j + 1), plane(&dests, j)];
+            // past the end (`usize::MAX`): no plane, no prefetch
+            let k = if next_planes { j + 1 } else { usize::MAX };
+            let ahead = [plane(xs, k), plane(gs, k), plane(&dests, j)];
             grad_sums_run(xp, gp, mu[pairs.pair(j)], ahead)
         })
         .unzip();

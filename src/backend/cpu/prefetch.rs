@@ -126,6 +126,20 @@ pub const fn output_pays<T>() -> bool {
     std::mem::size_of::<T>() >= 4
 }
 
+/// Whether the channels-first backward's sums pass (`backward::unit_grad`) prefetches the
+/// next plane's `x` and `dy` as well as its own `dx`: not for 4- and 8-byte elements on AMD Zen 4
+/// ([`super::simd::split_512`]), where those three prefetch streams are six `prefetcht0` per 32
+/// f32 elements and `perf annotate` put about half the samples of the sums right after them
+/// (waiting for a free miss buffer); the hardware prefetcher follows the planes there. Same-run
+/// A/B, Zen 4 VM, alternating processes (docs/perf/cpu.md, round 18): f32 GroupNorm NCHW bwd
+/// 1.34x at 1 and at 2 threads, BatchNorm2d NCHW bwd 1.18x and 1.08x; f64 1.00–1.14x. bf16
+/// (one line per 32 elements, no `dx` prefetch) without them measured 0.89–0.99x, so it keeps
+/// them, as do other CPUs (the Xeon of rounds 8–16 measured them as a gain).
+#[inline]
+pub fn next_planes_pay<T>() -> bool {
+    std::mem::size_of::<T>() < 4 || !super::simd::split_512()
+}
+
 /// Prefetches the line holding `s[i]` into all cache levels; nothing when `i` is past the end.
 #[inline(always)]
 pub fn line<T>(s: &[T], i: usize) {
