@@ -256,7 +256,7 @@ typedef int32_t normkit_status_t;
 typedef struct normkit_context_t normkit_context_t;
 
 /**
- * A normalization module (opaque). Create it with a normkit_<family>_create function, destroy
+ * A normalization module (opaque). Create it with a `normkit_<family>_create` function, destroy
  * it with normkit_module_destroy. Used by one thread at a time.
  */
 typedef struct normkit_module_t normkit_module_t;

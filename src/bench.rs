@@ -373,7 +373,7 @@ impl Lined {
 impl Prepared {
     /// Allocates and fills the buffers of a case (values in `[-1.5, 2.5)`, parameters near 1
     /// and 0, upstream gradients in `[-1, 1)`), in the case's dtype, its tensors on 64-byte
-    /// boundaries ([`Lined`]). A backward case runs the (training) forward here once for its
+    /// boundaries (`Lined`). A backward case runs the (training) forward here once for its
     /// saved statistics.
     pub fn new(case: &Case, suite: &Suite) -> Result<Prepared, String> {
         Prepared::with_offset(case, suite, 0)

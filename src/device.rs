@@ -1,7 +1,7 @@
 //! Device selection: CPU or a CUDA device, honouring `NORMKIT_DEVICE=cpu|cuda|auto`
 //! (design/cuda-infra.md §0, c-abi.md §2.4).
 //!
-//! `auto` (the default) takes CUDA device 0 when [`crate::backend::cuda::probe`] finds a
+//! `auto` (the default) takes CUDA device 0 when [`crate::backend::cuda::probe`](fn@crate::backend::cuda::probe) finds a
 //! driver, a device and NVRTC, and the CPU otherwise, saying why; `cuda` turns a failed probe
 //! into a [`ErrorKind::DeviceUnavailable`] error.
 

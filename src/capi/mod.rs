@@ -3,7 +3,7 @@
 //! Conventions (the header's preamble repeats them for C users):
 //! * every fallible function returns `normkit_status_t` (0 = `NORMKIT_STATUS_OK`) and sets a
 //!   thread-local last-error message on failure;
-//! * every body runs inside a panic boundary ([`error::run`] / [`error::run_or`]), so no panic
+//! * every body runs inside a panic boundary (`error::run` / `error::run_or`), so no panic
 //!   unwinds into C;
 //! * every pointer is NULL-checked; enum-like values from C are plain integers, validated;
 //! * out-parameters are written only on success; `_destroy(NULL)` is a no-op;

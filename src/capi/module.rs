@@ -39,7 +39,7 @@ pub const NORMKIT_KIND_3D: i32 = 3;
 /// BatchNorm).
 pub const NORMKIT_KIND_SYNC: i32 = 4;
 
-/// A normalization module (opaque). Create it with a normkit_<family>_create function, destroy
+/// A normalization module (opaque). Create it with a `normkit_<family>_create` function, destroy
 /// it with normkit_module_destroy. Used by one thread at a time.
 pub struct normkit_module_t {
     inner: Inner,

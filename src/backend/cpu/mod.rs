@@ -698,11 +698,11 @@ fn planes_moments<T: Element>(planes: &[&[T]], dests: &[&[T]]) -> (f64, f64) {
 }
 
 /// BatchNorm training forward in [`ChannelLayout::First`] (local statistics only), fused per
-/// channel: the channel's moments ([`planes_moments`]), `r = finish(m2)` and the apply
+/// channel: the channel's moments (`planes_moments`), `r = finish(m2)` and the apply
 /// `y = (x − μ)·(r·γ_c) + β_c` of its `N` planes run back to back while the channel is in
 /// L2, so `x` is read from memory once instead of twice. The same operations in the same
 /// order as [`channel_moments`] then [`apply_channel`], so the results are bit-identical.
-/// A channel that does not fit in L2 with its output ([`channel_past_l2`]) would be read from
+/// A channel that does not fit in L2 with its output (`channel_past_l2`) would be read from
 /// memory twice either way: such tensors take [`channel_moments`] (in memory order) and
 /// [`apply_channel`] themselves. Returns `(mean, m2, r)` per channel.
 pub fn batch_norm_first_fused<T: Element>(
@@ -1063,7 +1063,7 @@ pub(crate) fn sample_runs(
 /// ([`moments_by`]; `finish` gives `r`) and the apply `y = (x − μ)·r·γ + β` run back to
 /// back while the row is in L1/L2, so `x` is read from memory once. The same operations in the
 /// same order as [`row_moments`] then [`apply_rows`], so the results are bit-identical.
-/// Runs through [`fused_runs`] (which prefetches the next row).
+/// Runs through `fused_runs` (which prefetches the next row).
 /// Returns the mean (rounded to the compute type, as PyTorch's saved mean) and the `r` of
 /// every row; the per-row pairs are gathered in [`Scratch`] memory, so the two returned
 /// vectors are the call's only allocations.

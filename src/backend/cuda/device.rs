@@ -109,8 +109,8 @@ impl CudaOp {
     }
 }
 
-/// A GPU with one stream: the real device (feature `cuda`: [`CudaDevice::new`],
-/// [`CudaDevice::with_borrowed_stream`]) or the host emulation ([`CudaDevice::emulated`]).
+/// A GPU with one stream: the real device (feature `cuda`: `CudaDevice::new`,
+/// `CudaDevice::with_borrowed_stream`) or the host emulation ([`CudaDevice::emulated`]).
 /// Cheap to clone; clones share the stream. Not for concurrent use from several threads
 /// without external synchronisation (like a cuDNN handle); separate `CudaDevice`s may run
 /// concurrently.

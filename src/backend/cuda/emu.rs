@@ -221,7 +221,7 @@ impl Drop for Region {
     }
 }
 
-/// The emulated device as a [`GpuBackend`] (behind [`CudaDevice::emulated`]): device memory is
+/// The emulated device as a [`GpuBackend`] (behind `CudaDevice::emulated`): device memory is
 /// host memory registered here, so pointers that are not inside a live allocation are
 /// rejected like host pointers on a GPU; launches run synchronously.
 pub struct EmuGpu {

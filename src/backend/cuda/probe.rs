@@ -4,7 +4,7 @@
 //! cudarc's own candidate names) before any cudarc driver call, because cudarc panics when
 //! libcuda is missing; then `cuInit`, the device count and each device's attributes inside
 //! `catch_unwind` (a partial driver makes cudarc panic with "Missing symbol"); then the NVRTC
-//! search of [`super::nvrtc`]. The result is computed once per process.
+//! search of `super::nvrtc`. The result is computed once per process.
 
 use std::fmt;
 use std::sync::OnceLock;
