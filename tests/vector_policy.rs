@@ -49,3 +49,18 @@ fn vector_policy_overrides_and_auto_choice() {
         assert!(!split_512());
     }
 }
+
+#[test]
+fn vector_policy_widths_are_the_documented_numbers() {
+    for (p, bits) in [
+        (VectorPolicy::Auto, 0),
+        (VectorPolicy::Narrow, 256),
+        (VectorPolicy::Wide, 512),
+    ] {
+        assert_eq!(p.width(), bits);
+        assert_eq!(VectorPolicy::from_width(bits), Some(p));
+    }
+    for bits in [1, 128, 255, 1024, u32::MAX] {
+        assert_eq!(VectorPolicy::from_width(bits), None, "{bits}");
+    }
+}

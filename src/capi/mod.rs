@@ -201,18 +201,12 @@ pub extern "C" fn normkit_cpu_caller_teams() -> bool {
 #[unsafe(no_mangle)]
 pub extern "C" fn normkit_set_cpu_vector_width(bits: u32) -> normkit_status_t {
     boundary!("normkit_set_cpu_vector_width", {
-        use crate::VectorPolicy as P;
-        let policy = match bits {
-            0 => P::Auto,
-            256 => P::Narrow,
-            512 => P::Wide,
-            _ => {
-                return Err(CapiError::invalid(
-                    "bits",
-                    format!("expected 0 (automatic), 256 or 512, got {bits}"),
-                ));
-            }
-        };
+        let policy = crate::VectorPolicy::from_width(bits).ok_or_else(|| {
+            CapiError::invalid(
+                "bits",
+                format!("expected 0 (automatic), 256 or 512, got {bits}"),
+            )
+        })?;
         crate::set_vector_policy(policy);
         Ok(())
     })
@@ -223,11 +217,7 @@ pub extern "C" fn normkit_set_cpu_vector_width(bits: u32) -> normkit_status_t {
 #[unsafe(no_mangle)]
 pub extern "C" fn normkit_cpu_vector_width() -> u32 {
     boundary_or!("normkit_cpu_vector_width", 0, {
-        match crate::vector_policy() {
-            crate::VectorPolicy::Auto => 0,
-            crate::VectorPolicy::Narrow => 256,
-            crate::VectorPolicy::Wide => 512,
-        }
+        crate::vector_policy().width()
     })
 }
 

@@ -12,7 +12,8 @@
 //! operations in the same order, so results never depend on it.
 
 use crate::dtype::Element;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Compiles each enclosed function twice behind one dispatcher of the same name and
 /// signature: once with AVX-512 and AVX2+FMA clones ("wide"), once with the AVX2+FMA clone
@@ -63,56 +64,56 @@ pub enum VectorPolicy {
     Wide,
 }
 
-/// 0 = not read yet (environment, then auto); else `policy_code`.
-static POLICY: AtomicU8 = AtomicU8::new(0);
+impl VectorPolicy {
+    /// The policy's vector width in bits as the C ABI and `NORMKIT_CPU_VECTORS` write it:
+    /// 0 (automatic), 256 or 512.
+    pub fn width(self) -> u32 {
+        match self {
+            VectorPolicy::Auto => 0,
+            VectorPolicy::Narrow => 256,
+            VectorPolicy::Wide => 512,
+        }
+    }
 
-fn policy_code(p: VectorPolicy) -> u8 {
-    match p {
-        VectorPolicy::Auto => 1,
-        VectorPolicy::Narrow => 2,
-        VectorPolicy::Wide => 3,
+    /// The policy of a [`VectorPolicy::width`]; `None` for any other number.
+    pub fn from_width(bits: u32) -> Option<Self> {
+        [VectorPolicy::Auto, VectorPolicy::Narrow, VectorPolicy::Wide]
+            .into_iter()
+            .find(|p| p.width() == bits)
     }
 }
+
+/// The policy's width ([`VectorPolicy::width`]); `UNSET` until set or read from the
+/// environment.
+static POLICY: AtomicU32 = AtomicU32::new(UNSET);
+const UNSET: u32 = u32::MAX;
 
 /// Sets the clone choice process-wide (before or between ops; an op in flight keeps the
 /// clones it started with for the calls it has made). Overrides `NORMKIT_CPU_VECTORS`.
 pub fn set_vector_policy(p: VectorPolicy) {
-    POLICY.store(policy_code(p), Ordering::Relaxed);
+    POLICY.store(p.width(), Ordering::Relaxed);
 }
 
-/// The clone choice: [`set_vector_policy`], else `NORMKIT_CPU_VECTORS` (`256`, `512` or
-/// `auto`; anything else is `auto`), else [`VectorPolicy::Auto`].
+/// The clone choice: [`set_vector_policy`], else `NORMKIT_CPU_VECTORS` (`256`, `512`, or
+/// `0`/`auto`; anything else is automatic), else [`VectorPolicy::Auto`].
 pub fn vector_policy() -> VectorPolicy {
     let mut v = POLICY.load(Ordering::Relaxed);
-    if v == 0 {
+    if v == UNSET {
         let env = std::env::var("NORMKIT_CPU_VECTORS").unwrap_or_default();
-        let p = match env.trim() {
-            "256" => VectorPolicy::Narrow,
-            "512" => VectorPolicy::Wide,
-            _ => VectorPolicy::Auto,
-        };
-        let _ = POLICY.compare_exchange(0, policy_code(p), Ordering::Relaxed, Ordering::Relaxed);
+        let p = env.trim().parse().ok().and_then(VectorPolicy::from_width);
+        let width = p.unwrap_or(VectorPolicy::Auto).width();
+        let _ = POLICY.compare_exchange(UNSET, width, Ordering::Relaxed, Ordering::Relaxed);
         v = POLICY.load(Ordering::Relaxed);
     }
-    match v {
-        2 => VectorPolicy::Narrow,
-        3 => VectorPolicy::Wide,
-        _ => VectorPolicy::Auto,
-    }
+    VectorPolicy::from_width(v).unwrap_or(VectorPolicy::Auto)
 }
 
 /// Whether the CPU executes 512-bit vectors as two 256-bit halves and has AVX-512: AMD
 /// family 19h (Zen 3 and Zen 4; only Zen 4 has AVX-512). Zen 5 (family 1Ah) and Intel run
 /// 512-bit vectors at full width and keep the wide clones. Read once.
 pub fn split_512() -> bool {
-    static SPLIT: AtomicU8 = AtomicU8::new(0);
-    let v = SPLIT.load(Ordering::Relaxed);
-    if v != 0 {
-        return v == 1;
-    }
-    let split = detect_split_512();
-    SPLIT.store(if split { 1 } else { 2 }, Ordering::Relaxed);
-    split
+    static SPLIT: OnceLock<bool> = OnceLock::new();
+    *SPLIT.get_or_init(detect_split_512)
 }
 
 #[cfg(target_arch = "x86_64")]
