@@ -1011,6 +1011,115 @@ pub fn measure(
     })
 }
 
+/// The cases [`serve`] answers for, each under the name a request gives: its full-size name
+/// ([`Case::name`]) even where the case was shrunk or grown (`normkit bench --max-elements`).
+pub struct Served<'a> {
+    pub suite: &'a Suite,
+    pub cases: Vec<(String, Case)>,
+    /// [`Prepared::with_offset`]'s offset of every tensor from a 64-byte boundary.
+    pub offset_bytes: usize,
+    /// The least number of warm-up runs before each timing ([`Warmup::runs`]).
+    pub warmup_runs: usize,
+}
+
+/// `normkit bench --serve`: answers timing requests read from `input`, one JSON object per line,
+/// with one JSON line each on `output` (flushed), until the end of `input`. A long-lived
+/// process lets a comparison interleave its timings with another library's call by call
+/// (`benches/compare/compare.py`) instead of process by process, so that both sides of a
+/// round see the same state of a shared, noisy machine.
+///
+/// * `{"case": NAME, "threads": T, "reps": R, "warmup_ms": MS}` times case `NAME` as
+///   [`measure`] does (`MS` optional, default [`Warmup::default`]'s) and answers with
+///   [`Measurement::to_json`]. The last case's tensors are kept for the next request, so
+///   repeated requests for one case time the same buffers, warm.
+/// * `{"bandwidth": T, "size_mib": M}` answers `{"threads", "read", "write", "scale"}` in
+///   GB/s ([`bandwidth`] over two buffers of `M` MiB, default 256, best of 3).
+///
+/// A request that cannot be served (not JSON, an unknown case, a failed check) is answered
+/// with `{"error": "..."}` naming what was wrong; the loop goes on. Only an I/O error on
+/// `input` or `output` ends it early.
+pub fn serve(
+    served: &Served<'_>,
+    input: impl std::io::BufRead,
+    mut output: impl std::io::Write,
+) -> std::io::Result<()> {
+    let mut kept: Option<(String, Prepared)> = None;
+    for line in input.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer = serve_one(served, &line, &mut kept)
+            .unwrap_or_else(|e| serde_json::json!({ "error": e }).to_string());
+        writeln!(output, "{answer}")?;
+        output.flush()?;
+    }
+    Ok(())
+}
+
+/// One request of [`serve`]: its answer line, or the error message.
+fn serve_one(
+    served: &Served<'_>,
+    line: &str,
+    kept: &mut Option<(String, Prepared)>,
+) -> Result<String, String> {
+    let req: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| format!("serve: request: expected a JSON object, got '{line}' ({e})"))?;
+    let count = |key: &str, default: Option<u64>| -> Result<usize, String> {
+        match (req.get(key), default) {
+            (None, Some(d)) => Ok(d as usize),
+            (v, _) => v
+                .and_then(|v| v.as_u64())
+                .filter(|&n| n >= 1)
+                .map(|n| n as usize)
+                .ok_or_else(|| {
+                    let got = v.map_or("nothing".to_string(), |v| v.to_string());
+                    format!("serve: request '{key}': expected an integer >= 1, got {got}")
+                }),
+        }
+    };
+    if req.get("bandwidth").is_some() {
+        let threads = count("bandwidth", None)?;
+        let mib = count("size_mib", Some(256))?;
+        let b = bandwidth(threads, mib << 20, 3);
+        return Ok(serde_json::json!({
+            "threads": b.threads, "read": b.read, "write": b.write, "scale": b.scale,
+        })
+        .to_string());
+    }
+    let name = req
+        .get("case")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| format!("serve: request 'case': expected a case name, got {line}"))?;
+    let threads = count("threads", None)?;
+    let reps = count("reps", Some(15))?;
+    let warmup_ms = match req.get("warmup_ms") {
+        None => Warmup::default().ms,
+        Some(v) => v.as_f64().filter(|m| *m >= 0.0).ok_or_else(|| {
+            format!("serve: request 'warmup_ms': expected a number >= 0, got {v}")
+        })?,
+    };
+    if kept.as_ref().is_none_or(|(k, _)| k != name) {
+        *kept = None; // the previous case's tensors go before the next one's are allocated
+        let case = served
+            .cases
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
+            .ok_or_else(|| format!("serve: request 'case': no case named '{name}'"))?;
+        let prep = Prepared::with_offset(case, served.suite, served.offset_bytes)?;
+        *kept = Some((name.to_string(), prep));
+    }
+    let Some((_, prep)) = kept.as_mut() else {
+        return Err(format!("serve: case '{name}' was not prepared"));
+    };
+    let warm = Warmup {
+        runs: served.warmup_runs,
+        ms: warmup_ms,
+    };
+    Ok(measure(prep, threads, reps, warm)?.to_json())
+}
+
 /// Memory bandwidth of this machine for a given thread count (GB/s = 1e9 bytes/s).
 #[derive(Clone, Copy, Debug)]
 pub struct Bandwidth {
@@ -1212,6 +1321,78 @@ mod tests {
         assert!(m.median_ms > 0.0 && m.min_ms <= m.median_ms);
         let m = measure(&mut p, 1, 1, Warmup { runs: 1, ms: 0.0 }).unwrap();
         assert_eq!(m.reps, 1);
+    }
+
+    /// `serve` answers every request line: timings under the full-size name of a shrunk case,
+    /// bandwidth, and an error naming the problem for each bad request, after which it goes on.
+    #[test]
+    fn serve_answers_each_request_and_survives_bad_ones() {
+        let s = Suite::standard().unwrap();
+        let full = standard_f32("GroupNorm");
+        let served = Served {
+            suite: &s,
+            cases: vec![(full.name(), full.shrunk(1 << 12))],
+            offset_bytes: 0,
+            warmup_runs: 1,
+        };
+        let case = |threads: &str, reps: &str| {
+            format!(
+                r#"{{"case": "{}", "threads": {threads}, "reps": {reps}, "warmup_ms": 0}}"#,
+                full.name()
+            )
+        };
+        let input = [
+            case("1", "3"),
+            "not json".to_string(),
+            r#"{"case": "GroupNorm/1x1/NCHW/fwd/float32", "threads": 1}"#.to_string(),
+            case("0", "3"),
+            case("2", "-1"),
+            String::new(),
+            r#"{"bandwidth": 1, "size_mib": 1}"#.to_string(),
+            case("2", "2"),
+        ]
+        .join("\n");
+        let mut out = Vec::new();
+        serve(&served, input.as_bytes(), &mut out).unwrap();
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 7, "one answer per non-empty line: {lines:?}");
+        let timed = |v: &serde_json::Value, threads: u64, reps: u64| {
+            assert_eq!(v["layer"], "GroupNorm", "{v}");
+            assert_eq!(v["threads"], threads, "{v}");
+            assert_eq!(v["reps"], reps, "{v}");
+            let shape: Vec<usize> = serde_json::from_value(v["shape"].clone()).unwrap();
+            assert_eq!(
+                shape,
+                full.shrunk(1 << 12).shape,
+                "the shrunk case is timed"
+            );
+            assert!(v["median_ms"].as_f64().unwrap() > 0.0, "{v}");
+        };
+        timed(&lines[0], 1, 3);
+        let error = |v: &serde_json::Value, words: &[&str]| {
+            let e = v["error"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no error: {v}"));
+            for w in words {
+                assert!(e.contains(w), "'{e}' lacks '{w}'");
+            }
+        };
+        error(&lines[1], &["expected a JSON object", "not json"]);
+        error(
+            &lines[2],
+            &["no case named", "GroupNorm/1x1/NCHW/fwd/float32"],
+        );
+        error(&lines[3], &["'threads'", "integer >= 1", "got 0"]);
+        error(&lines[4], &["'reps'", "got -1"]);
+        assert_eq!(lines[5]["threads"], 1);
+        for k in ["read", "write", "scale"] {
+            assert!(lines[5][k].as_f64().unwrap() > 0.0, "{}", lines[5]);
+        }
+        timed(&lines[6], 2, 2);
     }
 
     /// The first standard f32 case whose name starts with `prefix`.

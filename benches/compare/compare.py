@@ -3,13 +3,22 @@
 
 For every (threads, dtype, case) the two are run alternately, `--rounds` times (the order is
 swapped every round), and the median of the per-round medians is kept. Prints the speed-up
-(PyTorch time / normkit time) per case and its geometric mean per thread count and dtype, and
-per case the lowest and highest speed-up of a single round ("per round"): on a shared, noisy
-machine a case whose range straddles 1.0x is a tie, whatever its median says.
+(PyTorch time / normkit time) per case and its geometric mean per thread count and dtype, the
+median of the per-round speed-ups ("paired": each round's two sides are timed one right after
+the other, so drift of the machine between rounds cancels), and per case the lowest and
+highest speed-up of a single round ("per round"): on a shared, noisy machine a case whose
+range straddles 1.0x is a tie, whatever its median says.
+
+On the CPU normkit runs as one long-lived `normkit bench --serve` process (since round 19), as
+PyTorch runs in this one: a case's tensors are prepared once, the first round warms each side
+up for --warmup-ms and later rounds for --round-warmup-ms, so the two sides of a round lie well
+under a second apart. --processes restores the earlier method (a fresh `normkit bench` process
+per case and round, each warmed up for --warmup-ms).
 
     python3 benches/compare/compare.py [--normkit target/release/normkit] [--reps 11]
         [--rounds 3] [--threads 1 2] [--dtypes float32 bfloat16] [--filter SUBSTR]
         [--bandwidth] [--markdown] [--settle 0.25] [--device cpu|cuda] [--min-elements N]
+        [--processes] [--round-warmup-ms 50]
 
 With --device cuda both sides run on GPU 0 (`normkit bench --device cuda`, PyTorch on
 torch.device("cuda")), each timed with CUDA events around every call after warm-up calls; a
@@ -178,6 +187,36 @@ def time_normkit(exe, case, threads, reps, warmup_ms, max_elements=None):
     return rows[0]
 
 
+class NormkitServer:
+    """A long-lived `normkit bench --device cpu --serve` process: one JSON request per line on
+    its stdin, one JSON answer per line on its stdout. The case's tensors stay allocated between
+    requests for the same case, so each round only re-warms them, as PyTorch's long-lived
+    process does; a round of normkit and one of PyTorch then lie tens of milliseconds apart
+    instead of a process start and a full warm-up apart."""
+
+    def __init__(self, exe, max_elements=None):
+        cmd = [exe, "bench", "--device", "cpu", "--serve", "--warmup", "3"]
+        if max_elements:
+            cmd += ["--max-elements", str(max_elements)]
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True, bufsize=1)
+
+    def ask(self, **req):
+        self.p.stdin.write(json.dumps(req) + "\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"normkit --serve ended without answering {req}")
+        ans = json.loads(line)
+        if "error" in ans:
+            raise RuntimeError(ans["error"])
+        return ans
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait()
+
+
 def time_normkit_suite(exe, dtypes, filt, reps, min_elements=None):
     """One `normkit bench --device cuda` run over the whole (filtered) suite: {name: row}, keyed
     by the standard (full-size) case name even when --min-elements grew the shapes."""
@@ -265,8 +304,21 @@ def compare_cuda(args, suite):
         t_ms = statistics.median(ok) if ok else None
         err = errs.get(k) or (None if ok else "not measured")
         rows.append((0, c, n_ms, t_ms, nk[k][0]["bytes"] / (n_ms * 1e-3) / 1e9, err,
-                     round_spread(nk[k], th.get(k, []))))
+                     round_spread(nk[k], th.get(k, [])), paired(nk[k], th.get(k, []))))
     return rows
+
+
+def paired(nk, th):
+    """The median of the per-round speed-ups (each round's PyTorch median / its normkit median,
+    timed one right after the other): drift of a shared machine between rounds moves both
+    sides of a round together, so this is the steadier estimate; None with no round timed on
+    both sides."""
+    ratios = [t / n["median_ms"] for n, t in zip(nk, th) if t is not None]
+    return statistics.median(ratios) if ratios else None
+
+
+def geomean(v):
+    return math.exp(sum(math.log(x) for x in v) / len(v))
 
 
 def bandwidth(exe, threads):
@@ -306,6 +358,13 @@ def main():
                     help="CPU: warm each side up for at least this long before timing (a fresh "
                          "normkit process's first runs are slower than its steady state; "
                          "PyTorch's process is long-lived)")
+    ap.add_argument("--processes", action="store_true",
+                    help="CPU: a fresh `normkit bench` process per case and round (the method "
+                         "before round 19) instead of one `normkit bench --serve` process that "
+                         "keeps each case's tensors between rounds")
+    ap.add_argument("--round-warmup-ms", type=float, default=50.0,
+                    help="CPU, without --processes: warm-up of each side before each round "
+                         "after a case's first (which gets --warmup-ms)")
     args = ap.parse_args()
     with open(CASES) as f:
         suite = json.load(f)
@@ -318,7 +377,13 @@ def main():
         bw = {0: gpu_bandwidth()} if args.bandwidth else {}
         rows = compare_cuda(args, suite)
     else:
-        bw = {t: bandwidth(args.normkit, t) for t in args.threads} if args.bandwidth else {}
+        server = None if args.processes else NormkitServer(args.normkit, args.max_elements)
+        if not args.bandwidth:
+            bw = {}
+        elif server:
+            bw = {t: server.ask(bandwidth=t, size_mib=1024)["scale"] for t in args.threads}
+        else:
+            bw = {t: bandwidth(args.normkit, t) for t in args.threads}
         rows = []
     for t in args.threads if args.device == "cpu" else []:
         for case in expand(suite, args.dtypes):
@@ -331,46 +396,62 @@ def main():
                 case = dict(full, shape=row["shape"])
             for r in range(args.rounds):
                 order = ("n", "t") if r % 2 == 0 else ("t", "n")
+                warm_ms = args.warmup_ms if r == 0 or args.processes else args.round_warmup_ms
                 for who in order:
                     time.sleep(args.settle)
-                    if who == "n":
+                    if who == "n" and server:
+                        nk.append(server.ask(case=name(full), threads=t, reps=args.reps,
+                                             warmup_ms=warm_ms))
+                    elif who == "n":
                         nk.append(time_normkit(args.normkit, full, t, args.reps,
                                                args.warmup_ms, args.max_elements))
                     else:
-                        ms, err = time_torch(case, suite, t, args.reps,
-                                             warmup_ms=args.warmup_ms)
+                        ms, err = time_torch(case, suite, t, args.reps, warmup_ms=warm_ms)
                         th.append(ms)
             n_ms = statistics.median(r["median_ms"] for r in nk)
             ok = [v for v in th if v is not None]
             t_ms = statistics.median(ok) if ok else None
             gbps = nk[0]["bytes"] / (n_ms * 1e-3) / 1e9
             spread = round_spread(nk, th)
-            rows.append((t, case, n_ms, t_ms, gbps, err, spread))
+            pair = paired(nk, th)
+            rows.append((t, case, n_ms, t_ms, gbps, err, spread, pair))
             ratio = f"{t_ms / n_ms:5.2f}x" if t_ms else "  n/a"
             print(f"[{t}t] {name(case):<52} normkit {n_ms:8.3f} ms  torch "
-                  f"{(t_ms or float('nan')):8.3f} ms  {ratio}  rounds {spread}", file=sys.stderr)
+                  f"{(t_ms or float('nan')):8.3f} ms  {ratio}  paired "
+                  f"{(pair or float('nan')):5.2f}x  rounds {spread}", file=sys.stderr)
+    if server and args.bandwidth:
+        # again after the cases: the share is taken of the higher of the two measurements
+        for t in args.threads:
+            after = server.ask(bandwidth=t, size_mib=1024)["scale"]
+            print(f"memory bandwidth (scale, {t} thread(s)): {bw[t]:.1f} GB/s before the "
+                  f"cases, {after:.1f} GB/s after", file=sys.stderr)
+            bw[t] = max(bw[t], after)
+    if server:
+        server.close()
     sep = "|" if args.markdown else " "
-    head = ["case", "thr", "normkit ms", "torch ms", "speed-up", "per round", "GB/s"] + (
-        ["% of bw"] if bw else [])
+    head = ["case", "thr", "normkit ms", "torch ms", "speed-up", "paired", "per round",
+            "GB/s"] + (["% of bw"] if bw else [])
     print(("| " + " | ".join(head) + " |\n|" + "---|" * len(head)) if args.markdown
           else "  ".join(head))
-    for t, case, n_ms, t_ms, gbps, err, spread in rows:
+    for t, case, n_ms, t_ms, gbps, err, spread, pair in rows:
         cells = [name(case), str(t), f"{n_ms:.3f}", f"{t_ms:.3f}" if t_ms else "n/a",
                  f"{t_ms / n_ms:.2f}x" if t_ms else "n/a (torch: " + (err or "") + ")",
-                 spread, f"{gbps:.1f}"]
+                 f"{pair:.2f}x" if pair else "n/a", spread, f"{gbps:.1f}"]
         if bw:
             cells.append(f"{100 * gbps / bw[t]:.0f}%")
         print(("| " + " | ".join(cells) + " |") if args.markdown else sep.join(cells))
     print()
     for t in args.threads:
         for d in args.dtypes + ["all"]:
-            r = [tt / n for tt_, c, n, tt, g, e, _ in rows
-                 if tt_ == t and tt and (d == "all" or c["dtype"] == d)]
-            if r:
-                gm = math.exp(sum(math.log(v) for v in r) / len(r))
+            sel = [row for row in rows if row[0] == t and row[3]
+                   and (d == "all" or row[1]["dtype"] == d)]
+            if sel:
                 who = "GPU" if args.device == "cuda" else f"{t} thread(s)"
-                print(f"geometric-mean speed-up, {who}, {d}: {gm:.2f}x over {len(r)} cases"
-                      f" (slowest {min(r):.2f}x)")
+                r = [row[3] / row[2] for row in sel]
+                p = [row[7] for row in sel]
+                print(f"geometric-mean speed-up, {who}, {d}: {geomean(r):.2f}x over {len(r)} "
+                      f"cases (slowest {min(r):.2f}x); paired {geomean(p):.2f}x "
+                      f"(slowest {min(p):.2f}x)")
     for t, v in bw.items():
         what = "device-to-device copy" if args.device == "cuda" else f"scale, {t} thread(s)"
         print(f"memory bandwidth ({what}, read+write): {v:.1f} GB/s")

@@ -15,7 +15,7 @@ const USAGE: &str = "usage:
   normkit bench [--device cpu|cuda|cuda:N|emu|auto] [--json] [--threads N]
                 [--dtype f32|bf16|...] [--filter SUBSTR] [--reps N | --quick] [--warmup N]
                 [--warmup-ms MS] [--max-elements N | --min-elements N] [--offset-bytes B]
-                [--bandwidth]
+                [--bandwidth] [--serve]
   normkit bandwidth [--threads N] [--size-mib N] [--reps N]
 
 bench runs every standard case (benches/cases.json, embedded) and checks a sample of outputs
@@ -43,6 +43,14 @@ PyTorch's CPU allocator places tensors; --offset-bytes B starts them B bytes pas
 (B a multiple of the element size below 64; 16 is where a Vec<f32> from the system allocator
 starts).
 
+--serve (CPU) times on request instead of running the suite: each line of standard input is a
+JSON object, {\"case\": NAME, \"threads\": T, \"reps\": R, \"warmup_ms\": MS} (NAME as
+--filter prints it, at full size even with --max-elements/--min-elements) or
+{\"bandwidth\": T, \"size_mib\": M}, answered by one JSON line (a --json row, the bandwidth,
+or {\"error\": ...}); the last case's tensors are kept for the next request. This is how
+benches/compare/compare.py interleaves normkit with PyTorch round by round in long-lived
+processes.
+
 CPU workers spin for 2 ms after each op before sleeping (as OpenMP runtimes do); the
 environment variable NORMKIT_SPIN_US=N changes that (0 = sleep at once). With --threads N >= 2
 this thread works on each op with N - 1 workers of its own (caller teams, as an OpenMP team);
@@ -66,6 +74,7 @@ struct Opts {
     offset_bytes: usize,
     bandwidth: bool,
     size_mib: usize,
+    serve: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -83,6 +92,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         offset_bytes: 0,
         bandwidth: false,
         size_mib: 1024,
+        serve: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -147,6 +157,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                 })?;
             }
             "--bandwidth" => o.bandwidth = true,
+            "--serve" => o.serve = true,
             "--size-mib" => o.size_mib = count("--size-mib", value("--size-mib")?)?,
             other => return Err(format!("unknown argument '{other}'\n\n{USAGE}")),
         }
@@ -301,14 +312,13 @@ fn run_bench(o: &Opts) -> Result<bool, String> {
         .cases(&dtypes)
         .into_iter()
         .filter(|c| o.filter.as_deref().is_none_or(|f| c.name().contains(f)))
-        .map(|c| match (o.max_elements, o.min_elements) {
-            (Some(m), _) => c.shrunk(m),
-            (None, Some(m)) => c.grown(m),
-            (None, None) => c,
-        })
+        .map(|c| sized(o, c))
         .collect();
     if cases.is_empty() {
         return Err("no case matches the filter".into());
+    }
+    if o.serve {
+        return serve(o, &suite, &dtypes, &target);
     }
     let mut results: Vec<Measurement> = Vec::new();
     let mut failures = Vec::new();
@@ -387,6 +397,41 @@ fn run_bench(o: &Opts) -> Result<bool, String> {
         eprintln!("FAILED: {f}");
     }
     Ok(failures.is_empty())
+}
+
+/// `c` shrunk (`--max-elements`) or grown (`--min-elements`) as asked.
+fn sized(o: &Opts, c: Case) -> Case {
+    match (o.max_elements, o.min_elements) {
+        (Some(m), _) => c.shrunk(m),
+        (None, Some(m)) => c.grown(m),
+        (None, None) => c,
+    }
+}
+
+/// `normkit bench --serve` ([`normkit::bench::serve`]): the CPU cases of `--dtype` (all the
+/// suite's by default), shrunk or grown as asked, each answered for under its full-size name.
+fn serve(o: &Opts, suite: &Suite, dtypes: &[DType], target: &Target) -> Result<bool, String> {
+    if !matches!(target, Target::Cpu { .. }) {
+        return Err(format!(
+            "--serve: expected --device cpu, got --device {}",
+            o.device
+        ));
+    }
+    let cases = suite
+        .cases(dtypes)
+        .into_iter()
+        .map(|c| (c.name(), sized(o, c)))
+        .collect();
+    let served = normkit::bench::Served {
+        suite,
+        cases,
+        offset_bytes: o.offset_bytes,
+        warmup_runs: o.warmup,
+    };
+    let stdin = std::io::stdin();
+    normkit::bench::serve(&served, stdin.lock(), std::io::stdout().lock())
+        .map_err(|e| format!("--serve: {e}"))?;
+    Ok(true)
 }
 
 fn print_table(results: &[Measurement], bw: &[Bandwidth]) {
