@@ -92,7 +92,7 @@ fn unit_grad<T: Element>(
     coefficients: &(impl Fn(UnitPairs, &[f64], &[f64]) -> UnitCoefficients<T::Compute> + Sync),
 ) -> (Vec<f64>, Vec<f64>) {
     // the sums read each plane from memory: they prefetch the next plane's `x` and `g`
-    // (`prefetch::next_planes_pay`) and (4- and 8-byte elements, a unit whose `x`, `g` and `dx`
+    // (`prefetch::next_input_pays`) and (4- and 8-byte elements, a unit whose `x`, `g` and `dx`
     // fit in L2) this plane's `dx`, written by the apply below
     let unit: usize = xs.iter().map(|p| p.len()).sum();
     let dests: Vec<&[T]> = if prefetch::output_pays::<T>() && prefetch::fits_l2::<T>(3 * unit) {
@@ -100,7 +100,7 @@ fn unit_grad<T: Element>(
     } else {
         Vec::new()
     };
-    let next_planes = prefetch::next_planes_pay::<T>();
+    let next_planes = prefetch::next_input_pays::<T>();
     let (a, b): (Vec<f64>, Vec<f64>) = xs
         .iter()
         .zip(gs)

@@ -1113,13 +1113,18 @@ fn fused_runs<T: Element, S: Send>(
         return;
     }
     let block = runs.div_ceil(ROW_BLOCKS);
+    let next_input = prefetch::next_input_pays::<T>();
     let one_block = |b: usize, ((yb, xb), ob): ((&mut [T], &[T]), &mut [S])| {
         for (r, o) in ob.iter_mut().enumerate() {
             let xr = &xb[r * len..(r + 1) * len];
-            let x_next = part(xb, &prefetch::input_ahead::<T>(r, len));
+            let x_next: &[T] = if next_input {
+                part(xb, &prefetch::input_ahead::<T>(r, len))
+            } else {
+                &[]
+            };
             let yr = &mut yb[r * len..(r + 1) * len];
-            // one pass from memory in the common case, prefetching `x` ahead and (when both
-            // fit in L1) this run's `y` meanwhile
+            // one pass from memory in the common case, prefetching `x` ahead (where that pays:
+            // `prefetch::next_input_pays`) and (when both fit in L1) this run's `y` meanwhile
             let y_ahead: &[T] = if prefetch::fits_l1::<T>(2 * len) {
                 yr
             } else {

@@ -126,17 +126,22 @@ pub const fn output_pays<T>() -> bool {
     std::mem::size_of::<T>() >= 4
 }
 
-/// Whether the channels-first backward's sums pass (`backward::unit_grad`) prefetches the
-/// next plane's `x` and `dy` as well as its own `dx`: not for 4- and 8-byte elements on AMD Zen 4
-/// ([`super::simd::split_512`]), where those three prefetch streams are six `prefetcht0` per 32
-/// f32 elements and `perf annotate` put about half the samples of the sums right after them
-/// (waiting for a free miss buffer); the hardware prefetcher follows the planes there. Same-run
-/// A/B, Zen 4 VM, alternating processes (docs/perf/cpu.md, round 18): f32 GroupNorm NCHW bwd
-/// 1.34x at 1 and at 2 threads, BatchNorm2d NCHW bwd 1.18x and 1.08x; f64 1.00–1.14x. bf16
-/// (one line per 32 elements, no `dx` prefetch) without them measured 0.89–0.99x, so it keeps
-/// them, as do other CPUs (the Xeon of rounds 8–16 measured them as a gain).
+/// Whether a pass prefetches the input of the unit it works on next (the next run or plane)
+/// as well as its own output: not for 4- and 8-byte elements on AMD Zen 4
+/// ([`super::simd::split_512`]), where `perf annotate` put about half the samples of such
+/// passes right after their `prefetcht0`s (waiting for a free miss buffer) and the hardware
+/// prefetcher follows the runs there; bf16 (one line per 32 elements) keeps them, as do other
+/// CPUs (the Xeon of rounds 8–16 measured them as a gain). Same-run A/Bs on the Zen 4 VM,
+/// alternating processes (docs/perf/cpu.md, rounds 18 and 19), f32:
+///
+/// * the channels-first backward's sums pass (`backward::unit_grad`: the next plane's `x` and
+///   `dy`): GroupNorm NCHW bwd 1.34x at 1 and at 2 threads, BatchNorm2d NCHW bwd 1.18x and
+///   1.08x; f64 1.00–1.14x; bf16 without them 0.89–0.99x;
+/// * the fused forward's statistics pass (`fused_runs`: the next run's `x`, its own `y` still
+///   prefetched): LayerNorm 1.10–1.34x at 1 thread and 1.01–1.10x at 2, InstanceNorm2d
+///   1.27x / 1.21x, GroupNorm NCHW 1.10x / 1.06x; bf16 without it 0.90–1.11x.
 #[inline]
-pub fn next_planes_pay<T>() -> bool {
+pub fn next_input_pays<T>() -> bool {
     std::mem::size_of::<T>() < 4 || !super::simd::split_512()
 }
 
