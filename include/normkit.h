@@ -342,7 +342,7 @@ typedef struct normkit_context_config_t {
   void *stream;
   /**
    * CPU worker threads for this context's ops: 0 (default) = the process default (all
-   * cores unless changed), n > 0 = a pool of n threads (pools are shared by contexts
+   * cores unless changed), n in 1..=1024 = a pool of n threads (pools are shared by contexts
    * asking for the same count).
    */
   int32_t cpu_num_threads;

@@ -12,7 +12,7 @@
 //! statistics; the check compares `dx` samples and a few parameter gradients with the float64
 //! formula `dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))`, `ĝ = dy·γ`, `dγ = Σ dy·x̂`, `dβ = Σ dy`.
 
-use crate::backend::cpu::threads::{self, OnThreads};
+use crate::backend::cpu::threads::{self, MAX_THREADS, OnThreads};
 use crate::ops::{
     BatchNormArgs, ForwardStats, Gradients, GroupNormArgs, GroupNormBackwardArgs, InstanceNormArgs,
     LayerNormArgs, LayerNormBackwardArgs, LrnArgs, NormBackwardArgs, SavedStats, batch_norm,
@@ -1078,9 +1078,18 @@ fn serve_one(
                 }),
         }
     };
+    let at_most = |key: &str, n: usize, max: usize| -> Result<usize, String> {
+        if n <= max {
+            Ok(n)
+        } else {
+            Err(format!(
+                "serve: request '{key}': expected at most {max}, got {n}"
+            ))
+        }
+    };
     if req.get("bandwidth").is_some() {
-        let threads = count("bandwidth", None)?;
-        let mib = count("size_mib", Some(256))?;
+        let threads = at_most("bandwidth", count("bandwidth", None)?, MAX_THREADS)?;
+        let mib = at_most("size_mib", count("size_mib", Some(256))?, MAX_SIZE_MIB)?;
         let b = bandwidth(threads, mib << 20, 3);
         return Ok(serde_json::json!({
             "threads": b.threads, "read": b.read, "write": b.write, "scale": b.scale,
@@ -1091,7 +1100,7 @@ fn serve_one(
         .get("case")
         .and_then(|v| v.as_str())
         .ok_or_else(|| format!("serve: request 'case': expected a case name, got {line}"))?;
-    let threads = count("threads", None)?;
+    let threads = at_most("threads", count("threads", None)?, MAX_THREADS)?;
     let reps = count("reps", Some(15))?;
     let warmup_ms = match req.get("warmup_ms") {
         None => Warmup::default().ms,
@@ -1119,6 +1128,10 @@ fn serve_one(
     };
     Ok(measure(prep, threads, reps, warm)?.to_json())
 }
+
+/// The largest buffer [`bandwidth`] is asked for by `normkit bandwidth --size-mib` and
+/// [`serve`], in MiB (two buffers of this size).
+pub const MAX_SIZE_MIB: usize = 1 << 16;
 
 /// Memory bandwidth of this machine for a given thread count (GB/s = 1e9 bytes/s).
 #[derive(Clone, Copy, Debug)]
@@ -1347,6 +1360,7 @@ mod tests {
             r#"{"case": "GroupNorm/1x1/NCHW/fwd/float32", "threads": 1}"#.to_string(),
             case("0", "3"),
             case("2", "-1"),
+            case("100000", "1"),
             String::new(),
             r#"{"bandwidth": 1, "size_mib": 1}"#.to_string(),
             case("2", "2"),
@@ -1359,7 +1373,7 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 7, "one answer per non-empty line: {lines:?}");
+        assert_eq!(lines.len(), 8, "one answer per non-empty line: {lines:?}");
         let timed = |v: &serde_json::Value, threads: u64, reps: u64| {
             assert_eq!(v["layer"], "GroupNorm", "{v}");
             assert_eq!(v["threads"], threads, "{v}");
@@ -1388,11 +1402,12 @@ mod tests {
         );
         error(&lines[3], &["'threads'", "integer >= 1", "got 0"]);
         error(&lines[4], &["'reps'", "got -1"]);
-        assert_eq!(lines[5]["threads"], 1);
+        error(&lines[5], &["'threads'", "at most 1024", "got 100000"]);
+        assert_eq!(lines[6]["threads"], 1);
         for k in ["read", "write", "scale"] {
-            assert!(lines[5][k].as_f64().unwrap() > 0.0, "{}", lines[5]);
+            assert!(lines[6][k].as_f64().unwrap() > 0.0, "{}", lines[6]);
         }
-        timed(&lines[6], 2, 2);
+        timed(&lines[7], 2, 2);
     }
 
     /// The first standard f32 case whose name starts with `prefix`.

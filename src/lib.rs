@@ -42,7 +42,8 @@ pub mod tensor;
 
 pub use backend::cpu::simd::{VectorPolicy, set_vector_policy, vector_policy};
 pub use backend::cpu::threads::{
-    caller_teams, num_threads, set_caller_teams, set_num_threads, set_spin_wait, spin_wait,
+    MAX_THREADS, caller_teams, num_threads, set_caller_teams, set_num_threads, set_spin_wait,
+    spin_wait,
 };
 pub use dtype::{DType, Element};
 pub use error::{Error, ErrorKind, Result};

@@ -3,7 +3,7 @@
 //! Arguments are parsed with `std::env::args` (a dozen flags do not justify a dependency).
 
 use normkit::DType;
-use normkit::backend::cpu::{simd_level, threads::effective_threads};
+use normkit::backend::cpu::{simd_level, threads, threads::effective_threads};
 use normkit::bench::device::{DevicePrepared, DeviceSpec, measure_device};
 use normkit::bench::{Bandwidth, Case, Measurement, Prepared, Suite, bandwidth};
 use normkit::device::{Device, DeviceRequest, Selection, select_device};
@@ -21,7 +21,7 @@ const USAGE: &str = "usage:
 bench runs every standard case (benches/cases.json, embedded) and checks a sample of outputs
 against a float64 reference. --filter matches Layer/AxBxC/LAYOUT/mode/dtype, e.g.
 'LayerNorm/4096x4096' or '/NHWC/'. --bandwidth also measures this machine's memory bandwidth
-and prints each case's share of it (CPU only). bandwidth measures read, write and scale
+and prints each case's share of it (CPU only); --threads takes 1 to 1024. bandwidth measures read, write and scale
 (b = s*a) streams over two buffers (default 1024 MiB each) at 1 and 2 threads (or --threads N).
 
 --device cuda[:N] runs the cases on GPU N (feature cuda), timed with CUDA events on the
@@ -107,10 +107,22 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                 .filter(|&n| n > 0)
                 .ok_or_else(|| format!("{name}: expected a positive integer, got '{v}'"))
         };
+        let bounded = |name: &str, v: String, max: usize| {
+            count(name, v).and_then(|n| {
+                if n <= max {
+                    Ok(n)
+                } else {
+                    Err(format!("{name}: expected at most {max}, got {n}"))
+                }
+            })
+        };
         match a.as_str() {
             "--device" => o.device = value("--device")?,
             "--json" => o.json = true,
-            "--threads" => o.threads = Some(count("--threads", value("--threads")?)?),
+            "--threads" => {
+                let v = value("--threads")?;
+                o.threads = Some(bounded("--threads", v, threads::MAX_THREADS)?);
+            }
             "--dtype" => {
                 let v = value("--dtype")?;
                 let d = DType::parse(&v).ok_or_else(|| format!("--dtype: unknown dtype '{v}'"))?;
@@ -158,7 +170,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             }
             "--bandwidth" => o.bandwidth = true,
             "--serve" => o.serve = true,
-            "--size-mib" => o.size_mib = count("--size-mib", value("--size-mib")?)?,
+            "--size-mib" => {
+                let v = value("--size-mib")?;
+                o.size_mib = bounded("--size-mib", v, normkit::bench::MAX_SIZE_MIB)?;
+            }
             other => return Err(format!("unknown argument '{other}'\n\n{USAGE}")),
         }
     }

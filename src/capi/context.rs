@@ -26,7 +26,7 @@ pub struct normkit_context_config_t {
     /// never destroys it. NULL is the legacy default stream. Ignored by CPU contexts.
     pub stream: *mut c_void,
     /// CPU worker threads for this context's ops: 0 (default) = the process default (all
-    /// cores unless changed), n > 0 = a pool of n threads (pools are shared by contexts
+    /// cores unless changed), n in 1..=1024 = a pool of n threads (pools are shared by contexts
     /// asking for the same count).
     pub cpu_num_threads: i32,
     /// Reserved, must be 0.
@@ -184,12 +184,16 @@ pub unsafe extern "C" fn normkit_context_create(
                 format!("no flags are defined yet (must be 0), got {:#x}", cfg.flags),
             ));
         }
-        let threads = usize::try_from(cfg.cpu_num_threads).map_err(|_| {
-            CapiError::invalid(
-                "config.cpu_num_threads",
-                format!("must be >= 0 (0 = default), got {}", cfg.cpu_num_threads),
-            )
-        })?;
+        let max = crate::backend::cpu::threads::MAX_THREADS;
+        let threads = usize::try_from(cfg.cpu_num_threads)
+            .ok()
+            .filter(|&t| t <= max)
+            .ok_or_else(|| {
+                CapiError::invalid(
+                    "config.cpu_num_threads",
+                    format!("must be 0 (default) to {max}, got {}", cfg.cpu_num_threads),
+                )
+            })?;
         let cpu = normkit_device_t {
             device_type: NORMKIT_DEVICE_CPU,
             device_id: 0,

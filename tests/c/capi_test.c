@@ -210,6 +210,10 @@ static void test_context(void) {
   cfg.cpu_num_threads = -2;
   FAILS(NORMKIT_STATUS_INVALID_ARGUMENT, "normkit_context_create", "cpu_num_threads",
         normkit_context_create(&cfg, &ctx));
+  /* past the bound (1024): rejected, not a pool of that many threads */
+  cfg.cpu_num_threads = 100000;
+  FAILS(NORMKIT_STATUS_INVALID_ARGUMENT, "normkit_context_create", "got 100000",
+        normkit_context_create(&cfg, &ctx));
   cfg.cpu_num_threads = 0;
   cfg.abi_version = NORMKIT_ABI_VERSION + 1;
   FAILS(NORMKIT_STATUS_ABI_MISMATCH, "normkit_context_create", "abi_version",

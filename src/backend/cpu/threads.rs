@@ -388,8 +388,15 @@ fn global_warmth() -> &'static Arc<Warmth> {
 
 /// Sets the process-wide default CPU thread count (0 = all cores).
 pub fn set_num_threads(n: usize) {
-    DEFAULT_THREADS.store(n, Ordering::Relaxed);
+    DEFAULT_THREADS.store(n.min(MAX_THREADS), Ordering::Relaxed);
 }
+
+/// The largest thread count normkit runs an op on. A larger count asked of the Rust API
+/// ([`set_num_threads`], [`install`], [`with_threads`]) runs on this many; the C ABI
+/// (`normkit_context_config_t::cpu_num_threads`) and `normkit bench --threads` reject it. Without
+/// a bound a count such as 100000 made the first op spawn that many pool threads and had not
+/// returned after two minutes.
+pub const MAX_THREADS: usize = 1024;
 
 /// The process-wide default CPU thread count (0 = all cores).
 pub fn num_threads() -> usize {
@@ -448,7 +455,8 @@ fn install_on<R: Send>(threads: Option<usize>, teams: bool, f: impl FnOnce() -> 
     }
     let mut n = threads
         .or_else(|| CALLER_THREADS.with(|c| c.get()))
-        .unwrap_or_else(num_threads);
+        .unwrap_or_else(num_threads)
+        .min(MAX_THREADS);
     if n == 0 && has_team() {
         // rayon's global pool is out of reach from a team's caller (its iterators run on the
         // team): the shared pool of all cores, or the team when it has them
