@@ -1065,31 +1065,26 @@ fn serve_one(
 ) -> Result<String, String> {
     let req: serde_json::Value = serde_json::from_str(line)
         .map_err(|e| format!("serve: request: expected a JSON object, got '{line}' ({e})"))?;
-    let count = |key: &str, default: Option<u64>| -> Result<usize, String> {
-        match (req.get(key), default) {
-            (None, Some(d)) => Ok(d as usize),
-            (v, _) => v
+    // the integer at `key` (`default` when absent), from 1 to `max`
+    let count = |key: &str, default: Option<usize>, max: usize| -> Result<usize, String> {
+        let v = req.get(key);
+        match (v, default) {
+            (None, Some(d)) => Ok(d),
+            _ => v
                 .and_then(|v| v.as_u64())
-                .filter(|&n| n >= 1)
-                .map(|n| n as usize)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| (1..=max).contains(n))
                 .ok_or_else(|| {
                     let got = v.map_or("nothing".to_string(), |v| v.to_string());
-                    format!("serve: request '{key}': expected an integer >= 1, got {got}")
+                    format!(
+                        "serve: request '{key}': expected an integer from 1 to {max}, got {got}"
+                    )
                 }),
         }
     };
-    let at_most = |key: &str, n: usize, max: usize| -> Result<usize, String> {
-        if n <= max {
-            Ok(n)
-        } else {
-            Err(format!(
-                "serve: request '{key}': expected at most {max}, got {n}"
-            ))
-        }
-    };
     if req.get("bandwidth").is_some() {
-        let threads = at_most("bandwidth", count("bandwidth", None)?, MAX_THREADS)?;
-        let mib = at_most("size_mib", count("size_mib", Some(256))?, MAX_SIZE_MIB)?;
+        let threads = count("bandwidth", None, MAX_THREADS)?;
+        let mib = count("size_mib", Some(256), MAX_SIZE_MIB)?;
         let b = bandwidth(threads, mib << 20, 3);
         return Ok(serde_json::json!({
             "threads": b.threads, "read": b.read, "write": b.write, "scale": b.scale,
@@ -1100,8 +1095,8 @@ fn serve_one(
         .get("case")
         .and_then(|v| v.as_str())
         .ok_or_else(|| format!("serve: request 'case': expected a case name, got {line}"))?;
-    let threads = at_most("threads", count("threads", None)?, MAX_THREADS)?;
-    let reps = count("reps", Some(15))?;
+    let threads = count("threads", None, MAX_THREADS)?;
+    let reps = count("reps", Some(15), usize::MAX)?;
     let warmup_ms = match req.get("warmup_ms") {
         None => Warmup::default().ms,
         Some(v) => v.as_f64().filter(|m| *m >= 0.0).ok_or_else(|| {
@@ -1400,9 +1395,9 @@ mod tests {
             &lines[2],
             &["no case named", "GroupNorm/1x1/NCHW/fwd/float32"],
         );
-        error(&lines[3], &["'threads'", "integer >= 1", "got 0"]);
+        error(&lines[3], &["'threads'", "from 1 to 1024", "got 0"]);
         error(&lines[4], &["'reps'", "got -1"]);
-        error(&lines[5], &["'threads'", "at most 1024", "got 100000"]);
+        error(&lines[5], &["'threads'", "from 1 to 1024", "got 100000"]);
         assert_eq!(lines[6]["threads"], 1);
         for k in ["read", "write", "scale"] {
             assert!(lines[6][k].as_f64().unwrap() > 0.0, "{}", lines[6]);
