@@ -1085,7 +1085,7 @@ fn serve_one(
     if req.get("bandwidth").is_some() {
         let threads = count("bandwidth", None, MAX_THREADS)?;
         let mib = count("size_mib", Some(256), MAX_SIZE_MIB)?;
-        let b = bandwidth(threads, mib << 20, 3);
+        let b = bandwidth(threads, mib << 20, 3)?;
         return Ok(serde_json::json!({
             "threads": b.threads, "read": b.read, "write": b.write, "scale": b.scale,
         })
@@ -1179,11 +1179,23 @@ fn scale(a: &[f64], b: &mut [f64], s: f64) {
 }
 
 /// Measures read, write and scale bandwidth over two buffers of `bytes` each (best of `reps`).
-pub fn bandwidth(threads: usize, bytes: usize, reps: usize) -> Bandwidth {
+/// An error naming the size when the two buffers cannot be allocated (rather than aborting the
+/// process, as a plain `vec!` of a size the machine cannot hold would).
+pub fn bandwidth(threads: usize, bytes: usize, reps: usize) -> Result<Bandwidth, String> {
     let n = (bytes / 8).max(1 << 16);
     let piece = 1 << 16;
-    let mut a = vec![1.0f64; n];
-    let mut b = vec![0.0f64; n];
+    let buffer = |v: f64| -> Result<Vec<f64>, String> {
+        let mut b = Vec::new();
+        b.try_reserve_exact(n).map_err(|e| {
+            format!(
+                "bandwidth: a buffer of {} bytes: expected to allocate it, got: {e}",
+                n * 8
+            )
+        })?;
+        b.resize(n, v);
+        Ok(b)
+    };
+    let (mut a, mut b) = (buffer(1.0)?, buffer(0.0)?);
     let best = |f: &mut dyn FnMut()| {
         (0..reps.max(1))
             .map(|_| {
@@ -1193,7 +1205,7 @@ pub fn bandwidth(threads: usize, bytes: usize, reps: usize) -> Bandwidth {
             })
             .fold(f64::INFINITY, f64::min)
     };
-    threads::install(Some(threads), || {
+    Ok(threads::install(Some(threads), || {
         let mut sink = 0.0;
         let t_read =
             best(&mut || sink += a.par_chunks(piece).on_threads().map(read_sum).sum::<f64>());
@@ -1217,7 +1229,7 @@ pub fn bandwidth(threads: usize, bytes: usize, reps: usize) -> Bandwidth {
             write: gb / t_write,
             scale: 2.0 * gb / t_scale,
         }
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -1403,6 +1415,15 @@ mod tests {
             assert!(lines[6][k].as_f64().unwrap() > 0.0, "{}", lines[6]);
         }
         timed(&lines[7], 2, 2);
+    }
+
+    /// A size that cannot be allocated is an error naming it, not an abort.
+    #[test]
+    fn bandwidth_of_an_impossible_size_is_an_error() {
+        let e = bandwidth(1, usize::MAX / 2, 1).unwrap_err();
+        assert!(e.contains("bandwidth: a buffer of") && e.contains("allocate"), "{e}");
+        let b = bandwidth(1, 1 << 20, 1).unwrap();
+        assert!(b.read > 0.0 && b.write > 0.0 && b.scale > 0.0, "{b:?}");
     }
 
     /// The first standard f32 case whose name starts with `prefix`.

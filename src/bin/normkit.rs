@@ -239,7 +239,7 @@ fn print_bandwidth(b: &Bandwidth) {
     );
 }
 
-fn run_bandwidth(o: &Opts) {
+fn run_bandwidth(o: &Opts) -> Result<(), String> {
     let threads = o.threads.map_or(vec![1, 2], |t| vec![t]);
     let reps = if o.reps == 15 { 5 } else { o.reps };
     println!(
@@ -247,8 +247,9 @@ fn run_bandwidth(o: &Opts) {
         o.size_mib
     );
     for t in threads {
-        print_bandwidth(&bandwidth(t, o.size_mib << 20, reps));
+        print_bandwidth(&bandwidth(t, o.size_mib << 20, reps)?);
     }
+    Ok(())
 }
 
 struct Progress {
@@ -355,7 +356,7 @@ fn run_bench(o: &Opts) -> Result<bool, String> {
                 bw = threads
                     .iter()
                     .map(|&t| bandwidth(t, o.size_mib << 20, 3))
-                    .collect();
+                    .collect::<Result<_, _>>()?;
             }
             let mut progress = Progress::new(cases.len() * threads.len(), tty);
             for case in &cases {
@@ -505,7 +506,12 @@ fn main() -> ExitCode {
     };
     match cmd {
         "info" => info(),
-        "bandwidth" => run_bandwidth(&opts),
+        "bandwidth" => {
+            if let Err(e) = run_bandwidth(&opts) {
+                eprintln!("normkit: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         "bench" => match run_bench(&opts) {
             Ok(true) => {}
             Ok(false) => return ExitCode::FAILURE,
