@@ -1421,7 +1421,10 @@ mod tests {
     #[test]
     fn bandwidth_of_an_impossible_size_is_an_error() {
         let e = bandwidth(1, usize::MAX / 2, 1).unwrap_err();
-        assert!(e.contains("bandwidth: a buffer of") && e.contains("allocate"), "{e}");
+        assert!(
+            e.contains("bandwidth: a buffer of") && e.contains("allocate"),
+            "{e}"
+        );
         let b = bandwidth(1, 1 << 20, 1).unwrap();
         assert!(b.read > 0.0 && b.write > 0.0 && b.scale > 0.0, "{b:?}");
     }
