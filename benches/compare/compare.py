@@ -10,15 +10,17 @@ highest speed-up of a single round ("per round"): on a shared, noisy machine a c
 range straddles 1.0x is a tie, whatever its median says.
 
 On the CPU normkit runs as one long-lived `normkit bench --serve` process (since round 19), as
-PyTorch runs in this one: a case's tensors are prepared once, the first round warms each side
-up for --warmup-ms and later rounds for --round-warmup-ms, so the two sides of a round lie well
-under a second apart. --processes restores the earlier method (a fresh `normkit bench` process
-per case and round, each warmed up for --warmup-ms).
+PyTorch runs in this one: normkit prepares a case's tensors once (PyTorch makes its module and
+input afresh each round, outside the timing), and each side warms up for --warmup-ms before
+each round's timing, as before. (A 50 ms warm-up after the first round left both sides slower
+than their steady state after --settle's idle pause: BatchNorm1d eval f32, one thread, 2.0–2.3
+ms against 1.2–1.3 ms with 200 ms.) --processes restores the earlier method (a fresh `normkit
+bench` process per case and round).
 
     python3 benches/compare/compare.py [--normkit target/release/normkit] [--reps 11]
         [--rounds 3] [--threads 1 2] [--dtypes float32 bfloat16] [--filter SUBSTR]
         [--bandwidth] [--markdown] [--settle 0.25] [--device cpu|cuda] [--min-elements N]
-        [--processes] [--round-warmup-ms 50]
+        [--processes]
 
 With --device cuda both sides run on GPU 0 (`normkit bench --device cuda`, PyTorch on
 torch.device("cuda")), each timed with CUDA events around every call after warm-up calls; a
@@ -362,14 +364,12 @@ def main():
                     help="CPU: a fresh `normkit bench` process per case and round (the method "
                          "before round 19) instead of one `normkit bench --serve` process that "
                          "keeps each case's tensors between rounds")
-    ap.add_argument("--round-warmup-ms", type=float, default=50.0,
-                    help="CPU, without --processes: warm-up of each side before each round "
-                         "after a case's first (which gets --warmup-ms)")
     args = ap.parse_args()
     with open(CASES) as f:
         suite = json.load(f)
     print(f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
           f"normkit {args.normkit}", file=sys.stderr)
+    server = None  # the CPU comparison's `normkit bench --serve` process
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(0)}", file=sys.stderr)
         args.threads = [0]  # one row per case; "0" = not a CPU thread count
@@ -396,17 +396,17 @@ def main():
                 case = dict(full, shape=row["shape"])
             for r in range(args.rounds):
                 order = ("n", "t") if r % 2 == 0 else ("t", "n")
-                warm_ms = args.warmup_ms if r == 0 or args.processes else args.round_warmup_ms
                 for who in order:
                     time.sleep(args.settle)
                     if who == "n" and server:
                         nk.append(server.ask(case=name(full), threads=t, reps=args.reps,
-                                             warmup_ms=warm_ms))
+                                             warmup_ms=args.warmup_ms))
                     elif who == "n":
                         nk.append(time_normkit(args.normkit, full, t, args.reps,
                                                args.warmup_ms, args.max_elements))
                     else:
-                        ms, err = time_torch(case, suite, t, args.reps, warmup_ms=warm_ms)
+                        ms, err = time_torch(case, suite, t, args.reps,
+                                             warmup_ms=args.warmup_ms)
                         th.append(ms)
             n_ms = statistics.median(r["median_ms"] for r in nk)
             ok = [v for v in th if v is not None]
