@@ -1103,19 +1103,19 @@ fn serve_one(
             format!("serve: request 'warmup_ms': expected a number >= 0, got {v}")
         })?,
     };
-    if kept.as_ref().is_none_or(|(k, _)| k != name) {
-        *kept = None; // the previous case's tensors go before the next one's are allocated
-        let case = served
-            .cases
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| c)
-            .ok_or_else(|| format!("serve: request 'case': no case named '{name}'"))?;
-        let prep = Prepared::with_offset(case, served.suite, served.offset_bytes)?;
-        *kept = Some((name.to_string(), prep));
-    }
-    let Some((_, prep)) = kept.as_mut() else {
-        return Err(format!("serve: case '{name}' was not prepared"));
+    let prep = match kept {
+        Some((k, prep)) if k == name => prep,
+        _ => {
+            *kept = None; // the previous case's tensors go before the next one's are allocated
+            let case = served
+                .cases
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, c)| c)
+                .ok_or_else(|| format!("serve: request 'case': no case named '{name}'"))?;
+            let prep = Prepared::with_offset(case, served.suite, served.offset_bytes)?;
+            &mut kept.insert((name.to_string(), prep)).1
+        }
     };
     let warm = Warmup {
         runs: served.warmup_runs,
