@@ -15,12 +15,16 @@ input afresh each round, outside the timing), and each side warms up for --warmu
 each round's timing, as before. (A 50 ms warm-up after the first round left both sides slower
 than their steady state after --settle's idle pause: BatchNorm1d eval f32, one thread, 2.0–2.3
 ms against 1.2–1.3 ms with 200 ms.) --processes restores the earlier method (a fresh `normkit
-bench` process per case and round).
+bench` process per case and round). --in-process (round 20) runs normkit inside this process
+instead, through its C ABI (`nkffi.py`, ctypes, --lib), on the very tensors PyTorch uses: the
+same input, parameters and statistics in the same memory, each side writing its own output,
+and normkit's output checked against PyTorch's before the timing. Neither side's timing then
+depends on where its own buffers happened to land (docs/perf/cpu.md, round 20).
 
     python3 benches/compare/compare.py [--normkit target/release/normkit] [--reps 11]
         [--rounds 3] [--threads 1 2] [--dtypes float32 bfloat16] [--filter SUBSTR]
         [--bandwidth] [--markdown] [--settle 0.25] [--device cpu|cuda] [--min-elements N]
-        [--processes]
+        [--processes | --in-process [--lib target/release/libnormkit.so]]
 
 With --device cuda both sides run on GPU 0 (`normkit bench --device cuda`, PyTorch on
 torch.device("cuda")), each timed with CUDA events around every call after warm-up calls; a
@@ -47,6 +51,8 @@ import sys
 import time
 
 import torch
+
+import nkffi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = os.path.join(HERE, "..", "cases.json")
@@ -130,11 +136,7 @@ def round_spread(nk, th):
 def time_torch(case, suite, threads, reps, device=torch.device("cpu"), warmup=3, warmup_ms=200.0):
     torch.set_num_threads(threads)
     m = torch_module(case, suite).to(device)
-    # generated where it runs: a grown case's 2^26+ values took seconds on the host
-    x = torch.rand(case["shape"], device=device) * 4 - 1.5
-    x = x.to(DTYPES[case["dtype"]])
-    if case["layout"] in CHANNELS_LAST:
-        x = x.contiguous(memory_format=CHANNELS_LAST[case["layout"]])
+    x = random_tensor(case, device, -1.5, 4.0)
     clock = Clock(device)
     if case["mode"] == "bwd":
         return time_torch_backward(case, suite, m, x, reps, clock, warmup, warmup_ms)
@@ -150,6 +152,26 @@ def time_torch(case, suite, threads, reps, device=torch.device("cpu"), warmup=3,
 def time_torch_backward(case, suite, m, x, reps, clock, warmup, warmup_ms):
     """Times only the backward (grad_input, grad_weight, grad_bias) of F.* with autograd; the
     forward (training mode for BatchNorm, saving the statistics) runs outside the timing."""
+    dy = random_tensor(case, x.device, -1.0, 2.0)
+    step, _ = torch_backward_step(case, suite, m, x, dy, clock)
+    warm(step, warmup, warmup_ms)
+    times = [step() for _ in range(reps)]
+    return statistics.median(times), None
+
+
+def random_tensor(case, device, lo, width):
+    """Uniform values in [lo, lo + width) in the case's shape, dtype and memory format."""
+    # generated where it runs: a grown case's 2^26+ values took seconds on the host
+    v = (torch.rand(case["shape"], device=device) * width + lo).to(DTYPES[case["dtype"]])
+    if case["layout"] in CHANNELS_LAST:
+        v = v.contiguous(memory_format=CHANNELS_LAST[case["layout"]])
+    return v
+
+
+def torch_backward_step(case, suite, m, x, dy, clock):
+    """(step, grads): step() runs the forward of F.* untimed, then returns the milliseconds of
+    its autograd backward with upstream gradient dy; grads() runs both and returns x's
+    gradient."""
     import torch.nn.functional as F
     layer, eps = case["layer"], suite["eps"]
     x = x.detach().requires_grad_(True)
@@ -163,17 +185,132 @@ def time_torch_backward(case, suite, m, x, reps, clock, warmup, warmup_ms):
         fwd = lambda: F.layer_norm(x, case["normalized_shape"], w, b, eps=eps)
     else:
         raise ValueError(layer)
-    dy = (torch.rand(case["shape"], device=x.device) * 2 - 1).to(x.dtype)
-    if case["layout"] in CHANNELS_LAST:
-        dy = dy.contiguous(memory_format=CHANNELS_LAST[case["layout"]])
+
     def step():
         y = fwd()
         ms = clock.time(lambda: y.backward(dy))
         x.grad = w.grad = b.grad = None
         return ms
-    warm(step, warmup, warmup_ms)
-    times = [step() for _ in range(reps)]
-    return statistics.median(times), None
+
+    def grads():
+        fwd().backward(dy)
+        g = x.grad.detach().clone()
+        x.grad = w.grad = b.grad = None
+        return g
+    return step, grads
+
+
+class SharedCase:
+    """One case on tensors shared by both libraries in this process (--in-process): PyTorch's
+    module, input and upstream gradient; normkit (`nkffi`, its C ABI) reads them in place and
+    writes into tensors allocated here. `torch_step()` and `normkit_step()` each time one call
+    (ms); `check()` raises when normkit's output strays from PyTorch's."""
+
+    def __init__(self, nk, case, suite):
+        self.case, self.clock = case, Clock(torch.device("cpu"))
+        layer, mode, eps = case["layer"], case["mode"], suite["eps"]
+        m = self.m = torch_module(case, suite)
+        x = self.x = random_tensor(case, "cpu", -1.5, 4.0)
+        self.out = torch.empty_like(x)
+        w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+        f32 = lambda n: torch.empty(n, dtype=torch.float32)
+        if mode == "bwd":
+            dy = random_tensor(case, "cpu", -1.0, 2.0)
+            self.torch_step, self.torch_grads = torch_backward_step(case, suite, m, x, dy,
+                                                                    self.clock)
+            gw, gb = torch.empty_like(w), torch.empty_like(b)
+            common = dict(x=x, grad_output=dy, weight=w, grad_input=self.out, grad_weight=gw,
+                          grad_bias=gb)
+            if layer.startswith("BatchNorm"):
+                mean, inv = f32(x.shape[1]), f32(x.shape[1])
+                nk.op("batch_norm_forward_training", x=x, y=self.out, weight=w, bias=b,
+                      save_mean=mean, save_invstd=inv, eps=eps)()
+                run = nk.op("batch_norm_backward", save_mean=mean, save_invstd=inv, eps=eps,
+                            **common)
+            elif layer == "GroupNorm":
+                g = case["num_groups"]
+                mean, inv = f32(x.shape[0] * g), f32(x.shape[0] * g)
+                nk.op("group_norm_forward", x=x, y=self.out, weight=w, bias=b, save_mean=mean,
+                      save_invstd=inv, num_groups=g, eps=eps)()
+                run = nk.op("group_norm_backward", save_mean=mean, save_invstd=inv,
+                            num_groups=g, **common)
+            else:
+                k = len(case["normalized_shape"])
+                rows = x.numel() // math.prod(case["normalized_shape"])
+                mean, inv = f32(rows), f32(rows)
+                nk.op("layer_norm_forward", x=x, y=self.out, weight=w, bias=b, save_mean=mean,
+                      save_invstd=inv, normalized_ndim=k, eps=eps)()
+                run = nk.op("layer_norm_backward", save_mean=mean, save_invstd=inv,
+                            normalized_ndim=k, **common)
+        else:
+            def torch_step():
+                with torch.no_grad():
+                    return self.clock.time(lambda: m(x))
+            self.torch_step = torch_step
+            io = dict(x=x, y=self.out)
+            if layer.startswith("BatchNorm"):
+                op = ("batch_norm_forward_training" if mode == "train"
+                      else "batch_norm_forward_inference")
+                run = nk.op(op, weight=w, bias=b, running_mean=m.running_mean,
+                            running_var=m.running_var, momentum=m.momentum, eps=eps, **io)
+            elif layer.startswith("InstanceNorm"):
+                run = nk.op("instance_norm_forward", use_input_stats=True, eps=eps, **io)
+            elif layer == "GroupNorm":
+                run = nk.op("group_norm_forward", weight=w, bias=b,
+                            num_groups=case["num_groups"], eps=eps, **io)
+            elif layer == "LayerNorm":
+                run = nk.op("layer_norm_forward", weight=w, bias=b, eps=eps,
+                            normalized_ndim=len(case["normalized_shape"]), **io)
+            else:
+                p = suite["lrn"]
+                run = nk.op("local_response_norm_forward", size=p["size"], alpha=p["alpha"],
+                            beta=p["beta"], k=p["k"], **io)
+        self.normkit_step = lambda: self.clock.time(run)
+        self.run = run
+
+    def try_check(self):
+        """check(), except that PyTorch failing to run the case (LocalResponseNorm bf16 at rank
+        4) is returned as the first line of its message, for the table; None when both ran."""
+        try:
+            self.check()
+        except NotImplementedError as e:
+            self.torch_step = lambda: None
+            return str(e).splitlines()[0]
+        return None
+
+    def check(self):
+        """normkit's output (y, or dx for bwd) against PyTorch's on the same input: the largest
+        difference at most 1e-3 (f32) or 5e-2 (bf16) of the larger of 1 and the largest |value|.
+        (BatchNorm training's output depends on the batch only; both sides also update the
+        running statistics they share.)"""
+        self.run()
+        if self.case["mode"] == "bwd":
+            ref = self.torch_grads()
+        else:
+            with torch.no_grad():
+                ref = self.m(self.x)
+        ref, got = ref.float(), self.out.float()
+        tol = (1e-3 if self.case["dtype"] == "float32" else 5e-2) * max(1.0, ref.abs().max().item())
+        err = (ref - got).abs().max().item()
+        if not err <= tol:
+            raise RuntimeError(f"{name(self.case)}: normkit's output differs from PyTorch's by "
+                               f"{err:.3g} (expected at most {tol:.3g})")
+
+
+def byte_model(case):
+    """`Case::bytes` of src/bench.rs: x read and y written (backward: x and dy read, dx
+    written), plus the parameter passes."""
+    size = torch.tensor([], dtype=DTYPES[case["dtype"]]).element_size()
+    numel = math.prod(case["shape"])
+    layer = case["layer"]
+    if layer == "LayerNorm":
+        params = math.prod(case["normalized_shape"])
+    elif layer == "LocalResponseNorm" or layer.startswith("InstanceNorm"):
+        params = 0
+    else:
+        params = case["shape"][1]
+    passes = 2 + ((4 if case["mode"] == "train" else 2) if layer.startswith("BatchNorm") else 0)
+    return (3 if case["mode"] == "bwd" else 2) * numel * size + passes * params * size
 
 
 def time_normkit(exe, case, threads, reps, warmup_ms, max_elements=None):
@@ -364,6 +501,13 @@ def main():
                     help="CPU: a fresh `normkit bench` process per case and round (the method "
                          "before round 19) instead of one `normkit bench --serve` process that "
                          "keeps each case's tensors between rounds")
+    ap.add_argument("--in-process", action="store_true",
+                    help="CPU: run normkit in this process through its C ABI (--lib, ctypes) "
+                         "on the very tensors PyTorch uses, instead of a separate `normkit "
+                         "bench` process with its own buffers")
+    ap.add_argument("--lib", default=os.path.join(HERE, "..", "..", "target", "release",
+                                                  "libnormkit.so"),
+                    help="the libnormkit shared library for --in-process")
     args = ap.parse_args()
     with open(CASES) as f:
         suite = json.load(f)
@@ -377,7 +521,9 @@ def main():
         bw = {0: gpu_bandwidth()} if args.bandwidth else {}
         rows = compare_cuda(args, suite)
     else:
-        server = None if args.processes else NormkitServer(args.normkit, args.max_elements)
+        server = None
+        if not (args.processes or args.in_process):
+            server = NormkitServer(args.normkit, args.max_elements)
         if not args.bandwidth:
             bw = {}
         elif server:
@@ -386,6 +532,10 @@ def main():
             bw = {t: bandwidth(args.normkit, t) for t in args.threads}
         rows = []
     for t in args.threads if args.device == "cpu" else []:
+        lib = None
+        if args.in_process:
+            torch.set_num_threads(t)
+            lib = nkffi.Normkit(args.lib, t)
         for case in expand(suite, args.dtypes):
             if args.filter not in name(case):
                 continue
@@ -394,11 +544,24 @@ def main():
             if args.max_elements:
                 row = time_normkit(args.normkit, full, t, 1, 0, args.max_elements)
                 case = dict(full, shape=row["shape"])
+            shared = None
+            if args.in_process:
+                shared = SharedCase(lib, case, suite)
+                err = shared.try_check()
             for r in range(args.rounds):
                 order = ("n", "t") if r % 2 == 0 else ("t", "n")
                 for who in order:
                     time.sleep(args.settle)
-                    if who == "n" and server:
+                    if shared:
+                        step = shared.normkit_step if who == "n" else shared.torch_step
+                        warm(step, 3, args.warmup_ms)
+                        times = [step() for _ in range(args.reps)]
+                        ms = None if None in times else statistics.median(times)
+                        if who == "n":
+                            nk.append({"median_ms": ms, "bytes": byte_model(case)})
+                        else:
+                            th.append(ms)
+                    elif who == "n" and server:
                         nk.append(server.ask(case=name(full), threads=t, reps=args.reps,
                                              warmup_ms=args.warmup_ms))
                     elif who == "n":
