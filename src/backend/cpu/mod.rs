@@ -361,11 +361,22 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
                     &centre,
                     (chunk, ahead),
                 ) {
+                    // Welford's moments for the columns the check rejected (a non-finite value,
+                    // a centre far from the chunk's mean); the others keep their shifted sums,
+                    // so one such column costs the rest no precision
                     welford_columns::<T>((&mut mean, &mut m2), &mut shift, chunk);
+                    let inv = 1.0 / block.n;
                     let cols = block.mean.iter_mut().zip(&mut block.m2);
                     let ours = mean.iter().zip(&m2).zip(&shift);
-                    for ((bm, bq), ((&m, &q), &s)) in cols.zip(ours) {
-                        (*bm, *bq) = (s.to_f64() + m.to_f64(), q.to_f64());
+                    let shifted = centre.iter().zip(sums.0.iter().zip(&*sums.1));
+                    for (((bm, bq), ((&m, &q), &s)), (&h, (&sd, &sq))) in
+                        cols.zip(ours).zip(shifted)
+                    {
+                        let (.., accepted) =
+                            shifted_column(h.to_f64(), sd.to_f64(), sq.to_f64(), inv);
+                        if !accepted {
+                            (*bm, *bq) = (s.to_f64() + m.to_f64(), q.to_f64());
+                        }
                     }
                 }
                 total.merge::<T>(&block);
@@ -407,8 +418,9 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
 /// two-pass formulas
 /// `mean = h + Σd/n`, `m2 = Σd² − (Σd)²/n` in f64. Accepted (`true`) only when every column's
 /// correction `(Σd)²/n` is at most its `m2` (the subtraction loses at most one bit; NaN fails
-/// it); otherwise `block` is left to the caller's Welford pass over the chunk, which is in
-/// cache then. `parts` and `sums` are scratch of the chunk's width; `ahead` is the input from
+/// it); otherwise the caller runs Welford's pass over the chunk, which is in cache then, and
+/// takes its moments for the rejected columns only ([`shifted_column`]'s test again), so a
+/// non-finite value or a far centre in one column costs the others no precision. `parts` and `sums` are scratch of the chunk's width; `ahead` is the input from
 /// the chunk's first element on (the chunk, then what the caller reads after it), which the
 /// pass prefetches one block ahead ([`column_dev_sums`]).
 ///
@@ -432,13 +444,22 @@ fn shifted_columns<T: Element>(
     let inv = 1.0 / n;
     let mut ok = true;
     for ((bm, bq), ((&h, &sd), &sq)) in cols.zip(shift.iter().zip(&*s1).zip(&*s2)) {
-        let (sd, sq) = (sd.to_f64(), sq.to_f64());
-        let offset = sd * sd * inv;
-        (*bm, *bq) = (h.to_f64() + sd * inv, sq - offset);
+        let accepted;
+        (*bm, *bq, accepted) = shifted_column(h.to_f64(), sd.to_f64(), sq.to_f64(), inv);
         // no early exit: the loop vectorises (a failed chunk is rare)
-        ok &= offset <= *bq;
+        ok &= accepted;
     }
     ok
+}
+
+/// One column of [`shifted_columns`]: `(mean, m2, accepted)` from centre `h` and the sums
+/// `Σd`, `Σd²` of `d = x − h` over `n = 1/inv` rows; accepted when the correction `(Σd)²/n` is
+/// at most `m2` (NaN is not).
+#[inline(always)]
+fn shifted_column(h: f64, sd: f64, sq: f64, inv: f64) -> (f64, f64, bool) {
+    let offset = sd * sd * inv;
+    let m2 = sq - offset;
+    (h + sd * inv, m2, offset <= m2)
 }
 
 simd_clones! {
@@ -1922,6 +1943,46 @@ mod tests {
         }
     }
 
+    /// Column `c` of row-major `x` with `cols` columns in float64: `(mean, m2, largest |x|)`.
+    fn column_reference(x: &[f32], cols: usize, c: usize) -> (f64, f64, f64) {
+        let col: Vec<f64> = x[c..].iter().step_by(cols).map(|&v| v as f64).collect();
+        let mu = col.iter().sum::<f64>() / col.len() as f64;
+        let scale = col.iter().fold(0f64, |a, v| a.max(v.abs()));
+        (mu, col.iter().map(|v| (v - mu).powi(2)).sum::<f64>(), scale)
+    }
+
+    #[test]
+    fn a_non_finite_column_costs_the_other_columns_no_precision() {
+        use super::column_moments;
+        // 3000 rows (three chunks of Welford's size) of 7 columns near 1e3 with a spread of
+        // ±1; one NaN in column 3's first chunk. The other columns keep the shifted sums'
+        // precision (before, Welford's f32 update for every column of that chunk: column 0's
+        // mean 2.3e-8 off, 2.3e-11 of it)
+        let (rows, cols) = (3000usize, 7usize);
+        let u = |r: usize, c: usize| ((r * 7919 + c * 104_729) % 1013) as f64 / 506.0 - 1.0;
+        let mut x: Vec<f32> = (0..rows * cols)
+            .map(|i| (1e3 + u(i / cols, i % cols)) as f32)
+            .collect();
+        x[5 * cols + 3] = f32::NAN;
+        for parallel in [false, true] {
+            let (mean, m2) = column_moments(&x, cols, parallel);
+            assert!(mean[3].is_nan() && m2[3].is_nan(), "the NaN column");
+            for c in (0..cols).filter(|&c| c != 3) {
+                let (mu, want, _) = column_reference(&x, cols, c);
+                assert!(
+                    (mean[c] - mu).abs() <= 1e-12 * mu,
+                    "col {c}: mean {} vs {mu}",
+                    mean[c]
+                );
+                assert!(
+                    (m2[c] - want).abs() <= 1e-8 * want,
+                    "col {c}: m2 {} vs {want}",
+                    m2[c]
+                );
+            }
+        }
+    }
+
     #[test]
     fn column_moments_take_one_pass_unless_a_chunk_is_far_from_its_centre() {
         use super::{ColumnMoments, column_heads, column_moments, shifted_columns};
@@ -1929,12 +1990,7 @@ mod tests {
         let (rows, cols) = (300usize, 70usize);
         let u = |r: usize, c: usize| ((r * 7919 + c * 104_729) % 1013) as f64 / 506.0 - 1.0;
         // (mean, m2, the largest magnitude: f32 rounding is relative to the values' size)
-        let reference = |x: &[f32], c: usize| {
-            let col: Vec<f64> = x[c..].iter().step_by(cols).map(|&v| v as f64).collect();
-            let mu = col.iter().sum::<f64>() / col.len() as f64;
-            let scale = col.iter().fold(0f64, |a, v| a.max(v.abs()));
-            (mu, col.iter().map(|v| (v - mu).powi(2)).sum::<f64>(), scale)
-        };
+        let reference = |x: &[f32], c: usize| column_reference(x, cols, c);
         let one_pass = |x: &[f32]| {
             let mut heads = vec![0f32; cols];
             column_heads::<f32>(&mut heads, &mut vec![0.0; cols], x);
