@@ -42,8 +42,15 @@ def rand_shape(rank, budget=300000):
         s = [rng.choice(SIZES) for _ in range(rank)]
         if math.prod(s) <= budget:
             return s
-def make_x(shape, dtype, cl, special):
-    x = (torch.randn(shape, dtype=torch.float64) * rng.choice([1, 1e-3, 100]) + rng.choice([0, 5, -1e4 if dtype == torch.float32 else -50]))
+def make_x(shape, dtype, cl, special, backward):
+    """Normal values of a random spread and offset. The backward ops never get the offset
+    -1e4 with the spread 1e-3: |mean|/std = 1e7 is past f32's precision, so the f32
+    statistics both libraries save make their gradients noise (PyTorch's too: 1 % off)."""
+    scale = rng.choice([1, 1e-3, 100])
+    offsets = [0, 5, -1e4 if dtype == torch.float32 else -50]
+    if backward and scale == 1e-3:
+        offsets = offsets[:2]
+    x = torch.randn(shape, dtype=torch.float64) * scale + rng.choice(offsets)
     if special and x.numel() > 3:
         flat = x.view(-1)
         flat[rng.randrange(flat.numel())] = rng.choice([float("nan"), float("inf"), -float("inf")])
@@ -110,9 +117,10 @@ def native_out(fn):
 def check_forward(nk, info, x, f, op, **fields):
     """normkit's forward `op` against `f(t)` run on x in float64 (and in x's dtype for
     PyTorch's own error)."""
+    ref = f(x.double())  # first: a shape PyTorch rejects (ValueError) is skipped
     out = torch.empty_like(x)
     nk.op(op, x=x, y=out, **fields)()
-    return close("y", out, f(x.double()), x.dtype, info, native_out(lambda: f(x)))
+    return close("y", out, ref, x.dtype, info, native_out(lambda: f(x)))
 
 
 def check_backward(nk, info, x, w, b, dy, f, stats, ops, fwd_extra, bwd_extra):
@@ -143,7 +151,7 @@ for it in range(int(args[1]) if len(args) > 1 else 200):
     shape = rand_shape(rank)
     cl = rng.random() < 0.5
     special = rng.random() < 0.15
-    x = make_x(shape, dtype, cl, special)
+    x = make_x(shape, dtype, cl, special, op.endswith("_bwd"))
     nk = libs[rng.choice([1, 2])]
     info = f"{op} {list(shape)} {dtype} cl={cl} special={special}"
     out = torch.empty_like(x)
