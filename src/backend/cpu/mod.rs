@@ -420,9 +420,10 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
 /// correction `(Σd)²/n` is at most its `m2` (the subtraction loses at most one bit; NaN fails
 /// it); otherwise the caller runs Welford's pass over the chunk, which is in cache then, and
 /// takes its moments for the rejected columns only ([`shifted_column`]'s test again), so a
-/// non-finite value or a far centre in one column costs the others no precision. `parts` and `sums` are scratch of the chunk's width; `ahead` is the input from
-/// the chunk's first element on (the chunk, then what the caller reads after it), which the
-/// pass prefetches one block ahead ([`column_dev_sums`]).
+/// non-finite value or a far centre in one column costs the others no precision. `parts` and
+/// `sums` are scratch of the chunk's width (`sums` keeps `Σd`, `Σd²` for that test); `ahead`
+/// is the input from the chunk's first element on (the chunk, then what the caller reads after
+/// it), which the pass prefetches one block ahead ([`column_dev_sums`]).
 ///
 /// Round 10: 3 vector operations per element (`x − h`, `+`, `+ d·d`, the partials of
 /// [`COLUMN_TILE`] columns in registers) instead of Welford's 7 with two stores. Where the
