@@ -213,35 +213,17 @@ class SharedCase:
         x = self.x = random_tensor(case, "cpu", -1.5, 4.0)
         self.out = torch.empty_like(x)
         w, b = getattr(m, "weight", None), getattr(m, "bias", None)
-        f32 = lambda n: torch.empty(n, dtype=torch.float32)
         if mode == "bwd":
             dy = random_tensor(case, "cpu", -1.0, 2.0)
             self.torch_step, self.torch_grads = torch_backward_step(case, suite, m, x, dy,
                                                                     self.clock)
-            gw, gb = torch.empty_like(w), torch.empty_like(b)
-            common = dict(x=x, grad_output=dy, weight=w, grad_input=self.out, grad_weight=gw,
-                          grad_bias=gb)
             if layer.startswith("BatchNorm"):
-                mean, inv = f32(x.shape[1]), f32(x.shape[1])
-                nk.op("batch_norm_forward_training", x=x, y=self.out, weight=w, bias=b,
-                      save_mean=mean, save_invstd=inv, eps=eps)()
-                run = nk.op("batch_norm_backward", save_mean=mean, save_invstd=inv, eps=eps,
-                            **common)
+                fields = dict(eps=eps)
             elif layer == "GroupNorm":
-                g = case["num_groups"]
-                mean, inv = f32(x.shape[0] * g), f32(x.shape[0] * g)
-                nk.op("group_norm_forward", x=x, y=self.out, weight=w, bias=b, save_mean=mean,
-                      save_invstd=inv, num_groups=g, eps=eps)()
-                run = nk.op("group_norm_backward", save_mean=mean, save_invstd=inv,
-                            num_groups=g, **common)
+                fields = dict(num_groups=case["num_groups"], eps=eps)
             else:
-                k = len(case["normalized_shape"])
-                rows = x.numel() // math.prod(case["normalized_shape"])
-                mean, inv = f32(rows), f32(rows)
-                nk.op("layer_norm_forward", x=x, y=self.out, weight=w, bias=b, save_mean=mean,
-                      save_invstd=inv, normalized_ndim=k, eps=eps)()
-                run = nk.op("layer_norm_backward", save_mean=mean, save_invstd=inv,
-                            normalized_ndim=k, **common)
+                fields = dict(normalized_ndim=len(case["normalized_shape"]), eps=eps)
+            run, (self.out, _, _), _ = nk.backward(layer, x, w, b, dy, **fields)
         else:
             def torch_step():
                 with torch.no_grad():

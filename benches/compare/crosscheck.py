@@ -123,23 +123,18 @@ def check_forward(nk, info, x, f, op, **fields):
     return close("y", out, ref, x.dtype, info, native_out(lambda: f(x)))
 
 
-def check_backward(nk, info, x, w, b, dy, f, stats, ops, fwd_extra, bwd_extra):
-    """normkit's backward `ops[1]` (from the statistics its forward `ops[0]` saved, `stats`
-    values each) against the autograd backward of `f(x, w, b)` in float64: dx, dw, db."""
+def check_backward(nk, info, x, w, b, dy, f, layer, **fields):
+    """normkit's backward of `layer` (from the statistics its forward saved) against the
+    autograd backward of `f(x, w, b)` in float64: dx, dw, db."""
     dtype = x.dtype
     xd, wd, bd = (t.double().requires_grad_() for t in (x, w, b))
     f(xd, wd, bd).backward(dy.double())
     tn = native_grads(f, x, w, b, dy)
-    mean, inv = torch.empty(stats), torch.empty(stats)
-    nk.op(ops[0], x=x, y=torch.empty_like(x), weight=w, bias=b, save_mean=mean,
-          save_invstd=inv, **fwd_extra)()
-    gx, gw, gb = torch.empty_like(x), torch.empty_like(w), torch.empty_like(b)
-    nk.op(ops[1], x=x, grad_output=dy, weight=w, save_mean=mean, save_invstd=inv,
-          grad_input=gx, grad_weight=gw, grad_bias=gb, **bwd_extra)()
+    run, (gx, gw, gb), (_, inv) = nk.backward(layer, x, w, b, dy, **fields)
+    run()
     return (close("dx", gx, xd.grad, dtype, info, tn[0], term_size(dy, w, inv))
             & close("dw", gw, wd.grad, dtype, info, tn[1])
             & close("db", gb, bd.grad, dtype, info, tn[2]))
-
 
 fails = 0
 for it in range(int(args[1]) if len(args) > 1 else 200):
@@ -168,8 +163,7 @@ for it in range(int(args[1]) if len(args) > 1 else 200):
                     continue
                 ok = check_backward(nk, info, x, w, b, upstream(shape, dtype, cl),
                                     lambda a, c, d: F.batch_norm(a, None, None, c, d, training=True, eps=eps),
-                                    C, ("batch_norm_forward_training", "batch_norm_backward"),
-                                    dict(eps=eps), dict(eps=eps))
+                                    "BatchNorm", eps=eps)
             else:
                 rm = torch.randn(C, dtype=dtype); rv = torch.rand(C, dtype=dtype) + 0.5
                 rm_t, rv_t = rm.double().clone(), rv.double().clone()
@@ -200,8 +194,7 @@ for it in range(int(args[1]) if len(args) > 1 else 200):
             else:
                 ok = check_backward(nk, info + f" G={G}", x, w, b, upstream(shape, dtype, cl),
                                     lambda a, c, d: F.group_norm(a, G, c, d, eps=eps),
-                                    shape[0] * G, ("group_norm_forward", "group_norm_backward"),
-                                    dict(num_groups=G, eps=eps), dict(num_groups=G))
+                                    "GroupNorm", num_groups=G, eps=eps)
         elif op in ("ln", "ln_bwd"):
             k = rng.randint(1, len(shape))
             ns = shape[len(shape) - k:]
@@ -213,9 +206,7 @@ for it in range(int(args[1]) if len(args) > 1 else 200):
             else:
                 ok = check_backward(nk, info + f" k={k}", x, w, b, upstream(shape, dtype, cl),
                                     lambda a, c, d: F.layer_norm(a, ns, c, d, eps=eps),
-                                    math.prod(shape[:len(shape) - k]),
-                                    ("layer_norm_forward", "layer_norm_backward"),
-                                    dict(normalized_ndim=k, eps=eps), dict(normalized_ndim=k))
+                                    "LayerNorm", normalized_ndim=k, eps=eps)
         else:
             size = rng.randint(1, 7); alpha = rng.choice([1e-4, 1e-2]); beta = rng.choice([0.75, 0.5, 1.0]); kk = rng.choice([1.0, 2.0])
             ok = check_forward(nk, info + f" size={size} beta={beta}", x,

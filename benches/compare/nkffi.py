@@ -11,6 +11,7 @@ the library checks).
 """
 
 import ctypes as C
+import math
 
 import torch
 
@@ -170,3 +171,24 @@ class Normkit:
             if status != OK:
                 self.check(name, status)
         return run
+
+    def backward(self, layer, x, w, b, dy, **fields):
+        """normkit's backward of `layer` ("BatchNorm", "GroupNorm" with `num_groups`,
+        "LayerNorm" with `normalized_ndim`; `eps`) from the float32 statistics its forward
+        saves, run here once: (run, (dx, dweight, dbias), (save_mean, save_invstd)), `run`
+        a zero-argument callable that writes the three gradients."""
+        if layer.startswith("BatchNorm"):
+            ops, stats = ("batch_norm_forward_training", "batch_norm_backward"), x.shape[1]
+        elif layer == "GroupNorm":
+            ops, stats = ("group_norm_forward", "group_norm_backward"), x.shape[0] * fields["num_groups"]
+        else:
+            norm = math.prod(x.shape[x.dim() - fields["normalized_ndim"]:])
+            ops, stats = ("layer_norm_forward", "layer_norm_backward"), x.numel() // norm
+        mean, inv = torch.empty(stats), torch.empty(stats)
+        self.op(ops[0], x=x, y=torch.empty_like(x), weight=w, bias=b, save_mean=mean,
+                save_invstd=inv, **fields)()
+        grads = (torch.empty_like(x), torch.empty_like(w), torch.empty_like(b))
+        bwd = {k: v for k, v in fields.items() if k != "eps" or layer.startswith("BatchNorm")}
+        run = self.op(ops[1], x=x, grad_output=dy, weight=w, save_mean=mean, save_invstd=inv,
+                      grad_input=grads[0], grad_weight=grads[1], grad_bias=grads[2], **bwd)
+        return run, grads, (mean, inv)
