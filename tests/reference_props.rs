@@ -641,6 +641,61 @@ fn norm_rel_err(got: &[f64], exp: &[f64]) -> f64 {
 }
 
 #[test]
+fn batch_norm_channels_last_stays_within_a_few_roundings_at_any_mean() {
+    // Channels last, normkit applies BatchNorm in PyTorch's folded form `x·α + (β − μ·α)` where
+    // every channel's |μ| is within two standard deviations, and in the centred form
+    // `(x − μ)·α + β` elsewhere (a folded apply of data far from zero loses the mean's digits).
+    // Either way, eval and train, every output must be within 32 f32 roundings of
+    // max|γ| + max|β| of the float64 result on the same inputs and statistics.
+    let dt = DType::F32;
+    let eps = 1e-5;
+    for (k, &mean_sd) in [0.0, 1.9, -1.9, 1e3].iter().enumerate() {
+        for shape in [vec![64, 97], vec![3, 13, 2, 5]] {
+            let mut rng = Rng::new(0xf01d + k as u64);
+            let c = shape[1];
+            let n: usize = shape.iter().product();
+            let sd = 0.25;
+            let x = data(&mut rng, dt, n, mean_sd * sd, sd);
+            let (w, b) = affine(&mut rng, dt, c, true, true);
+            let (w, b) = (w.unwrap(), b.unwrap());
+            let bound = 32.0 * f32::EPSILON as f64 / 2.0
+                * (w.iter().fold(0.0f64, |a, v| a.max(v.abs()))
+                    + b.iter().fold(0.0f64, |a, v| a.max(v.abs())));
+            // eval: running statistics near the data's own
+            let rm = rounded(dt, &vec![mean_sd * sd; c]);
+            let rv = rounded(dt, &vec![sd * sd; c]);
+            let plane: usize = shape[2..].iter().product();
+            let eval: Vec<f64> = x
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let ch = i / plane % c;
+                    (v - rm[ch]) / (rv[ch] + eps).sqrt() * w[ch] + b[ch]
+                })
+                .collect();
+            // train: the batch's own statistics
+            let (train, _) = rf::batch_norm_train(&x, &shape, Some(&w), Some(&b), eps);
+            for (training, exp) in [(false, eval), (true, train)] {
+                let (wo, bo) = (Some(w.clone()), Some(b.clone()));
+                let got = nk_batch_norm(
+                    dt, dt, &x, &shape, true, &wo, &bo, &rm, &rv, training, 0.1, eps,
+                );
+                let err = got
+                    .y
+                    .iter()
+                    .zip(&exp)
+                    .fold(0.0f64, |a, (g, e)| a.max((g - e).abs()));
+                assert!(
+                    err <= bound,
+                    "training {training}, mean {mean_sd} sd, shape {shape:?}: error {err:e} > \
+                     {bound:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn large_mean_small_std_f32_every_layer_and_layout() {
     // Data with mean 1e4 and std 1e-2 in f32: every layer must stay within 1e-3 relative error of
     // the float64 reference on the same (f32-rounded) values, in both layouts (spec Preface 1).

@@ -328,12 +328,14 @@ fn run_typed<T: crate::tensor::ElementData>(
     if x.numel() > 0 {
         let scale: Vec<T::Compute> = rstd.iter().zip(&gamma).map(|(&r, &w)| r * w).collect();
         let shift = centres(&mean);
+        let fold = cpu::foldable(mean.iter().copied().zip(rstd.iter().copied()));
         run_dense::<T, _>(op, x, y, true, |xs, ys, lay| {
             let k = Coefficients {
                 shift: &shift,
                 scale: &scale,
                 offset: &beta,
                 per_sample: false,
+                fold,
             };
             cpu::apply_channel(xs, ys, g, lay, &k);
         })?;
@@ -397,13 +399,20 @@ pub(crate) fn normalize_with_running_stats<T: crate::tensor::ElementData>(
         ));
     };
     let g = channel_geom(x.shape());
-    let k = eval_coefficients::<T>(&mut_values(rm), &mut_values(rv), gamma, beta, eps);
+    let (mean, var) = (mut_values(rm), mut_values(rv));
+    let k = eval_coefficients::<T>(&mean, &var, gamma, beta, eps);
+    // the inverse standard deviation as `eval_coefficients` computes it
+    let rstd = var
+        .iter()
+        .map(|&v| T::Compute::ONE / (v + T::Compute::from_f64(eps)).sqrt());
+    let fold = cpu::foldable(mean.iter().map(|m| m.to_f64()).zip(rstd));
     run_dense::<T, _>(op, x, y, true, |xs, ys, lay| {
         let c = Coefficients {
             shift: &k.0,
             scale: &k.1,
             offset: &k.2,
             per_sample: false,
+            fold,
         };
         cpu::apply_channel(xs, ys, g, lay, &c);
     })
