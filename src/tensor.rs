@@ -504,6 +504,10 @@ impl<'a> Tensor<'a> {
     pub fn to_f64_vec(&self) -> Vec<f64> {
         strided_to_f64(self.data, &self.shape, &self.strides)
     }
+    /// `f(element)` of every element in logical row-major order, as f64 (no temporary vector).
+    pub(crate) fn for_each_f64(&self, f: impl FnMut(f64)) {
+        strided_for_each(self.data, &self.shape, &self.strides, f)
+    }
     /// `out[i] = f(element i)` in logical row-major order, for the first `out.len()` elements
     /// (no temporary vector: per-call conversions on a hot path).
     pub(crate) fn map_into<X>(&self, out: &mut [X], f: impl Fn(f64) -> X) {

@@ -380,3 +380,121 @@ fn layer_norm_and_lrn_finite_differences() {
         fd_check(&format!("lrn size {size}"), &shape, &[1], &fwd, &bwd);
     }
 }
+
+/// GroupNorm and BatchNorm backward on f32 data far from zero against its spread
+/// (1e4 ± 1e-2): the saved f32 means are off by up to 4.9e-4, 5 % of the spread. dweight must
+/// still match float64 on the exact means of the same data within 1e-4 of `Σ|g·x̂|`: the
+/// backward recovers the saved means' rounding (`recovered_centres`), as PyTorch does not.
+#[test]
+fn channel_backward_recovers_the_saved_f32_means() {
+    let shape = [4usize, 4, 8];
+    let (n, c, s) = (shape[0], shape[1], shape[2]);
+    let len = n * c * s;
+    let wave = |i: usize, k: usize| ((i * k % 97) as f64 / 97.0 - 0.5) * 2.0;
+    let x: Vec<f32> = (0..len)
+        .map(|i| (1e4 + 1e-2 * wave(i, 37)) as f32)
+        .collect();
+    let g: Vec<f32> = (0..len).map(|i| wave(i, 53) as f32).collect();
+    let w: Vec<f32> = (0..c).map(|j| 0.5 + j as f32 * 0.25).collect();
+    let b = vec![0.0f32; c];
+    // dweight over the exact (f64) mean of each statistic's elements
+    let want_dw = |stat: &dyn Fn(usize) -> usize, groups: usize| {
+        let mut sum = vec![0.0f64; groups];
+        let mut count = vec![0.0f64; groups];
+        let mut sq = vec![0.0f64; groups];
+        for i in 0..len {
+            sum[stat(i)] += x[i] as f64;
+            count[stat(i)] += 1.0;
+        }
+        let mean: Vec<f64> = sum.iter().zip(&count).map(|(s, n)| s / n).collect();
+        for i in 0..len {
+            sq[stat(i)] += (x[i] as f64 - mean[stat(i)]).powi(2);
+        }
+        let (mut dw, mut abs) = (vec![0.0; c], vec![0.0; c]);
+        for i in 0..len {
+            let k = stat(i);
+            let xhat = (x[i] as f64 - mean[k]) / (sq[k] / count[k] + 1e-5).sqrt();
+            dw[i / s % c] += g[i] as f64 * xhat;
+            abs[i / s % c] += (g[i] as f64 * xhat).abs();
+        }
+        (dw, abs)
+    };
+    let check = |name: &str, got: &[f32], (want, abs): (Vec<f64>, Vec<f64>)| {
+        for j in 0..c {
+            let err = (got[j] as f64 - want[j]).abs();
+            assert!(
+                err <= 1e-4 * abs[j],
+                "{name} dweight[{j}]: {} vs {} (error {err:e}, Σ|g·x̂| {})",
+                got[j],
+                want[j],
+                abs[j]
+            );
+        }
+    };
+    let (xt, gt) = (
+        Tensor::new(&x[..], &shape).unwrap(),
+        Tensor::new(&g[..], &shape).unwrap(),
+    );
+    let (wt, bt) = (
+        Tensor::new(&w[..], &[c]).unwrap(),
+        Tensor::new(&b[..], &[c]).unwrap(),
+    );
+    let mut y = vec![0f32; len];
+    let (mut dx, mut dw, mut db) = (vec![0f32; len], vec![0f32; c], vec![0f32; c]);
+    fn grads32<'a>(
+        dx: &'a mut [f32],
+        dw: &'a mut [f32],
+        db: &'a mut [f32],
+        shape: &[usize],
+    ) -> Gradients<'a> {
+        let c = [shape[1]];
+        Gradients {
+            grad_input: Some(TensorMut::new(dx, shape).unwrap()),
+            grad_weight: Some(TensorMut::new(dw, &c).unwrap()),
+            grad_bias: Some(TensorMut::new(db, &c).unwrap()),
+            accumulate: false,
+        }
+    }
+    // GroupNorm, 2 groups of 2 channels
+    let args = GroupNormArgs {
+        weight: Some(wt.clone()),
+        bias: Some(bt.clone()),
+        ..GroupNormArgs::new(2)
+    };
+    let st = group_norm(&xt, &mut TensorMut::new(&mut y[..], &shape).unwrap(), args).unwrap();
+    group_norm_backward(
+        &gt,
+        &xt,
+        GroupNormBackwardArgs {
+            num_groups: 2,
+            weight: Some(wt.clone()),
+            mean: st.mean.view(),
+            invstd: st.invstd.view(),
+            grads: grads32(&mut dx, &mut dw, &mut db, &shape),
+        },
+    )
+    .unwrap();
+    check("group_norm", &dw, want_dw(&|i| i / (2 * s), n * 2));
+    // BatchNorm, training
+    let args = BatchNormArgs {
+        training: true,
+        weight: Some(wt.clone()),
+        bias: Some(bt.clone()),
+        ..Default::default()
+    };
+    let st = batch_norm(&xt, &mut TensorMut::new(&mut y[..], &shape).unwrap(), args).unwrap();
+    batch_norm_backward(
+        &gt,
+        &xt,
+        NormBackwardArgs {
+            weight: Some(wt.clone()),
+            stats: ForwardStats::Saved {
+                mean: st.mean.view(),
+                invstd: st.invstd.view(),
+            },
+            grads: grads32(&mut dx, &mut dw, &mut db, &shape),
+        },
+    )
+    .unwrap();
+    check("batch_norm", &dw, want_dw(&|i| i / s % c, c));
+}

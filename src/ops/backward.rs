@@ -217,6 +217,47 @@ fn group_stats<C: Real>(stats: &ForwardStats) -> (Vec<Centre<C>>, Vec<C>) {
     }
 }
 
+/// The saved means of a channel op's statistics with their compute-type rounding recovered,
+/// by the LayerNorm backward's rule (`kernels::recovered_centre`): a statistic whose
+/// `|mean|·r` is at least `RECOVER_LIMIT` and whose saved mean is the rounding of its elements'
+/// mean is centred on that mean (from one pass of `Σ (x − mean)` in f64 over its elements) as
+/// `hi + lo`; every other statistic keeps its saved mean, and when there is none such, `x` is not
+/// read. Such statistics are rare (a mean far from zero against a tiny spread, or a group of
+/// two values): the pass goes over the whole tensor in logical order, unvectorised.
+fn recovered_centres<C: Real>(
+    x: &Tensor,
+    grouping: Grouping,
+    mut mu: Vec<Centre<C>>,
+    r: &[C],
+) -> Vec<Centre<C>> {
+    let far: Vec<bool> = mu
+        .iter()
+        .zip(r)
+        .map(|(m, &r)| (m.hi.to_f64() * r.to_f64()).abs() >= kernels::RECOVER_LIMIT)
+        .collect();
+    if !far.contains(&true) {
+        return mu;
+    }
+    let s = grouping.geom.s.max(1);
+    let mut sums = vec![0.0f64; mu.len()];
+    let mut i = 0;
+    x.for_each_f64(|v| {
+        let k = grouping.stat(i / s);
+        if far[k] {
+            sums[k] += v - mu[k].hi.to_f64();
+        }
+        i += 1;
+    });
+    let count = grouping.count();
+    for ((m, &far), &sum) in mu.iter_mut().zip(&far).zip(&sums) {
+        let mean = m.hi.to_f64() + sum / count;
+        if far && C::from_f64(mean) == m.hi {
+            *m = Centre::of(mean);
+        }
+    }
+    mu
+}
+
 /// How the `N·C` (sample, channel) pairs map onto the normalised groups of a channel op.
 #[derive(Clone, Copy)]
 struct Grouping {
@@ -265,6 +306,13 @@ fn channel_backward(
     let (dw, db) = with_element!(x.dtype(), T => {
         type C = <T as crate::Element>::Compute;
         let (mu_s, r_s) = group_stats::<C>(stats);
+        // batch statistics of this rank alone: the saved means' rounding recovered where it
+        // matters (SyncBatchNorm's means are over every rank's batch)
+        let mu_s = if training && sync.is_none() {
+            recovered_centres(x, grouping, mu_s, &r_s)
+        } else {
+            mu_s
+        };
         let gamma: Vec<C> = param_values(weight, geom.c, 1.0);
         let nc = geom.n * geom.c;
         let stat = |i: usize| grouping.stat(i);
