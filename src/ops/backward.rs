@@ -218,12 +218,13 @@ fn group_stats<C: Real>(stats: &ForwardStats) -> (Vec<Centre<C>>, Vec<C>) {
 }
 
 /// The saved means of a channel op's statistics with their compute-type rounding recovered,
-/// by the LayerNorm backward's rule (`kernels::recovered_centre`): a statistic whose
-/// `|mean|·r` is at least `RECOVER_LIMIT` and whose saved mean is the rounding of its elements'
-/// mean is centred on that mean (from one pass of `Σ (x − mean)` in f64 over its elements) as
-/// `hi + lo`; every other statistic keeps its saved mean, and when there is none such, `x` is not
-/// read. Such statistics are rare (a mean far from zero against a tiny spread, or a group of
-/// two values): the pass goes over the whole tensor in logical order, unvectorised.
+/// by the LayerNorm backward's rule (`kernels::rounding_matters`, `kernels::recentred`): a
+/// statistic whose `|mean|·r` is at least `RECOVER_LIMIT` and whose saved mean is the
+/// rounding of its elements' mean is centred on that mean (one pass of `Σ (x − mean)` in f64
+/// over its elements) as `hi + lo`; every other statistic keeps its saved mean, and when there
+/// is none such, `x` is not read. Such statistics are rare (a mean far from zero against a
+/// tiny spread, or a group of two values): the pass goes over the whole tensor in logical
+/// order, unvectorised.
 fn recovered_centres<C: Real>(
     x: &Tensor,
     grouping: Grouping,
@@ -233,7 +234,7 @@ fn recovered_centres<C: Real>(
     let far: Vec<bool> = mu
         .iter()
         .zip(r)
-        .map(|(m, &r)| (m.hi.to_f64() * r.to_f64()).abs() >= kernels::RECOVER_LIMIT)
+        .map(|(m, &r)| kernels::rounding_matters(m.hi, r))
         .collect();
     if !far.contains(&true) {
         return mu;
@@ -250,9 +251,8 @@ fn recovered_centres<C: Real>(
     });
     let count = grouping.count();
     for ((m, &far), &sum) in mu.iter_mut().zip(&far).zip(&sums) {
-        let mean = m.hi.to_f64() + sum / count;
-        if far && C::from_f64(mean) == m.hi {
-            *m = Centre::of(mean);
+        if far {
+            *m = kernels::recentred(*m, m.hi.to_f64() + sum / count);
         }
     }
     mu

@@ -764,14 +764,26 @@ fn recovered_centre<T: Element>(
     mu: Centre<T::Compute>,
     rs: T::Compute,
 ) -> Centre<T::Compute> {
-    // far from zero against the spread; NaN is not (such rows keep their centre)
-    let far = (mu.hi.to_f64() * rs.to_f64()).abs() >= RECOVER_LIMIT;
-    if xr.is_empty() || !far {
+    if xr.is_empty() || !rounding_matters(mu.hi, rs) {
         return mu;
     }
     let sum = moments::shifted_sum(xr, mu.hi).to_f64();
-    let mean = mu.hi.to_f64() + sum / xr.len() as f64;
-    if T::Compute::from_f64(mean) == mu.hi {
+    recentred(mu, mu.hi.to_f64() + sum / xr.len() as f64)
+}
+
+/// Whether a saved mean `hi` with inverse standard deviation `r` is far enough from zero
+/// against the spread (`|hi|·r ≥` [`RECOVER_LIMIT`]) for its rounding to matter; NaN is not.
+/// The rule of [`recovered_centre`] (LayerNorm rows) and of the channel ops' statistics
+/// (`ops::backward::recovered_centres`).
+pub(crate) fn rounding_matters<C: Real>(hi: C, r: C) -> bool {
+    (hi.to_f64() * r.to_f64()).abs() >= RECOVER_LIMIT
+}
+
+/// `mu` re-centred on `mean` (its statistic's mean, taken again from the elements) as
+/// `hi + lo` when `mu.hi` is that mean's rounding (as the forward saves it); `mu` as given
+/// otherwise (statistics from elsewhere).
+pub(crate) fn recentred<C: Real>(mu: Centre<C>, mean: f64) -> Centre<C> {
+    if C::from_f64(mean) == mu.hi {
         Centre::of(mean)
     } else {
         mu
