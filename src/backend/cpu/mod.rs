@@ -954,9 +954,11 @@ pub fn group_norm_fused<T: Element>(
 /// sample (when there are at least as many samples as threads): the sample's group moments
 /// ([`sample_group_moments`], its pieces one after the other), `finish` and the apply
 /// `y = (x − μ_g)·(r_g·γ_c) + β_c` of its rows, back to back while the sample is in cache —
-/// one parallel pass instead of three per sample. The same operations in the same order as
-/// [`group_moments`] then [`apply_channel`], so the results are bit-identical to them (and
-/// for every thread count). Returns `(mean, m2, r)` per `(n, g)`.
+/// one parallel pass instead of three per sample. A sample whose groups all pass [`foldable`]
+/// is applied in the folded form `x·(r_g·γ_c) + (β_c − μ_g·r_g·γ_c)`, two coefficient streams
+/// per row instead of three. The same operations in the same order as [`group_moments`] then
+/// [`apply_channel`] on the sample (its `fold` set as here), so the results are bit-identical
+/// to them (and for every thread count). Returns `(mean, m2, r)` per `(n, g)`.
 fn group_norm_last_fused<T: Element>(
     (x, y): (&[T], &mut [T]),
     g: Geom,
@@ -973,7 +975,14 @@ fn group_norm_last_fused<T: Element>(
             .map(|c| Centre::<T::Compute>::of(mean[c / cg]))
             .collect();
         let scale: Vec<T::Compute> = (0..g.c).map(|c| r[c / cg] * gamma[c]).collect();
-        let (hi, offset) = fold_centres(&shift, &scale, beta);
+        // the folded form where it is as accurate (as `apply_channel` decides it, per sample)
+        let fold =
+            !matches!(g.c, 64 | 128) && foldable(mean.iter().copied().zip(r.iter().copied()));
+        let (hi, offset) = if fold {
+            (Vec::new(), fold_offsets(&shift, &scale, beta))
+        } else {
+            fold_centres(&shift, &scale, beta)
+        };
         let k = (&hi[..], &scale[..], &offset[..]);
         if parallel {
             let rows = rows_per_piece(g.c);
@@ -1829,14 +1838,14 @@ mod tests {
     #[test]
     fn fused_group_norm_matches_moments_then_apply() {
         use super::{
-            ChannelLayout, Coefficients, Geom, GroupAffine, apply_channel, group_moments,
+            ChannelLayout, Coefficients, Geom, GroupAffine, apply_channel, foldable, group_moments,
             group_norm_fused, moments::Centre, moments::finish, threads::install,
         };
         fn check<T: crate::dtype::Element>(
             x: &[T],
             (g, layout): (Geom, ChannelLayout),
-            groups: usize,
-            threads: usize,
+            (groups, threads): (usize, usize),
+            folds: bool,
         ) {
             let cg = g.c / groups;
             let fin = |m: f64| finish::<T::Compute>(cg * g.s, m, 1e-5, true, false).1;
@@ -1860,15 +1869,28 @@ mod tests {
             let shift: Vec<Centre<T::Compute>> = (0..nc).map(|i| Centre::of(m2[stat(i)])).collect();
             let scale: Vec<T::Compute> = (0..nc).map(|i| r2[stat(i)] * gamma[i % g.c]).collect();
             let offset: Vec<T::Compute> = (0..nc).map(|i| beta[i % g.c]).collect();
-            let k = Coefficients {
-                shift: &shift,
-                scale: &scale,
-                offset: &offset,
-                per_sample: true,
-                fold: false,
+            // channels last decides the folded form per sample (`foldable` over its groups)
+            let fold = |n: usize| {
+                let stats = (n * groups..(n + 1) * groups).map(|i| (m2[i], r2[i]));
+                layout == ChannelLayout::Last && foldable(stats)
             };
+            if (0..g.n).any(fold) != folds {
+                panic!("{layout:?} groups {groups}: fold expected {folds}");
+            }
             let mut y2 = vec![T::default(); x.len()];
-            install(Some(threads), || apply_channel(x, &mut y2, g, layout, &k));
+            let sample = g.c * g.s;
+            let one = Geom { n: 1, ..g };
+            for (n, (ys, xs)) in y2.chunks_mut(sample).zip(x.chunks(sample)).enumerate() {
+                let cs = n * g.c..(n + 1) * g.c;
+                let k = Coefficients {
+                    shift: &shift[cs.clone()],
+                    scale: &scale[cs.clone()],
+                    offset: &offset[cs],
+                    per_sample: true,
+                    fold: fold(n),
+                };
+                install(Some(threads), || apply_channel(xs, ys, one, layout, &k));
+            }
             assert_eq!(
                 (m1, v1, r1),
                 (m2, v2, r2),
@@ -1886,19 +1908,25 @@ mod tests {
             s: 5000,
         };
         let first = Geom { n: 37, c: 8, s: 13 };
-        for case in [(last, ChannelLayout::Last), (first, ChannelLayout::First)] {
-            let g = case.0;
-            let values: Vec<f64> = (0..g.n * g.c * g.s)
-                .map(|i| 7.0 + ((i * 7919) % 1013) as f64 / 97.0)
-                .collect();
-            let f32s: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-            let bf16s: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f64(v)).collect();
-            // channels last, 1 thread: one task per sample; 4 threads > 3 samples: parallel
-            // inside each sample.
-            for threads in [1, 4] {
-                for groups in [2, 8] {
-                    check(&f32s, case, groups, threads);
-                    check(&bf16s, case, groups, threads);
+        // values in 7 .. 17.4 (means ≈ 4σ: centred form), and the same less 12.2 (means
+        // within 2σ: channels last folds)
+        for (base, centred) in [(7.0, true), (-5.2, false)] {
+            for case in [(last, ChannelLayout::Last), (first, ChannelLayout::First)] {
+                let g = case.0;
+                let values: Vec<f64> = (0..g.n * g.c * g.s)
+                    .map(|i| base + ((i * 7919) % 1013) as f64 / 97.0)
+                    .collect();
+                let f32s: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+                let bf16s: Vec<half::bf16> =
+                    values.iter().map(|&v| half::bf16::from_f64(v)).collect();
+                let folds = !centred && case.1 == ChannelLayout::Last;
+                // channels last, 1 thread: one task per sample; 4 threads > 3 samples:
+                // parallel inside each sample.
+                for threads in [1, 4] {
+                    for groups in [2, 8] {
+                        check(&f32s, case, (groups, threads), folds);
+                        check(&bf16s, case, (groups, threads), folds);
+                    }
                 }
             }
         }
