@@ -692,6 +692,8 @@ pub fn layer_norm_backward<T: Element>(
             &ones
         }
     };
+    // the apply prefetches the next row where that pays (`prefetch::next_row_pays`)
+    let ahead = prefetch::next_row_pays::<T>(cols);
     let work = |r0: usize, xc: &[T], gc: &[T], mut dc: Option<&mut [T]>, slot: &mut [T::Acc]| {
         let (dw, db) = zeroed_halves(slot);
         // compute-type column partials, added into `dw`, `db` every `FLUSH` rows
@@ -713,11 +715,15 @@ pub fn layer_norm_backward<T: Element>(
                 let b = T::Compute::from_f64(sb) / m * rs * rs * rs;
                 let (dr, d_rest) = dc[k * cols..].split_at_mut(cols);
                 let rest = (k + 1) * cols..(k + 2) * cols;
-                let next = [
-                    xc.get(rest.clone()).unwrap_or(&[]),
-                    gc.get(rest).unwrap_or(&[]),
-                    &d_rest[..cols.min(d_rest.len())],
-                ];
+                let next = if ahead {
+                    [
+                        xc.get(rest.clone()).unwrap_or(&[]),
+                        gc.get(rest).unwrap_or(&[]),
+                        &d_rest[..cols.min(d_rest.len())],
+                    ]
+                } else {
+                    [&[][..]; 3]
+                };
                 layer_norm_grad_apply(xr, gr, w, dr, c, (rs, a, b), next);
             }
         }
