@@ -244,6 +244,23 @@ pub(crate) fn fold_offsets<C: Real>(shift: &[Centre<C>], scale: &[C], offset: &[
         .collect()
 }
 
+/// The coefficients `(hi, offset')` of [`affine_rows`] over rows of `cols` channels (one set
+/// per row, or one per sample: `shift.len()` a multiple of `cols`): the folded form (`hi` empty, [`fold_offsets`]) where `fold` ([`foldable`]) allows it and it
+/// saves a coefficient stream, that is, not at the widths whose coefficients `affine_rows`
+/// keeps in registers (64, 128); else the centred form ([`fold_centres`]).
+pub(crate) fn row_coefficients<C: Real>(
+    (fold, cols): (bool, usize),
+    shift: &[Centre<C>],
+    scale: &[C],
+    offset: &[C],
+) -> (Vec<C>, Vec<C>) {
+    if fold && !matches!(cols, 64 | 128) {
+        (Vec::new(), fold_offsets(shift, scale, offset))
+    } else {
+        fold_centres(shift, scale, offset)
+    }
+}
+
 /// Channels whose `|mean|·rstd` is at most this may be applied in the folded form
 /// ([`foldable`]).
 pub const FOLD_LIMIT: f64 = 2.0;
@@ -975,14 +992,9 @@ fn group_norm_last_fused<T: Element>(
             .map(|c| Centre::<T::Compute>::of(mean[c / cg]))
             .collect();
         let scale: Vec<T::Compute> = (0..g.c).map(|c| r[c / cg] * gamma[c]).collect();
-        // the folded form where it is as accurate (as `apply_channel` decides it, per sample)
-        let fold =
-            !matches!(g.c, 64 | 128) && foldable(mean.iter().copied().zip(r.iter().copied()));
-        let (hi, offset) = if fold {
-            (Vec::new(), fold_offsets(&shift, &scale, beta))
-        } else {
-            fold_centres(&shift, &scale, beta)
-        };
+        // the folded form where it is as accurate (decided per sample)
+        let fold = foldable(mean.iter().copied().zip(r.iter().copied()));
+        let (hi, offset) = row_coefficients((fold, g.c), &shift, &scale, beta);
         let k = (&hi[..], &scale[..], &offset[..]);
         if parallel {
             let rows = rows_per_piece(g.c);
@@ -1105,14 +1117,8 @@ pub fn apply_channel<T: Element>(
                 });
         }
         ChannelLayout::Last => {
-            // the folded form where it is as accurate (`foldable`) and saves a coefficient
-            // stream: not at the widths whose coefficients `affine_rows` keeps in registers
-            let fold = k.fold && !matches!(g.c, 64 | 128);
-            let (hi, offset) = if fold {
-                (Vec::new(), fold_offsets(k.shift, k.scale, k.offset))
-            } else {
-                fold_centres(k.shift, k.scale, k.offset)
-            };
+            let (hi, offset) = row_coefficients((k.fold, g.c), k.shift, k.scale, k.offset);
+            let fold = hi.is_empty(); // (`total` > 0: the centred form has coefficients)
             let rows = rows_per_piece(g.c);
             y.par_chunks_mut(rows * g.c)
                 .on_threads()
