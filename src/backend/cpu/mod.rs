@@ -1880,9 +1880,11 @@ mod tests {
                 let stats = (n * groups..(n + 1) * groups).map(|i| (m2[i], r2[i]));
                 layout == ChannelLayout::Last && foldable(stats)
             };
-            if (0..g.n).any(fold) != folds {
-                panic!("{layout:?} groups {groups}: fold expected {folds}");
-            }
+            assert_eq!(
+                (0..g.n).any(fold),
+                folds,
+                "{layout:?} groups {groups}: folds"
+            );
             let mut y2 = vec![T::default(); x.len()];
             let sample = g.c * g.s;
             let one = Geom { n: 1, ..g };
