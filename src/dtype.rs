@@ -93,6 +93,8 @@ pub trait Real:
     const ZERO: Self;
     const ONE: Self;
     fn from_f64(v: f64) -> Self;
+    /// Exact (f32 into f32 or f64).
+    fn from_f32(v: f32) -> Self;
     fn to_f64(self) -> f64;
     fn from_usize(v: usize) -> Self;
     fn sqrt(self) -> Self;
@@ -112,6 +114,10 @@ macro_rules! impl_real {
             const ONE: Self = 1.0;
             #[inline(always)]
             fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn from_f32(v: f32) -> Self {
                 v as $t
             }
             #[inline(always)]
@@ -177,6 +183,21 @@ pub trait Element:
     fn to_acc(self) -> Self::Acc;
     fn to_f64(self) -> f64;
     fn from_f64(v: f64) -> Self;
+    /// bf16 only: the slice as 32-bit words of two elements each (the even one in the low
+    /// half; [`convert::bf16_pair_even`], [`convert::bf16_pair_odd`], [`convert::bf16_pair`]),
+    /// for loops that convert two lanes per word; `None` for other types and for a slice that is
+    /// not 4-byte aligned or has an odd length.
+    #[inline(always)]
+    fn bf16_words(s: &[Self]) -> Option<&[u32]> {
+        let _ = s;
+        None
+    }
+    /// [`Element::bf16_words`] of a mutable slice.
+    #[inline(always)]
+    fn bf16_words_mut(s: &mut [Self]) -> Option<&mut [u32]> {
+        let _ = s;
+        None
+    }
 }
 
 impl Element for f32 {
@@ -247,15 +268,40 @@ pub(crate) mod convert {
     /// f32 → bf16 bits, round to nearest even (overflow to ±∞); a NaN stays a quiet NaN.
     #[inline(always)]
     pub fn f32_to_bf16(v: f32) -> u16 {
+        (bf16_rounded(v) >> 16) as u16
+    }
+
+    /// [`f32_to_bf16`] in the high half of a 32-bit word (the low half is left over from the
+    /// rounding): the form [`bf16_pair`] packs without a shift for the odd element.
+    #[inline(always)]
+    pub fn bf16_rounded(v: f32) -> u32 {
         let x = v.to_bits();
         // wrapping: a negative NaN (x near u32::MAX) overflows; its result is not used
-        let rounded = x.wrapping_add(0x7FFF + ((x >> 16) & 1)) >> 16;
+        let rounded = x.wrapping_add(0x7FFF + ((x >> 16) & 1));
         // one unordered compare (vcmpunordps) rather than mask, max and compare on the bits
-        (if v.is_nan() {
-            (x >> 16) | 0x0040
-        } else {
-            rounded
-        }) as u16
+        if v.is_nan() { x | 0x0040_0000 } else { rounded }
+    }
+
+    /// The even (first) element of two bf16 in one little-endian 32-bit word
+    /// ([`crate::dtype::Element::bf16_words`]) as f32: one shift, where widening a lane of
+    /// 16-bit elements takes a zero-extension and a shift.
+    #[inline(always)]
+    pub fn bf16_pair_even(w: u32) -> f32 {
+        f32::from_bits(w << 16)
+    }
+
+    /// The odd (second) element of a bf16 word as f32: one mask.
+    #[inline(always)]
+    pub fn bf16_pair_odd(w: u32) -> f32 {
+        f32::from_bits(w & 0xFFFF_0000)
+    }
+
+    /// Two f32 rounded to bf16 ([`f32_to_bf16`]'s bits) and packed into one word, `even` in
+    /// the low half: a shift and a mask-merge per two lanes, and whole-vector stores (Zen 4's
+    /// narrowing `vpmovdw` store was the bf16 apply loops' bottleneck).
+    #[inline(always)]
+    pub fn bf16_pair(even: f32, odd: f32) -> u32 {
+        (bf16_rounded(odd) & 0xFFFF_0000) | (bf16_rounded(even) >> 16)
     }
 
     /// f16 bits → f32 (exact; subnormals through one exact multiplication by 2¹¹²).
@@ -301,7 +347,7 @@ pub(crate) mod convert {
 }
 
 macro_rules! impl_half_element {
-    ($t:ty, $dt:expr, $to:path, $from:path) => {
+    ($t:ty, $dt:expr, $to:path, $from:path, $words:expr) => {
         impl Element for $t {
             const DTYPE: DType = $dt;
             type Compute = f32;
@@ -326,16 +372,51 @@ macro_rules! impl_half_element {
             fn from_f64(v: f64) -> Self {
                 <$t>::from_f64(v)
             }
+            #[inline(always)]
+            fn bf16_words(s: &[Self]) -> Option<&[u32]> {
+                if $words { words(s) } else { None }
+            }
+            #[inline(always)]
+            fn bf16_words_mut(s: &mut [Self]) -> Option<&mut [u32]> {
+                if $words { words_mut(s) } else { None }
+            }
         }
     };
 }
-impl_half_element!(f16, DType::F16, convert::f16_to_f32, convert::f32_to_f16);
+impl_half_element!(
+    f16,
+    DType::F16,
+    convert::f16_to_f32,
+    convert::f32_to_f16,
+    false
+);
 impl_half_element!(
     bf16,
     DType::BF16,
     convert::bf16_to_f32,
-    convert::f32_to_bf16
+    convert::f32_to_bf16,
+    true
 );
+
+/// A slice of 16-bit floats as little-endian 32-bit words of two elements each, the first in
+/// the low half; `None` where it is not 4-byte aligned or has an odd length, or on a big-endian
+/// target (`bytemuck`'s checked cast: no `unsafe` here).
+fn words<H: bytemuck::Pod>(s: &[H]) -> Option<&[u32]> {
+    if cfg!(target_endian = "little") {
+        bytemuck::try_cast_slice(s).ok()
+    } else {
+        None
+    }
+}
+
+/// [`words`] of a mutable slice.
+fn words_mut<H: bytemuck::Pod>(s: &mut [H]) -> Option<&mut [u32]> {
+    if cfg!(target_endian = "little") {
+        bytemuck::try_cast_slice_mut(s).ok()
+    } else {
+        None
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -405,6 +486,58 @@ mod tests {
         ] {
             assert_narrowing_matches_half(v.to_bits());
         }
+    }
+
+    /// The word form of bf16 (two elements per 32-bit word, the even one low) widens each half
+    /// as [`convert::bf16_to_f32`] does and packs each value as [`convert::f32_to_bf16`]
+    /// rounds it, on every 16-bit pattern against a spread of partners and rounding cases.
+    #[test]
+    fn bf16_words_widen_and_pack_as_the_element_conversions() {
+        for h in 0..=u16::MAX {
+            let partner = h.wrapping_mul(40503) ^ 0x5A5A;
+            for w in [
+                (h as u32) | ((partner as u32) << 16),
+                (partner as u32) | ((h as u32) << 16),
+            ] {
+                let (e, o) = (convert::bf16_pair_even(w), convert::bf16_pair_odd(w));
+                assert_eq!(
+                    e.to_bits(),
+                    convert::bf16_to_f32(w as u16).to_bits(),
+                    "{w:#010x}"
+                );
+                assert_eq!(
+                    o.to_bits(),
+                    convert::bf16_to_f32((w >> 16) as u16).to_bits()
+                );
+            }
+            // an f32 whose low 16 bits test the rounding (ties, sticky), high bits from `h`
+            let lows = [0u32, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF];
+            let v = f32::from_bits(((h as u32) << 16) | lows[h as usize % lows.len()]);
+            let u = f32::from_bits(((partner as u32) << 16) | lows[partner as usize % 6]);
+            let w = convert::bf16_pair(v, u);
+            assert_eq!(w as u16, convert::f32_to_bf16(v), "even of {v:e}");
+            assert_eq!((w >> 16) as u16, convert::f32_to_bf16(u), "odd of {u:e}");
+            assert_eq!(
+                w as u16,
+                bf16::from_f32(v).to_bits(),
+                "even of {v:e} (half)"
+            );
+        }
+    }
+
+    /// Only bf16 slices of whole aligned words have a word view.
+    #[test]
+    fn only_aligned_even_bf16_slices_have_words() {
+        let backing = [0x3F80_4000u32, 0xC000_0000, 0];
+        let b: &[bf16] = bytemuck::cast_slice(&backing);
+        assert_eq!(bf16::bf16_words(&b[..4]), Some(&backing[..2]));
+        assert_eq!(bf16::bf16_words(&b[1..5]), None);
+        assert_eq!(bf16::bf16_words(&b[..3]), None);
+        assert_eq!(b[0].to_f32(), 2.0);
+        assert_eq!(b[1].to_f32(), 1.0);
+        let h: &[f16] = bytemuck::cast_slice(&backing);
+        assert_eq!(f16::bf16_words(h), None);
+        assert_eq!(f32::bf16_words(&[1.0f32, 2.0]), None);
     }
 
     /// Every f32 bit pattern (about a minute in release: `cargo test --release -- --ignored`).

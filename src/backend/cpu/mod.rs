@@ -10,6 +10,7 @@
 
 pub mod backward;
 pub mod moments;
+mod pairs;
 pub mod prefetch;
 pub mod scratch;
 pub mod simd;
@@ -96,6 +97,11 @@ fn affine_run<T: Element>(
     offset: T::Compute,
 ) {
     let (hi, offset) = shift.fold(scale, offset);
+    if let (Some(xw), Some(yw)) = (T::bf16_words(x), T::bf16_words_mut(y)) {
+        let f = pairs::f32_of;
+        pairs::affine_run(xw, yw, (f(hi), f(scale), f(offset)));
+        return;
+    }
     for r in prefetch::store_ranges(y, x.len()) {
         for (o, &v) in y[r.clone()].iter_mut().zip(&x[r]) {
             *o = T::from_compute((v.to_compute() - hi) * scale + offset);
@@ -114,6 +120,19 @@ fn affine_rows<T: Element>(
     coef: FoldedRef<'_, T::Compute>,
 ) {
     let (hi, scale, offset) = coef;
+    let words = match scale.len() % 2 {
+        0 => (T::bf16_words(x), T::bf16_words_mut(y)),
+        _ => (None, None),
+    };
+    if let (Some(xw), Some(yw)) = words {
+        let k = pairs::RowCoefficients {
+            hi: (!hi.is_empty()).then(|| pairs::Split::of(hi)),
+            scale: pairs::Split::of(scale),
+            offset: pairs::Split::of(offset),
+        };
+        pairs::affine_rows(xw, yw, &k);
+        return;
+    }
     if hi.is_empty() {
         let cols = scale.len();
         for (yr, xr) in y.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
@@ -168,7 +187,8 @@ fn affine_rows_of<T: Element, const W: usize>(
 }
 
 simd_clones! {
-/// One LayerNorm row: `y = (x − μ)·r·γ + β` (γ, β optional).
+/// One LayerNorm row: `y = (x − μ)·r·γ + β` (γ, β optional); bf16 rows of whole words through
+/// [`pairs::layer_norm_row`] with `split` (γ and β split once per call: [`row_split`]).
 fn layer_norm_row<T: Element>(
     x: &[T],
     y: &mut [T],
@@ -176,7 +196,13 @@ fn layer_norm_row<T: Element>(
     rs: T::Compute,
     weight: Option<&[T::Compute]>,
     bias: Option<&[T::Compute]>,
+    split: Option<&pairs::RowAffine>,
 ) {
+    if let (Some(k), Some(xw), Some(yw)) = (split, T::bf16_words(x), T::bf16_words_mut(y)) {
+        let f = pairs::f32_of;
+        pairs::layer_norm_row(xw, yw, (f(mu.hi), f(mu.lo), f(rs)), k);
+        return;
+    }
     let d = |v: T| mu.centre(v.to_compute()) * rs;
     for r in prefetch::store_ranges(y, x.len()) {
         let (y, x) = (&mut y[r.clone()], &x[r.clone()]);
@@ -1177,9 +1203,10 @@ pub fn layer_norm_fused<T: Element>(
         return (mean, m2.into_iter().map(finish).collect());
     }
     let mut stats = Scratch::filled((T::Compute::ZERO, T::Compute::ZERO), rows);
+    let split = row_split::<T>(cols, weight, bias);
     fused_runs(x, y, cols, &mut stats, |_, xr, yr, mean, m2| {
         let rs = finish(m2);
-        layer_norm_row(xr, yr, Centre::of(mean), rs, weight, bias);
+        layer_norm_row(xr, yr, Centre::of(mean), rs, weight, bias, split.as_ref());
         (T::Compute::from_f64(mean), rs)
     });
     stats.iter().copied().unzip()
@@ -1266,12 +1293,31 @@ pub fn apply_rows<T: Element>(
     if rows * cols == 0 {
         return;
     }
+    let split = row_split::<T>(cols, weight, bias);
     y[..rows * cols]
         .par_chunks_mut(cols)
         .on_threads()
         .zip(x[..rows * cols].par_chunks(cols).on_threads())
         .enumerate()
-        .for_each(|(r, (yr, xr))| layer_norm_row(xr, yr, mean[r], rstd[r], weight, bias));
+        .for_each(|(r, (yr, xr))| {
+            layer_norm_row(xr, yr, mean[r], rstd[r], weight, bias, split.as_ref())
+        });
+}
+
+/// LayerNorm's γ and β split into even and odd columns for bf16 rows of an even length
+/// ([`pairs::layer_norm_row`]); `None` otherwise.
+fn row_split<T: Element>(
+    cols: usize,
+    weight: Option<&[T::Compute]>,
+    bias: Option<&[T::Compute]>,
+) -> Option<pairs::RowAffine> {
+    let usable = |c: Option<&[T::Compute]>| c.is_none_or(|c| c.len() == cols);
+    (T::DTYPE == crate::dtype::DType::BF16 && cols % 2 == 0 && usable(weight) && usable(bias)).then(
+        || pairs::RowAffine {
+            weight: weight.map(pairs::Split::of),
+            bias: bias.map(pairs::Split::of),
+        },
+    )
 }
 
 /// Local response normalisation parameters.
@@ -1530,7 +1576,7 @@ mod tests {
         let mut buf = vec![0f32; n + 32];
         for off in 0..16 {
             let y = &mut buf[off..off + n];
-            layer_norm_row(&x, y, mu, rs, Some(&w), Some(&b));
+            layer_norm_row(&x, y, mu, rs, Some(&w), Some(&b), None);
             for i in 0..n {
                 let want = ((x[i] - mu.hi) - mu.lo) * rs * w[i] + b[i];
                 assert_eq!(
@@ -1539,7 +1585,7 @@ mod tests {
                     "layer_norm_row off {off} i {i}"
                 );
             }
-            layer_norm_row(&x, y, mu, rs, None, Some(&b));
+            layer_norm_row(&x, y, mu, rs, None, Some(&b), None);
             for i in 0..n {
                 let want = ((x[i] - mu.hi) - mu.lo) * rs + b[i];
                 assert_eq!(
@@ -2259,5 +2305,111 @@ mod tests {
         assert!(!foldable([(1.0, f32::NAN)]));
         assert!(!foldable([(0.0, f32::INFINITY)]));
         assert!(!foldable([(f64::INFINITY, 1.0f32)]));
+    }
+
+    /// bf16 inputs of every class for the word-loop tests: ±0, subnormals, ties and near-ties,
+    /// values that round up to ∞ after the affine, ±∞, NaNs (quiet and signalling), and a
+    /// spread of ordinary values.
+    fn bf16_inputs(n: usize) -> Vec<half::bf16> {
+        let special = [
+            0x0000u16, 0x8000, 0x0001, 0x807F, 0x3F80, 0xBF81, 0x7F7F, 0xFF7F, 0x7F80, 0xFF80,
+            0x7FC0, 0xFFC1, 0x7F81, 0x4480, 0xC2F7,
+        ];
+        (0..n)
+            .map(|i| match i % 5 {
+                0 => half::bf16::from_bits(special[(i / 5) % special.len()]),
+                _ => half::bf16::from_f64(((i * 37 % 101) as f64 - 50.0) / 7.0 + 3.0),
+            })
+            .collect()
+    }
+
+    /// `n` bf16 starting 4-byte aligned (`off` 0: the word loops run) or one element past it
+    /// (`off` 1: the element loops), copied from `v`.
+    fn bf16_at<'a>(
+        backing: &'a mut Vec<u32>,
+        off: usize,
+        v: &[half::bf16],
+    ) -> &'a mut [half::bf16] {
+        backing.clear();
+        backing.resize(v.len() / 2 + 2, 0);
+        let all: &mut [half::bf16] = bytemuck::cast_slice_mut(&mut backing[..]);
+        let s = &mut all[off..off + v.len()];
+        s.copy_from_slice(v);
+        s
+    }
+
+    /// The bf16 word loops (`pairs`) give every element the bits of `half`'s rounding of the
+    /// element formula in f32, as the element loops do, for values of every class; the aligned
+    /// slices take the word loops (checked) and the misaligned ones the element loops. Widths:
+    /// 64 and 128 columns (coefficients in registers), 2, 96, 1026, odd ones (element loops);
+    /// every LayerNorm weight/bias combination; folded and centred channels-last forms.
+    #[test]
+    fn bf16_word_loops_match_the_element_formula() {
+        use super::Centre;
+        use crate::dtype::Element;
+        use half::bf16;
+        let want = |v: f32| bf16::from_f32(v).to_bits();
+        let rows = 5;
+        for cols in [2, 13, 64, 96, 97, 128, 1026] {
+            let n = rows * cols;
+            let x = bf16_inputs(n);
+            let coef = |k: f32, add: f32| -> Vec<f32> {
+                (0..cols)
+                    .map(|c| k * (1.0 + (c % 13) as f32 / 16.0) + add)
+                    .collect()
+            };
+            let (hi, scale, offset) = (coef(0.0, 2.5), coef(0.75, 0.0), coef(-0.5, 0.0));
+            let (mut xb, mut yb) = (Vec::new(), Vec::new());
+            for off in [0, 1] {
+                let xs: &[bf16] = bf16_at(&mut xb, off, &x);
+                let y = bf16_at(&mut yb, off, &vec![bf16::ZERO; n]);
+                let words = bf16::bf16_words(xs).is_some() && cols % 2 == 0;
+                assert_eq!(
+                    words,
+                    off == 0 && cols % 2 == 0,
+                    "{cols} cols, offset {off}"
+                );
+                let tag = |what: &str, i: usize| format!("{what}: {cols} cols, offset {off}, {i}");
+                // channels last, centred and folded
+                super::affine_rows(xs, y, (&hi, &scale, &offset));
+                for (i, (&got, &v)) in y.iter().zip(xs).enumerate() {
+                    let c = i % cols;
+                    let e = want((v.to_f32() - hi[c]) * scale[c] + offset[c]);
+                    assert_eq!(got.to_bits(), e, "{}", tag("affine_rows", i));
+                }
+                super::affine_rows(xs, y, (&[], &scale, &offset));
+                for (i, (&got, &v)) in y.iter().zip(xs).enumerate() {
+                    let c = i % cols;
+                    let e = want(v.to_f32() * scale[c] + offset[c]);
+                    assert_eq!(got.to_bits(), e, "{}", tag("affine_rows folded", i));
+                }
+                // channels first: one run
+                let mu = Centre::<f32>::of(2.5000123);
+                super::affine_run(xs, y, mu, 0.75, -0.5);
+                let (h, o) = mu.fold(0.75, -0.5);
+                for (i, (&got, &v)) in y.iter().zip(xs).enumerate() {
+                    let e = want((v.to_f32() - h) * 0.75 + o);
+                    assert_eq!(got.to_bits(), e, "{}", tag("affine_run", i));
+                }
+                // LayerNorm rows, every weight/bias combination
+                for (w, b) in [(true, true), (true, false), (false, true), (false, false)] {
+                    let (w, b) = (w.then_some(&scale[..]), b.then_some(&offset[..]));
+                    let rs = 0.37f32;
+                    let mean: Vec<Centre<f32>> = (0..rows)
+                        .map(|r| Centre::of(2.5 + r as f64 / 3.0))
+                        .collect();
+                    let rstd = vec![rs; rows];
+                    super::apply_rows(xs, y, cols, &mean, &rstd, w, b);
+                    for (i, (&got, &v)) in y.iter().zip(xs).enumerate() {
+                        let (r, c) = (i / cols, i % cols);
+                        let d = ((v.to_f32() - mean[r].hi) - mean[r].lo) * rs;
+                        let d = w.map_or(d, |w| d * w[c]);
+                        let e = want(b.map_or(d, |b| d + b[c]));
+                        let what = format!("layer_norm_row w {} b {}", w.is_some(), b.is_some());
+                        assert_eq!(got.to_bits(), e, "{}", tag(&what, i));
+                    }
+                }
+            }
+        }
     }
 }
