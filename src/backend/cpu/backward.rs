@@ -387,6 +387,12 @@ fn grad_apply_run<T: Element>(
     o: T::Compute,
 ) {
     let (hi, o) = m.fold(q, o);
+    let words = (T::bf16_words(xs), T::bf16_words(gs), T::bf16_words_mut(dx));
+    if let (Some(xw), Some(gw), Some(dw)) = words {
+        let f = super::pairs::f32_of;
+        super::pairs::grad_apply_run((xw, gw), dw, (f(hi), f(p), f(q), f(o)));
+        return;
+    }
     for r in prefetch::store_ranges(dx, xs.len().min(gs.len())) {
         for ((d, &xv), &gv) in dx[r.clone()].iter_mut().zip(&xs[r.clone()]).zip(&gs[r]) {
             *d = T::from_compute(gv.to_compute() * p + (xv.to_compute() - hi) * q + o);
@@ -1196,6 +1202,35 @@ mod tests {
                 (got as f64 - want).abs() <= 1e-3 * scale,
                 "saved mean {saved}: dx[{i}] {got} vs {want}"
             );
+        }
+    }
+
+    /// The channels-first `dx` over bf16 words (`pairs::grad_apply_run`) gives every element
+    /// `half`'s rounding of the f32 formula, as the element loop does (one element off
+    /// alignment), with values of every class in `x` and `g`.
+    #[test]
+    fn bf16_word_grad_apply_matches_the_element_formula() {
+        use super::super::tests::{bf16_at, bf16_inputs};
+        use crate::dtype::Element;
+        use half::bf16;
+        for n in [2, 64, 98, 1026, 13] {
+            let x = bf16_inputs(n);
+            let g: Vec<bf16> = bf16_inputs(n + 3)[3..].to_vec();
+            let m = Centre::<f32>::of(0.3333);
+            let (p, q, o) = (0.75f32, -1.25f32, 0.5f32);
+            let (hi, of) = m.fold(q, o);
+            let (mut xb, mut gb, mut db) = (Vec::new(), Vec::new(), Vec::new());
+            for off in [0, 1] {
+                let xs: &[bf16] = bf16_at(&mut xb, off, &x);
+                let gs: &[bf16] = bf16_at(&mut gb, off, &g);
+                let dx = bf16_at(&mut db, off, &vec![bf16::ZERO; n]);
+                assert_eq!(bf16::bf16_words(xs).is_some(), off == 0 && n % 2 == 0);
+                super::grad_apply_run(xs, gs, dx, m, p, q, o);
+                for i in 0..n {
+                    let e = bf16::from_f32(gs[i].to_f32() * p + (xs[i].to_f32() - hi) * q + of);
+                    assert_eq!(dx[i].to_bits(), e.to_bits(), "n {n}, offset {off}, {i}");
+                }
+            }
         }
     }
 }

@@ -10,7 +10,7 @@
 
 pub mod backward;
 pub mod moments;
-mod pairs;
+pub(crate) mod pairs;
 pub mod prefetch;
 pub mod scratch;
 pub mod simd;
@@ -2310,7 +2310,7 @@ mod tests {
     /// bf16 inputs of every class for the word-loop tests: ±0, subnormals, ties and near-ties,
     /// values that round up to ∞ after the affine, ±∞, NaNs (quiet and signalling), and a
     /// spread of ordinary values.
-    fn bf16_inputs(n: usize) -> Vec<half::bf16> {
+    pub(crate) fn bf16_inputs(n: usize) -> Vec<half::bf16> {
         let special = [
             0x0000u16, 0x8000, 0x0001, 0x807F, 0x3F80, 0xBF81, 0x7F7F, 0xFF7F, 0x7F80, 0xFF80,
             0x7FC0, 0xFFC1, 0x7F81, 0x4480, 0xC2F7,
@@ -2325,7 +2325,7 @@ mod tests {
 
     /// `n` bf16 starting 4-byte aligned (`off` 0: the word loops run) or one element past it
     /// (`off` 1: the element loops), copied from `v`.
-    fn bf16_at<'a>(
+    pub(crate) fn bf16_at<'a>(
         backing: &'a mut Vec<u32>,
         off: usize,
         v: &[half::bf16],

@@ -57,6 +57,20 @@ pub(crate) fn affine_run(x: &[u32], y: &mut [u32], (hi, scale, offset): (f32, f3
     }
 }
 
+/// The backward's `dx = g·p + (x − hi)·q + o` over a run of words
+/// (`super::backward::grad_apply_run`).
+#[inline(always)]
+pub(crate) fn grad_apply_run(
+    (x, g): (&[u32], &[u32]),
+    dx: &mut [u32],
+    (hi, p, q, o): (f32, f32, f32, f32),
+) {
+    let f = |g: f32, x: f32| g * p + (x - hi) * q + o;
+    for (d, (&xw, &gw)) in dx.iter_mut().zip(x.iter().zip(g)) {
+        *d = pack(f(even(gw), even(xw)), f(odd(gw), odd(xw)));
+    }
+}
+
 /// Channels-last coefficients for [`affine_rows`]: `hi` `None` for the folded form.
 pub(crate) struct RowCoefficients {
     pub hi: Option<Split>,
