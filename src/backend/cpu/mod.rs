@@ -118,19 +118,11 @@ fn affine_rows<T: Element>(
     x: &[T],
     y: &mut [T],
     coef: FoldedRef<'_, T::Compute>,
+    split: Option<pairs::RowSplitRef<'_>>,
 ) {
     let (hi, scale, offset) = coef;
-    let words = match scale.len() % 2 {
-        0 => (T::bf16_words(x), T::bf16_words_mut(y)),
-        _ => (None, None),
-    };
-    if let (Some(xw), Some(yw)) = words {
-        let k = pairs::RowCoefficients {
-            hi: (!hi.is_empty()).then(|| pairs::Split::of(hi)),
-            scale: pairs::Split::of(scale),
-            offset: pairs::Split::of(offset),
-        };
-        pairs::affine_rows(xw, yw, &k);
+    if let (Some(k), Some(xw), Some(yw)) = (split, T::bf16_words(x), T::bf16_words_mut(y)) {
+        pairs::affine_rows(xw, yw, k);
         return;
     }
     if hi.is_empty() {
@@ -1022,14 +1014,16 @@ fn group_norm_last_fused<T: Element>(
         let fold = foldable(mean.iter().copied().zip(r.iter().copied()));
         let (hi, offset) = row_coefficients((fold, g.c), &shift, &scale, beta);
         let k = (&hi[..], &scale[..], &offset[..]);
+        let split = pairs::RowSplit::of::<T>(g.c, k);
+        let split = split.as_ref().map(|s| s.view(0..g.c));
         if parallel {
             let rows = rows_per_piece(g.c);
             ys.par_chunks_mut(rows * g.c)
                 .on_threads()
                 .zip(xs.par_chunks(rows * g.c).on_threads())
-                .for_each(|(yc, xc)| affine_rows(xc, yc, k));
+                .for_each(|(yc, xc)| affine_rows(xc, yc, k, split));
         } else {
-            affine_rows(xs, ys, k);
+            affine_rows(xs, ys, k, split);
         }
         (mean, m2, r)
     };
@@ -1145,6 +1139,8 @@ pub fn apply_channel<T: Element>(
         ChannelLayout::Last => {
             let (hi, offset) = row_coefficients((k.fold, g.c), k.shift, k.scale, k.offset);
             let fold = hi.is_empty(); // (`total` > 0: the centred form has coefficients)
+            // bf16: the coefficients split into even and odd columns once, for every run
+            let split = pairs::RowSplit::of::<T>(g.c, (&hi, k.scale, &offset));
             let rows = rows_per_piece(g.c);
             y.par_chunks_mut(rows * g.c)
                 .on_threads()
@@ -1154,8 +1150,9 @@ pub fn apply_channel<T: Element>(
                     sample_runs(p * rows, xc.len() / g.c, g, |n, span| {
                         let cs = idx(n, 0)..idx(n, 0) + g.c;
                         let hs = if fold { &hi[..] } else { &hi[cs.clone()] };
+                        let words = split.as_ref().map(|s| s.view(cs.clone()));
                         let k = (hs, &k.scale[cs.clone()], &offset[cs]);
-                        affine_rows(&xc[span.clone()], &mut yc[span], k);
+                        affine_rows(&xc[span.clone()], &mut yc[span], k, words);
                     });
                 });
         }
@@ -2245,7 +2242,9 @@ mod tests {
             };
             let (hi, scale, offset) = (coef(1000.0), coef(0.75), coef(-0.5));
             let mut y = vec![T::default(); rows * cols];
-            super::affine_rows(&x, &mut y, (&hi, &scale, &offset));
+            let k = (&hi[..], &scale[..], &offset[..]);
+            let split = super::pairs::RowSplit::of::<T>(cols, k);
+            super::affine_rows(&x, &mut y, k, split.as_ref().map(|s| s.view(0..cols)));
             for (i, (&got, &v)) in y.iter().zip(&x).enumerate() {
                 let c = i % cols;
                 let want = T::from_compute((v.to_compute() - hi[c]) * scale[c] + offset[c]);
@@ -2278,7 +2277,9 @@ mod tests {
             };
             let (scale, offset) = (coef(0.75), coef(-0.5));
             let mut y = vec![T::default(); rows * cols];
-            super::affine_rows(&x, &mut y, (&[], &scale, &offset));
+            let k = (&[][..], &scale[..], &offset[..]);
+            let split = super::pairs::RowSplit::of::<T>(cols, k);
+            super::affine_rows(&x, &mut y, k, split.as_ref().map(|s| s.view(0..cols)));
             for (i, (&got, &v)) in y.iter().zip(&x).enumerate() {
                 let c = i % cols;
                 let want = T::from_compute(v.to_compute() * scale[c] + offset[c]);
@@ -2371,13 +2372,18 @@ mod tests {
                 );
                 let tag = |what: &str, i: usize| format!("{what}: {cols} cols, offset {off}, {i}");
                 // channels last, centred and folded
-                super::affine_rows(xs, y, (&hi, &scale, &offset));
+                let k = (&hi[..], &scale[..], &offset[..]);
+                let split = super::pairs::RowSplit::of::<bf16>(cols, k);
+                assert_eq!(split.is_some(), cols % 2 == 0);
+                super::affine_rows(xs, y, k, split.as_ref().map(|s| s.view(0..cols)));
                 for (i, (&got, &v)) in y.iter().zip(xs).enumerate() {
                     let c = i % cols;
                     let e = want((v.to_f32() - hi[c]) * scale[c] + offset[c]);
                     assert_eq!(got.to_bits(), e, "{}", tag("affine_rows", i));
                 }
-                super::affine_rows(xs, y, (&[], &scale, &offset));
+                let k = (&[][..], &scale[..], &offset[..]);
+                let split = super::pairs::RowSplit::of::<bf16>(cols, k);
+                super::affine_rows(xs, y, k, split.as_ref().map(|s| s.view(0..cols)));
                 for (i, (&got, &v)) in y.iter().zip(xs).enumerate() {
                     let c = i % cols;
                     let e = want(v.to_f32() * scale[c] + offset[c]);

@@ -5,7 +5,12 @@
 //! the bf16 apply loops); taken as words, the even element is `w << 16` and the odd one
 //! `w & 0xFFFF0000`, and the two rounded results merge into one word with a shift and a
 //! mask, stored whole. Per-column coefficients are split into their even and odd columns
-//! ([`Split`]) once per call. Every element gets the same operations in the same order as in
+//! ([`Split`]) once per op call ([`RowSplit`], `super::row_split`), never per run of rows
+//! (BatchNorm1d's runs are single rows: splitting per run made it 2–4x slower). The
+//! channels-last rows have no form with their coefficients held in registers (as
+//! `super::affine_rows_of` for the element loops): for 64 columns that form, over words,
+//! was 0.27–0.37x of the element loops (BatchNorm2d NHWC bf16), the loop over coefficient
+//! streams 1.01–1.11x. Every element gets the same operations in the same order as in
 //! the element loops it replaces, so the results are bit-identical (tests below and in
 //! `super::tests`). Same-run microbenchmark, AMD EPYC (Zen 4) VM, 256-column rows in L2:
 //! 0.098 against 0.130 ns per element (1.33x; docs/perf/cpu.md, round 24).
@@ -14,8 +19,8 @@
 //! lengths) and rows hold an even number of columns; otherwise the element loops.
 
 use super::scratch::Scratch;
-use crate::dtype::Real;
 use crate::dtype::convert::{bf16_pair as pack, bf16_pair_even as even, bf16_pair_odd as odd};
+use crate::dtype::{DType, Element, Real};
 
 /// Per-column coefficients split into their even and odd columns, as f32 (the compute type of
 /// bf16: the conversion is exact).
@@ -71,23 +76,66 @@ pub(crate) fn grad_apply_run(
     }
 }
 
-/// Channels-last coefficients for [`affine_rows`]: `hi` `None` for the folded form.
-pub(crate) struct RowCoefficients {
-    pub hi: Option<Split>,
-    pub scale: Split,
-    pub offset: Split,
+/// Channels-last coefficients `(hi, scale, offset)` of `super::affine_rows` split once per
+/// call of the op (not per run of rows: BatchNorm1d's runs are single rows), for one or more
+/// sets of `cols` channels; [`RowSplit::view`] takes one set. `hi` is `None` for the folded
+/// form.
+pub(crate) struct RowSplit {
+    hi: Option<Split>,
+    scale: Split,
+    offset: Split,
+}
+
+/// Even and odd columns.
+type Halves<'a> = (&'a [f32], &'a [f32]);
+
+/// The coefficients of one run of rows ([`RowSplit::view`]).
+#[derive(Clone, Copy)]
+pub(crate) struct RowSplitRef<'a> {
+    hi: Option<Halves<'a>>,
+    scale: Halves<'a>,
+    offset: Halves<'a>,
+}
+
+impl RowSplit {
+    /// The split of `(hi, scale, offset)` (`hi` empty: folded), for bf16 input `T` and an even
+    /// number of columns `cols` only (`None` otherwise: the element loops run).
+    pub fn of<T: Element>(
+        cols: usize,
+        (hi, scale, offset): super::FoldedRef<'_, T::Compute>,
+    ) -> Option<RowSplit> {
+        (T::DTYPE == DType::BF16 && cols % 2 == 0 && scale.len() % 2 == 0).then(|| RowSplit {
+            hi: (!hi.is_empty()).then(|| Split::of(hi)),
+            scale: Split::of(scale),
+            offset: Split::of(offset),
+        })
+    }
+
+    /// The coefficients of channels `cols` (a range of even bounds; `hi` whole when folded).
+    pub fn view(&self, cols: std::ops::Range<usize>) -> RowSplitRef<'_> {
+        let w = cols.start / 2..cols.end / 2;
+        fn part(s: &Split, w: std::ops::Range<usize>) -> Halves<'_> {
+            (&s.even[w.clone()], &s.odd[w])
+        }
+        let part = |s| part(s, w.clone());
+        RowSplitRef {
+            hi: self.hi.as_ref().map(part),
+            scale: part(&self.scale),
+            offset: part(&self.offset),
+        }
+    }
 }
 
 /// `y[r, c] = (x[r, c] − hi_c)·scale_c + offset_c` (or `x·scale_c + offset_c` folded) over
-/// rows of `2·k.scale.even.len()` columns, `k.scale.even.len()` words ([`super::affine_rows`]).
+/// rows of `2·k.scale.0.len()` columns, `k.scale.0.len()` words (`super::affine_rows`).
 #[inline(always)]
-pub(crate) fn affine_rows(x: &[u32], y: &mut [u32], k: &RowCoefficients) {
-    let ((se, so), (oe, oo)) = (k.scale.parts(), k.offset.parts());
+pub(crate) fn affine_rows(x: &[u32], y: &mut [u32], k: RowSplitRef<'_>) {
+    let ((se, so), (oe, oo)) = (k.scale, k.offset);
     let words = se.len();
     if words == 0 {
         return;
     }
-    let Some(hi) = &k.hi else {
+    let Some((he, ho)) = k.hi else {
         for (yr, xr) in y.chunks_exact_mut(words).zip(x.chunks_exact(words)) {
             let coef = se.iter().zip(so).zip(oe.iter().zip(oo));
             for ((o, &w), ((&se, &so), (&oe, &oo))) in yr.iter_mut().zip(xr).zip(coef) {
@@ -96,49 +144,12 @@ pub(crate) fn affine_rows(x: &[u32], y: &mut [u32], k: &RowCoefficients) {
         }
         return;
     };
-    let (he, ho) = hi.parts();
-    let done = match words {
-        32 => affine_rows_of::<32>(x, y, [he, ho, se, so, oe, oo]),
-        64 => affine_rows_of::<64>(x, y, [he, ho, se, so, oe, oo]),
-        _ => false,
-    };
-    if done {
-        return;
-    }
     for (yr, xr) in y.chunks_exact_mut(words).zip(x.chunks_exact(words)) {
         let coef = (he.iter().zip(ho)).zip(se.iter().zip(so).zip(oe.iter().zip(oo)));
         for ((o, &w), ((&he, &ho), ((&se, &so), (&oe, &oo)))) in yr.iter_mut().zip(xr).zip(coef) {
             *o = pack((even(w) - he) * se + oe, (odd(w) - ho) * so + oo);
         }
     }
-}
-
-/// [`affine_rows`] (centred) for rows of exactly `W` words: the six coefficient vectors as
-/// arrays the compiler keeps in registers across the rows (as `super::affine_rows_of`);
-/// `false` when they are not `W` long.
-#[inline(always)]
-fn affine_rows_of<const W: usize>(x: &[u32], y: &mut [u32], k: [&[f32]; 6]) -> bool {
-    let arr = |s: &[f32]| <[f32; W]>::try_from(s).ok();
-    let (Some(he), Some(ho), Some(se), Some(so), Some(oe), Some(oo)) = (
-        arr(k[0]),
-        arr(k[1]),
-        arr(k[2]),
-        arr(k[3]),
-        arr(k[4]),
-        arr(k[5]),
-    ) else {
-        return false;
-    };
-    for (yr, xr) in y.chunks_exact_mut(W).zip(x.chunks_exact(W)) {
-        for i in 0..W {
-            let w = xr[i];
-            yr[i] = pack(
-                (even(w) - he[i]) * se[i] + oe[i],
-                (odd(w) - ho[i]) * so[i] + oo[i],
-            );
-        }
-    }
-    true
 }
 
 /// LayerNorm's weight and bias split for [`layer_norm_row`].
