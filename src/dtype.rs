@@ -93,8 +93,6 @@ pub trait Real:
     const ZERO: Self;
     const ONE: Self;
     fn from_f64(v: f64) -> Self;
-    /// Exact (f32 into f32 or f64).
-    fn from_f32(v: f32) -> Self;
     fn to_f64(self) -> f64;
     fn from_usize(v: usize) -> Self;
     fn sqrt(self) -> Self;
@@ -114,10 +112,6 @@ macro_rules! impl_real {
             const ONE: Self = 1.0;
             #[inline(always)]
             fn from_f64(v: f64) -> Self {
-                v as $t
-            }
-            #[inline(always)]
-            fn from_f32(v: f32) -> Self {
                 v as $t
             }
             #[inline(always)]

@@ -1309,12 +1309,10 @@ fn row_split<T: Element>(
     bias: Option<&[T::Compute]>,
 ) -> Option<pairs::RowAffine> {
     let usable = |c: Option<&[T::Compute]>| c.is_none_or(|c| c.len() == cols);
-    (T::DTYPE == crate::dtype::DType::BF16 && cols % 2 == 0 && usable(weight) && usable(bias)).then(
-        || pairs::RowAffine {
-            weight: weight.map(pairs::Split::of),
-            bias: bias.map(pairs::Split::of),
-        },
-    )
+    (pairs::splits::<T>(cols) && usable(weight) && usable(bias)).then(|| pairs::RowAffine {
+        weight: weight.map(pairs::Split::of),
+        bias: bias.map(pairs::Split::of),
+    })
 }
 
 /// Local response normalisation parameters.
@@ -2342,8 +2340,9 @@ mod tests {
     /// The bf16 word loops (`pairs`) give every element the bits of `half`'s rounding of the
     /// element formula in f32, as the element loops do, for values of every class; the aligned
     /// slices take the word loops (checked) and the misaligned ones the element loops. Widths:
-    /// 64 and 128 columns (coefficients in registers), 2, 96, 1026, odd ones (element loops);
-    /// every LayerNorm weight/bias combination; folded and centred channels-last forms.
+    /// 64 and 128 columns (the element loops' register form), 2, 96, 1026, odd ones (element
+    /// loops only); every LayerNorm weight/bias combination; folded and centred channels-last
+    /// forms.
     #[test]
     fn bf16_word_loops_match_the_element_formula() {
         use super::Centre;
@@ -2414,6 +2413,52 @@ mod tests {
                         let what = format!("layer_norm_row w {} b {}", w.is_some(), b.is_some());
                         assert_eq!(got.to_bits(), e, "{}", tag(&what, i));
                     }
+                }
+            }
+        }
+    }
+
+    /// `apply_channel` channels last with per-sample coefficients over several samples (each
+    /// sample's run takes its slice of the once-split coefficients, `RowSplit::view`), both
+    /// forms, aligned (word loops) and one element off (element loops): every element is
+    /// `half`'s rounding of the formula with its own sample's and channel's coefficients.
+    #[test]
+    fn bf16_per_sample_channels_last_apply_uses_each_samples_coefficients() {
+        use super::{Centre, ChannelLayout, Coefficients, Geom, apply_channel};
+        use half::bf16;
+        let g = Geom { n: 3, c: 6, s: 5 };
+        let total = g.n * g.c * g.s;
+        let x = bf16_inputs(total);
+        let k = g.n * g.c;
+        let shift: Vec<Centre<f32>> = (0..k).map(|i| Centre::of(i as f64 / 8.0)).collect();
+        let scale: Vec<f32> = (0..k).map(|i| 0.5 + i as f32 / 16.0).collect();
+        let offset: Vec<f32> = (0..k).map(|i| i as f32 / 4.0 - 2.0).collect();
+        let (mut xb, mut yb) = (Vec::new(), Vec::new());
+        for fold in [false, true] {
+            for off in [0, 1] {
+                let xs: &[bf16] = bf16_at(&mut xb, off, &x);
+                let y = bf16_at(&mut yb, off, &vec![bf16::ZERO; total]);
+                let coef = Coefficients {
+                    shift: &shift,
+                    scale: &scale,
+                    offset: &offset,
+                    per_sample: true,
+                    fold,
+                };
+                apply_channel(xs, y, g, ChannelLayout::Last, &coef);
+                for (i, (&got, &v)) in y.iter().zip(xs).enumerate() {
+                    let j = (i / (g.c * g.s)) * g.c + i % g.c;
+                    let (m, sc, of) = (shift[j], scale[j], offset[j]);
+                    let v = v.to_f32();
+                    let e = if fold {
+                        let h = m.hi as f64 + m.lo as f64;
+                        v * sc + (of as f64 - h * sc as f64) as f32
+                    } else {
+                        let (h, o) = m.fold(sc, of);
+                        (v - h) * sc + o
+                    };
+                    let what = format!("fold {fold}, offset {off}, element {i}");
+                    assert_eq!(got.to_bits(), bf16::from_f32(e).to_bits(), "{what}");
                 }
             }
         }

@@ -45,6 +45,12 @@ impl Split {
     }
 }
 
+/// Whether rows of `cols` elements of `T` take the word loops with split coefficients: bf16
+/// and an even width (so every row of an aligned tensor starts on a word).
+pub(crate) fn splits<T: Element>(cols: usize) -> bool {
+    T::DTYPE == DType::BF16 && cols % 2 == 0
+}
+
 /// The value of a compute-type scalar as f32 (exact for bf16's compute type).
 #[inline(always)]
 pub(crate) fn f32_of<C: Real>(v: C) -> f32 {
@@ -104,7 +110,7 @@ impl RowSplit {
         cols: usize,
         (hi, scale, offset): super::FoldedRef<'_, T::Compute>,
     ) -> Option<RowSplit> {
-        (T::DTYPE == DType::BF16 && cols % 2 == 0 && scale.len() % 2 == 0).then(|| RowSplit {
+        (splits::<T>(cols) && scale.len() % 2 == 0).then(|| RowSplit {
             hi: (!hi.is_empty()).then(|| Split::of(hi)),
             scale: Split::of(scale),
             offset: Split::of(offset),
