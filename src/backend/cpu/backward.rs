@@ -447,11 +447,15 @@ fn grad_apply_rows<T: Element>(
     let cols = hi.len();
     let rows = dx.chunks_exact_mut(cols).zip(xs.chunks_exact(cols).zip(gs.chunks_exact(cols)));
     for (dr, (xr, gr)) in rows {
-        let coef = hi.iter().zip(p.iter().zip(q).zip(o));
-        for ((d, (&xv, &gv)), (&hi, ((&p, &q), &o))) in
-            dr.iter_mut().zip(xr.iter().zip(gr)).zip(coef)
-        {
-            *d = T::from_compute(gv.to_compute() * p + (xv.to_compute() - hi) * q + o);
+        // split at the row's first line boundary where it is long enough (`store_ranges`)
+        for r in prefetch::store_ranges(dr, cols) {
+            let coef = (hi[r.clone()].iter()).zip(p[r.clone()].iter().zip(&q[r.clone()]).zip(&o[r.clone()]));
+            let (dr, xr, gr) = (&mut dr[r.clone()], &xr[r.clone()], &gr[r]);
+            for ((d, (&xv, &gv)), (&hi, ((&p, &q), &o))) in
+                dr.iter_mut().zip(xr.iter().zip(gr)).zip(coef)
+            {
+                *d = T::from_compute(gv.to_compute() * p + (xv.to_compute() - hi) * q + o);
+            }
         }
     }
 }
@@ -657,7 +661,7 @@ pub fn apply_channel_grad<T: Element>(
                 )
                 .enumerate()
                 .for_each(|(p, (dc, (xc, gc)))| {
-                    sample_runs(p * rows, xc.len() / c, geom, |n, span| {
+                    sample_runs((p * rows, xc.len() / c), geom, k.per_sample, |n, span| {
                         let cs = idx(n, 0)..idx(n, 0) + c;
                         let coef = (&k.p[cs.clone()], &k.q[cs.clone()], &fo[cs.clone()]);
                         grad_apply_rows(
@@ -930,6 +934,20 @@ mod tests {
                     want.to_bits(),
                     "layer_norm_grad_apply off {off} i {i}"
                 );
+            }
+            // channels-last rows: 2 of 350 columns (split) and 7 of 100 (not split)
+            for cols in [350, 100] {
+                let (hi, pc, qc, oc) = (&x[..cols], &w[..cols], &g[..cols], &w[cols..2 * cols]);
+                grad_apply_rows(&x, &g, dx, (hi, (pc, qc, oc)));
+                for i in 0..n {
+                    let c = i % cols;
+                    let want = g[i] * pc[c] + (x[i] - hi[c]) * qc[c] + oc[c];
+                    assert_eq!(
+                        dx[i].to_bits(),
+                        want.to_bits(),
+                        "grad_apply_rows cols {cols} off {off} i {i}"
+                    );
+                }
             }
             grad_apply_run(&x, &g, dx, mu, p, q, o);
             let (hi, o3) = mu.fold(q, o);

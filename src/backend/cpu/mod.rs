@@ -125,11 +125,15 @@ fn affine_rows<T: Element>(
         pairs::affine_rows(xw, yw, k);
         return;
     }
+    // each row split at its first line boundary where it is long enough (`store_ranges`)
     if hi.is_empty() {
         let cols = scale.len();
         for (yr, xr) in y.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
-            for ((o, &v), (&sc, &of)) in yr.iter_mut().zip(xr).zip(scale.iter().zip(offset)) {
-                *o = T::from_compute(v.to_compute() * sc + of);
+            for r in prefetch::store_ranges(yr, cols) {
+                let coef = scale[r.clone()].iter().zip(&offset[r.clone()]);
+                for ((o, &v), (&sc, &of)) in yr[r.clone()].iter_mut().zip(&xr[r]).zip(coef) {
+                    *o = T::from_compute(v.to_compute() * sc + of);
+                }
             }
         }
         return;
@@ -144,9 +148,11 @@ fn affine_rows<T: Element>(
         return;
     }
     for (yr, xr) in y.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
-        let coef = hi.iter().zip(scale).zip(offset);
-        for ((o, &v), ((&hi, &sc), &of)) in yr.iter_mut().zip(xr).zip(coef) {
-            *o = T::from_compute((v.to_compute() - hi) * sc + of);
+        for r in prefetch::store_ranges(yr, cols) {
+            let coef = hi[r.clone()].iter().zip(&scale[r.clone()]).zip(&offset[r.clone()]);
+            for ((o, &v), ((&hi, &sc), &of)) in yr[r.clone()].iter_mut().zip(&xr[r]).zip(coef) {
+                *o = T::from_compute((v.to_compute() - hi) * sc + of);
+            }
         }
     }
 }
@@ -1147,7 +1153,7 @@ pub fn apply_channel<T: Element>(
                 .zip(x.par_chunks(rows * g.c).on_threads())
                 .enumerate()
                 .for_each(|(p, (yc, xc))| {
-                    sample_runs(p * rows, xc.len() / g.c, g, |n, span| {
+                    sample_runs((p * rows, xc.len() / g.c), g, k.per_sample, |n, span| {
                         let cs = idx(n, 0)..idx(n, 0) + g.c;
                         let hs = if fold { &hi[..] } else { &hi[cs.clone()] };
                         let words = split.as_ref().map(|s| s.view(cs.clone()));
@@ -1161,14 +1167,21 @@ pub fn apply_channel<T: Element>(
 
 /// Channels last: splits the rows `first .. first + rows` of a work piece (rows of `C`
 /// elements, `S` rows per sample) into runs within one sample, and calls `f(n, span)` with the
-/// sample and the run's element range relative to the piece.
+/// sample and the run's element range relative to the piece. Coefficients shared by every
+/// sample (`per_sample` false) need no split: one run of the whole piece, `n` its first
+/// row's sample. (BatchNorm1d has `S` = 1, so a split made a call per row: 4096 calls of the
+/// row kernel for the standard 4096x1024 case, its dispatch and slicing in each.)
 pub(crate) fn sample_runs(
-    first: usize,
-    rows: usize,
+    (first, rows): (usize, usize),
     g: Geom,
+    per_sample: bool,
     mut f: impl FnMut(usize, std::ops::Range<usize>),
 ) {
     let s = g.s.max(1);
+    if !per_sample {
+        f(first / s, 0..rows * g.c);
+        return;
+    }
     let (mut r, end) = (first, first + rows);
     while r < end {
         let run_end = ((r / s + 1) * s).min(end);
@@ -1558,7 +1571,7 @@ mod tests {
     /// the same function of its inputs and per-column coefficients as without the split.
     #[test]
     fn elementwise_kernels_give_the_same_results_at_every_output_offset() {
-        use super::{Centre, LrnDenom, Power, affine_run, layer_norm_row, lrn_divide};
+        use super::{Centre, LrnDenom, Power, affine_rows, affine_run, layer_norm_row, lrn_divide};
         let n = 700; // 2800 bytes: split (prefetch::MIN_SPLIT_BYTES)
         let x: Vec<f32> = (0..n)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0 + 1000.0)
@@ -1595,12 +1608,53 @@ mod tests {
                 let want = (x[i] - hi) * scale + of;
                 assert_eq!(y[i].to_bits(), want.to_bits(), "affine_run off {off} i {i}");
             }
+            // channels-last rows: 2 rows of 350 columns (1400 bytes, each row split) and 7 of
+            // 100 (400 bytes, not split), folded (no `hi`) and centred
+            for cols in [350, 100] {
+                let (sc, of, hi) = (&w[..cols], &b[..cols], &acc[..cols]);
+                for centred in [false, true] {
+                    let his: &[f32] = if centred { hi } else { &[] };
+                    affine_rows(&x, y, (his, sc, of), None);
+                    for i in 0..n {
+                        let c = i % cols;
+                        let v = if centred { x[i] - hi[c] } else { x[i] };
+                        let want = v * sc[c] + of[c];
+                        assert_eq!(
+                            y[i].to_bits(),
+                            want.to_bits(),
+                            "affine_rows cols {cols} centred {centred} off {off} i {i}"
+                        );
+                    }
+                }
+            }
             lrn_divide(&x, y, &acc, LrnDenom::new(5.0, 1e-2, 2.0, Power::Half));
             for i in 0..n {
                 let want = x[i] / (acc[i] * (1e-2 / 5.0) + 2.0).sqrt();
                 assert_eq!(y[i].to_bits(), want.to_bits(), "lrn_divide off {off} i {i}");
             }
         }
+    }
+
+    /// Channels-last runs: within one sample where the coefficients are per sample, the
+    /// whole piece where they are shared.
+    #[test]
+    fn sample_runs_split_only_per_sample_coefficients() {
+        use super::{Geom, sample_runs};
+        let g = Geom { n: 4, c: 3, s: 5 };
+        let mut runs = Vec::new();
+        sample_runs((3, 9), g, true, |n, span| runs.push((n, span)));
+        assert_eq!(runs, vec![(0, 0..6), (1, 6..21), (2, 21..27)]);
+        runs.clear();
+        sample_runs((3, 9), g, false, |n, span| runs.push((n, span)));
+        assert_eq!(runs, vec![(0, 0..27)]);
+        runs.clear();
+        // one row per sample (BatchNorm1d): a run per row, or one for the piece
+        let g1 = Geom { n: 8, c: 3, s: 1 };
+        sample_runs((2, 3), g1, true, |n, span| runs.push((n, span)));
+        assert_eq!(runs, vec![(2, 0..3), (3, 3..6), (4, 6..9)]);
+        runs.clear();
+        sample_runs((2, 3), g1, false, |n, span| runs.push((n, span)));
+        assert_eq!(runs, vec![(2, 0..9)]);
     }
 
     /// The channels-first LocalResponseNorm plane kernel sums the window's squares from zero in
