@@ -407,6 +407,17 @@ fn plane_merged_moments<T: Element>(x: &[T], g: Geom) -> (Vec<f64>, Vec<f64>) {
 /// last 1.04–1.19x, BatchNorm1d train 0.79–1.25x (noise). The shifted pass (round 10) then
 /// replaced Welford in the common case, see [`shifted_columns`].
 fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>, Vec<f64>) {
+    column_moments_to(x, &[], cols, parallel)
+}
+
+/// [`column_moments`], prefetching `dest` (empty: nothing; else as long as `x`: the output the
+/// caller's apply writes next) at the positions it reads in `x` ([`column_dev_sums`]).
+fn column_moments_to<T: Element>(
+    x: &[T],
+    dest: &[T],
+    cols: usize,
+    parallel: bool,
+) -> (Vec<f64>, Vec<f64>) {
     if cols == 0 {
         return (Vec::new(), Vec::new());
     }
@@ -437,6 +448,9 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
             for (c, chunk) in piece.chunks(chunk_len).enumerate() {
                 // the chunk and the rest of the task, which the pass prefetches ahead of itself
                 let ahead = &task[p * piece_len + c * chunk_len..];
+                let at = task.as_ptr() as usize - x.as_ptr() as usize;
+                let at = at / std::mem::size_of::<T>().max(1) + p * piece_len + c * chunk_len;
+                let dest = dest.get(at..).unwrap_or(&[]);
                 block.n = (chunk.len() / cols) as f64;
                 let parts = (&mut mean[..], &mut m2[..]);
                 if !shifted_columns::<T>(
@@ -444,7 +458,7 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
                     parts,
                     (&mut sums.0, &mut sums.1),
                     &centre,
-                    (chunk, ahead),
+                    (chunk, ahead, dest),
                 ) {
                     // Welford's moments for the columns the check rejected (a non-finite value,
                     // a centre far from the chunk's mean); the others keep their shifted sums,
@@ -508,7 +522,8 @@ fn column_moments<T: Element>(x: &[T], cols: usize, parallel: bool) -> (Vec<f64>
 /// non-finite value or a far centre in one column costs the others no precision. `parts` and
 /// `sums` are scratch of the chunk's width (`sums` keeps `Σd`, `Σd²` for that test); `ahead`
 /// is the input from the chunk's first element on (the chunk, then what the caller reads after
-/// it), which the pass prefetches one block ahead ([`column_dev_sums`]).
+/// it), which the pass prefetches one block ahead, and `dest` the output at the chunk's
+/// position (or empty), prefetched as read ([`column_dev_sums`]).
 ///
 /// Round 10: 3 vector operations per element (`x − h`, `+`, `+ d·d`, the partials of
 /// [`COLUMN_TILE`] columns in registers) instead of Welford's 7 with two stores. Where the
@@ -520,11 +535,11 @@ fn shifted_columns<T: Element>(
     parts: (&mut [T::Compute], &mut [T::Compute]),
     (s1, s2): (&mut [T::Acc], &mut [T::Acc]),
     shift: &[T::Compute],
-    (chunk, ahead): (&[T], &[T]),
+    (chunk, ahead, dest): (&[T], &[T], &[T]),
 ) -> bool {
     s1.fill(T::Acc::ZERO);
     s2.fill(T::Acc::ZERO);
-    column_dev_sums::<T>((s1, s2), parts, shift, (chunk, ahead));
+    column_dev_sums::<T>((s1, s2), parts, shift, (chunk, ahead, dest));
     let n = block.n;
     let cols = block.mean.iter_mut().zip(&mut block.m2);
     let inv = 1.0 / n;
@@ -586,19 +601,22 @@ simd_clones! {
 /// `ahead` (the input from the chunk's first element on), one line per line it reads.
 /// Same-run A/B (round 13, alternating processes, 1 and 2 threads): BatchNorm2d NHWC train
 /// 1.08–1.10x f32, 1.03–1.13x bf16; GroupNorm NHWC fwd 1.07–1.12x f32, 1.03–1.07x bf16
-/// (docs/perf/cpu.md, round 13). Results unchanged: a prefetch is only a hint.
+/// (docs/perf/cpu.md, round 13). `dest` (the caller's output from the chunk's first element
+/// on, or empty) is prefetched at the lines the tile reads in this block. Results unchanged: a
+/// prefetch is only a hint.
 fn column_dev_sums<T: Element>(
     sums: (&mut [T::Acc], &mut [T::Acc]),
     parts: (&mut [T::Compute], &mut [T::Compute]),
     shift: &[T::Compute],
-    input: (&[T], &[T]),
+    input: (&[T], &[T], &[T]),
 ) {
-    let ((s1, s2), (p1, p2), (chunk, ahead)) = (sums, parts, input);
+    let ((s1, s2), (p1, p2), (chunk, ahead, dest)) = (sums, parts, input);
     let cols = shift.len();
     let tiled = cols - cols % COLUMN_TILE;
     let block_len = (moments::FLUSH * cols).max(1);
     for (k, block) in chunk.chunks(block_len).enumerate() {
         let next = ahead.get((k + 1) * block_len..).unwrap_or(&[]);
+        let here = dest.get(k * block_len..).unwrap_or(&[]);
         for c0 in (0..tiled).step_by(COLUMN_TILE) {
             let (mut a, mut b) = ([T::Compute::ZERO; COLUMN_TILE], [T::Compute::ZERO; COLUMN_TILE]);
             let sh = &shift[c0..c0 + COLUMN_TILE];
@@ -609,6 +627,7 @@ fn column_dev_sums<T: Element>(
                 }
                 for l in (0..COLUMN_TILE).step_by(prefetch::line_elems::<T>()) {
                     prefetch::line(next, r * cols + c0 + l);
+                    prefetch::line(here, r * cols + c0 + l);
                 }
             }
             p1[c0..c0 + COLUMN_TILE].copy_from_slice(&a);
@@ -925,7 +944,7 @@ pub fn group_moments<T: Element>(
             let sample_len = g.s * g.c;
             for n in 0..g.n {
                 let xs = &x[n * sample_len..(n + 1) * sample_len];
-                let (gmean, gm2) = sample_group_moments(xs, g.c, cg, true);
+                let (gmean, gm2) = sample_group_moments(xs, &[], g.c, cg, true);
                 means.extend(gmean);
                 m2s.extend(gm2);
             }
@@ -939,12 +958,13 @@ pub fn group_moments<T: Element>(
 /// group's channels merged in order (Chan et al., equal counts).
 fn sample_group_moments<T: Element>(
     xs: &[T],
+    dest: &[T],
     c: usize,
     cg: usize,
     parallel: bool,
 ) -> (Vec<f64>, Vec<f64>) {
     let n = (xs.len() / c.max(1)) as f64;
-    let (mean, m2) = column_moments(xs, c, parallel);
+    let (mean, m2) = column_moments_to(xs, dest, c, parallel);
     mean.chunks(cg.max(1))
         .zip(m2.chunks(cg.max(1)))
         .map(|(ms, qs)| {
@@ -1009,8 +1029,13 @@ fn group_norm_last_fused<T: Element>(
     let cg = g.c / groups;
     let sample = g.s * g.c;
     let total = g.n * sample;
+    // the statistics pass prefetches the sample's `y` (4- and 8-byte elements, a sample whose
+    // `x` and `y` fit in L2), so that the apply stores into cached lines: same-binary A/B on a
+    // Xeon (Emerald Rapids) VM, 16x256x32x32 f32, 1.21x at 1 and 2 threads; bf16 0.88x
+    let prefetch_y = prefetch::output_pays::<T>() && prefetch::fits_l2::<T>(2 * sample);
     let per_sample = |xs: &[T], ys: &mut [T], parallel: bool| {
-        let (mean, m2) = sample_group_moments(xs, g.c, cg, parallel);
+        let dest: &[T] = if prefetch_y { ys } else { &[] };
+        let (mean, m2) = sample_group_moments(xs, dest, g.c, cg, parallel);
         let r: Vec<T::Compute> = m2.iter().map(|&v| finish(v)).collect();
         let shift: Vec<_> = (0..g.c)
             .map(|c| Centre::<T::Compute>::of(mean[c / cg]))
@@ -2194,7 +2219,7 @@ mod tests {
                 parts,
                 (&mut sums.0, &mut sums.1),
                 &heads,
-                (x, x),
+                (x, x, &[]),
             );
             (ok, block)
         };
