@@ -131,7 +131,8 @@ NK_DEVICE void layer_norm_fwd_block(const LayerNormParams p) {
 // ---- Backward ------------------------------------------------------------------------------
 // layer_norm_bwd: one block per row (blockDim.x = 32..512, chosen by the host from cols),
 // grid-stride over rows, grid = SMs × (LN_BWD_THREADS_PER_SM / blockDim.x) (launch.rs). Per
-// row, with d = x − μ, ĝ = dy·γ:
+// row, with d = x − μ (μ the saved mean, or hi + lo where its rounding matters: `recentred`,
+// common/types.cuh, one more block sum for such rows), ĝ = dy·γ:
 //   a = Σĝ/cols·r, b = Σĝ·d/cols·r³, dx = ĝ·r − a − d·b        (CPU order, sums in C)
 // and each thread accumulates dγ_j += dy·d·r, dβ_j += dy for its columns:
 //   resident (cols <= T·LN_BWD_VALUES): thread t holds the packs q = it·T + t (16-byte packs
@@ -164,6 +165,10 @@ NK_DEVICE void layer_norm_bwd(const LayerNormBwdParams p) {
     C* pdb = params ? static_cast<C*>(p.workspace) + (p.partials + blockIdx.x) * cols : 0;
     const bool resident = cols <= nthreads * VALUES;
     const C m = (C)cols;
+    // the saved mean's rounding is recovered for f32 rows only: f16/bf16 data near a mean
+    // of 1e4 are 8–64 apart, far more than an f32 mean's rounding, and an f64 mean's
+    // rounding is 2^-29 of an f32 one's; the f64 and f16 kernels would spill registers
+    const bool RECOVER = sizeof(S) == 4;
     if (resident) {
         const bool vec_ok = is_aligned16(x) && is_aligned16(dy) && optional_aligned16(dx) &&
                             cols % N == 0;
@@ -193,6 +198,21 @@ NK_DEVICE void layer_norm_bwd(const LayerNormBwdParams p) {
                 load_pack<S, N>(xr, j, cols, vec_ok, xv[it]);
                 load_pack<S, N>(gr, j, cols, vec_ok, gv[it]);
             }
+            Centre<C> mc;
+            mc.hi = mu;
+            mc.lo = (C)0;
+            if (RECOVER && rounding_matters(mu, rs)) {  // uniform over the block (one row)
+                C s = (C)0;
+#pragma unroll
+                for (int it = 0; it < ITERS; ++it) {
+                    const i64 j = ((i64)it * nthreads + tid) * N;
+#pragma unroll
+                    for (int k = 0; k < N; ++k)
+                        if (j + k < cols) s += xv[it][k] - mu;
+                }
+                s = block_all_reduce_sum(s, smem);
+                mc = recentred(mu, s / m);
+            }
             C sa = (C)0, sb = (C)0;
 #pragma unroll
             for (int it = 0; it < ITERS; ++it) {
@@ -200,7 +220,7 @@ NK_DEVICE void layer_norm_bwd(const LayerNormBwdParams p) {
 #pragma unroll
                 for (int k = 0; k < N; ++k)
                     if (j + k < cols) {
-                        const C d = xv[it][k] - mu;
+                        const C d = mc.centre(xv[it][k]);
                         const C gw = w ? gv[it][k] * wv[it][k] : gv[it][k];
                         sa += gw;
                         sb += gw * d;
@@ -221,7 +241,7 @@ NK_DEVICE void layer_norm_bwd(const LayerNormBwdParams p) {
 #pragma unroll
                         for (int k = 0; k < N; ++k) {
                             const C gw = w ? gv[it][k] * wv[it][k] : gv[it][k];
-                            o[k] = gw * rs - a - (xv[it][k] - mu) * b;
+                            o[k] = gw * rs - a - mc.centre(xv[it][k]) * b;
                         }
                         store_pack<S, N>(dr, j, cols, vec_ok, o);
                     }
@@ -247,10 +267,19 @@ NK_DEVICE void layer_norm_bwd(const LayerNormBwdParams p) {
         const S* gr = dy + row * cols;
         const C mu = static_cast<const C*>(p.mean)[row];
         const C rs = static_cast<const C*>(p.rstd)[row];
+        Centre<C> mc;
+        mc.hi = mu;
+        mc.lo = (C)0;
+        if (RECOVER && rounding_matters(mu, rs)) {
+            C s = (C)0;
+            for (i64 j = tid; j < cols; j += nthreads) s += Traits<S>::load(xr[j]) - mu;
+            s = block_all_reduce_sum(s, smem);
+            mc = recentred(mu, s / m);
+        }
         C sa = (C)0, sb = (C)0;
         for (i64 j = tid; j < cols; j += nthreads) {
             const C g = Traits<S>::load(gr[j]);
-            const C d = Traits<S>::load(xr[j]) - mu;
+            const C d = mc.centre(Traits<S>::load(xr[j]));
             const C gw = w ? g * w[j] : g;
             sa += gw;
             sb += gw * d;
@@ -266,7 +295,7 @@ NK_DEVICE void layer_norm_bwd(const LayerNormBwdParams p) {
             S* dr = dx + row * cols;
             for (i64 j = tid; j < cols; j += nthreads) {
                 const C g = Traits<S>::load(gr[j]);
-                const C d = Traits<S>::load(xr[j]) - mu;
+                const C d = mc.centre(Traits<S>::load(xr[j]));
                 const C gw = w ? g * w[j] : g;
                 dr[j] = Traits<S>::store(gw * rs - a - d * b);
             }

@@ -211,6 +211,15 @@ where
     T::Compute: ElementData,
 {
     let x: Vec<T> = cast(&data(rows * cols, (rows * 31 + cols) as u64, 3.0));
+    layer_norm_case_of(&x, rows, cols, w);
+}
+
+/// [`layer_norm_case`] on the given `x` (`rows·cols` elements).
+fn layer_norm_case_of<T>(x: &[T], rows: usize, cols: usize, w: Want)
+where
+    T: ElementData,
+    T::Compute: ElementData,
+{
     let g: Vec<T> = cast(&data(rows * cols, (rows * 17 + cols) as u64, 0.0));
     let weight: Vec<T::Compute> = cast(&data(cols, 7, 1.0));
     let wo = w.weight.then_some(&weight[..]);
@@ -219,7 +228,7 @@ where
     args.weight = wo.map(|w| Tensor::new(w, &[cols]).unwrap());
     args.eps = 1e-5;
     let stats = layer_norm(
-        &Tensor::new(&x[..], &[rows, cols]).unwrap(),
+        &Tensor::new(x, &[rows, cols]).unwrap(),
         &mut TensorMut::new(&mut y[..], &[rows, cols]).unwrap(),
         args,
     )
@@ -229,7 +238,7 @@ where
     let mut want = Bufs::<T>::new(rows * cols, cols);
     layer_norm_backward(
         &Tensor::new(&g[..], &[rows, cols]).unwrap(),
-        &Tensor::new(&x[..], &[rows, cols]).unwrap(),
+        &Tensor::new(x, &[rows, cols]).unwrap(),
         LayerNormBackwardArgs {
             normalized_shape: vec![cols],
             weight: wo.map(|w| Tensor::new(w, &[cols]).unwrap()),
@@ -246,7 +255,7 @@ where
             dev.sms
         );
         let mut got = Bufs::<T>::new(rows * cols, cols);
-        dev.layer_norm_backward::<T>(&x, &g, &mean, &rstd, wo, rows, cols, got.emu(w))
+        dev.layer_norm_backward::<T>(x, &g, &mean, &rstd, wo, rows, cols, got.emu(w))
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         got.compare(&what, &want, rows);
     }
@@ -562,6 +571,25 @@ fn lrn_all<T: ElementData>() {
         lrn_case::<T>(order, (3, 13, 5), 5);
         lrn_case::<T>(order, (1, 4, 97), 3);
         lrn_case::<T>(order, (2, 3, 7), 8);
+    }
+}
+
+/// Rows with a large mean against their spread (x ≈ 1e4 ± 1e-2): the f32 saved mean's rounding
+/// (up to 4.9e-4) is a sizeable part of x − mean, and the kernel recovers it as the CPU backward
+/// does (`recentred`, kernels/common/types.cuh); without that, dweight was about 10 % off the
+/// CPU op here. Resident and streaming rows.
+#[test]
+fn layer_norm_bwd_recovers_the_saved_f32_mean() {
+    if !ready() {
+        return;
+    }
+    for (i, cols) in [97, 1025, LN_BWD_RESIDENT_COLS + 1].into_iter().enumerate() {
+        let rows = 5;
+        let x: Vec<f32> = data(rows * cols, 40 + i as u64, 0.0)
+            .into_iter()
+            .map(|v| (1e4 + v * 5e-3) as f32)
+            .collect();
+        layer_norm_case_of(&x, rows, cols, WANTS[i % 2]);
     }
 }
 

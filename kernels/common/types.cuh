@@ -139,6 +139,27 @@ template <class C> NK_DEVICE Centre<C> centre_of(C shift, C dm) {
     return m;
 }
 
+// The backward's recovery of a saved mean's rounding (the CPU backward's `recovered_centre` /
+// `recovered_centres`, backend/cpu/backward.rs): where |hi|·r >= 64 (RECOVER_LIMIT; NaN is
+// not), the rounding δ of an f32 saved mean (up to 4.9e-4 at 1e4) is a sizeable part of
+// x − mean, and every x̂ would be off by δ·r. The caller then sums dm = Σ(x − hi)/count over
+// the statistic's elements and centres on recentred(hi, dm): hi + dm as hi + lo where hi is
+// that sum's rounding (the forward saved it), else the saved mean as given (statistics from
+// elsewhere).
+template <class C> NK_DEVICE bool rounding_matters(C hi, C r) {
+    const double t = (double)hi * (double)r;
+    return t >= 64.0 || t <= -64.0;
+}
+
+template <class C> NK_DEVICE Centre<C> recentred(C hi, C dm) {
+    Centre<C> m = centre_of(hi, dm);
+    if (m.hi != hi) {
+        m.hi = hi;
+        m.lo = (C)0;
+    }
+    return m;
+}
+
 // Inverse standard deviation from m2 = Σ(x−μ)² over `count` elements, in CPU order
 // (backend/cpu/moments.rs `finish`): var = C(m2)/count (biased), optional clamp of a negative
 // var at 0 (max(var, 0) as PyTorch's C++ computes it: a NaN variance stays NaN),
