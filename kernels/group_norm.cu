@@ -209,7 +209,8 @@ NK_DEVICE void instance_norm_running(const InstanceNormRunningParams p) {
 // (M = cg·s), and writes dx = dy·(r·γ_c) + (x − μ)·q + o over the group (a second read, mostly
 // from L2). With parameter gradients, A and B go to workspace (2·n·c C values); the last block
 // to take a ticket (counters[0], reset by it) writes grad_weight_c = Σ_n B_{n,c}·r_{n,g} and
-// grad_bias_c = Σ_n A_{n,c}, summed in n order in f64.
+// grad_bias_c = Σ_n A_{n,c}, summed in n order in f64. μ is the saved mean, or (f32, where its
+// rounding matters) hi + lo from one more pass over the group (`recentred`).
 template <class S, bool NHWC>
 NK_DEVICE void group_norm_bwd(const NormBwdParams p) {
     typedef typename Traits<S>::C C;
@@ -229,8 +230,22 @@ NK_DEVICE void group_norm_bwd(const NormBwdParams p) {
     for (i64 ng = blockIdx.x; ng < p.n * p.groups; ng += gridDim.x) {
         const i64 n = ng / p.groups;
         const i64 g = ng - n * p.groups;
-        const C mu = mean[ng];
         const C r = rstd[ng];
+        Centre<C> mu;
+        mu.hi = mean[ng];
+        mu.lo = (C)0;
+        // the saved mean's rounding recovered where it matters (f32 only, as layer_norm_bwd:
+        // `rounding_matters` / `recentred`, common/types.cuh; the CPU backward's rule)
+        if (sizeof(S) == 4 && rounding_matters(mu.hi, r)) {
+            C sd = (C)0;
+            for (i64 i = threadIdx.x; i < cg * p.s; i += blockDim.x) {
+                i64 ch;
+                const i64 off = gn_offset<NHWC, NormBwdParams>(p, n, g, cg, i, &ch);
+                sd += Traits<S>::load(x[off]) - mu.hi;
+            }
+            sd = block_all_reduce_sum(sd, smem);
+            mu = recentred(mu.hi, sd / (C)(cg * p.s));
+        }
         double sa = 0.0, sb = 0.0;
         for (i64 cc = 0; cc < cg; ++cc) {
             const i64 ch = g * cg + cc;
@@ -239,7 +254,7 @@ NK_DEVICE void group_norm_bwd(const NormBwdParams p) {
                 const i64 off = NHWC ? (n * p.s + t) * p.c + ch : (n * p.c + ch) * p.s + t;
                 const C gv = Traits<S>::load(dy[off]);
                 a += gv;
-                b += gv * (Traits<S>::load(x[off]) - mu);
+                b += gv * mu.centre(Traits<S>::load(x[off]));
             }
             a = block_all_reduce_sum(a, smem);
             b = block_all_reduce_sum(b, smem);
@@ -260,7 +275,7 @@ NK_DEVICE void group_norm_bwd(const NormBwdParams p) {
                 i64 ch;
                 const i64 off = gn_offset<NHWC, NormBwdParams>(p, n, g, cg, i, &ch);
                 const C pc = w ? r * w[ch] : r;
-                const C d = Traits<S>::load(x[off]) - mu;
+                const C d = mu.centre(Traits<S>::load(x[off]));
                 dx[off] = Traits<S>::store(Traits<S>::load(dy[off]) * pc + d * q + o);
             }
         }

@@ -420,9 +420,24 @@ fn group_norm_case<T>(
     T: ElementData,
     T::Compute: ElementData,
 {
+    let x0: Vec<T> = cast(&data(n * c * s, (n * 100 + c * 10 + s) as u64, 2.5));
+    group_norm_case_of(order, (n, c, s), groups, instance, w, x0);
+}
+
+/// [`group_norm_case`] on the given `x0` (`n·c·s` elements in NCHW order).
+fn group_norm_case_of<T>(
+    order: ChannelOrder,
+    (n, c, s): (usize, usize, usize),
+    groups: usize,
+    instance: bool,
+    w: Want,
+    x0: Vec<T>,
+) where
+    T: ElementData,
+    T::Compute: ElementData,
+{
     let total = n * c * s;
     let shape = [n, c, s, 1];
-    let x0: Vec<T> = cast(&data(total, (n * 100 + c * 10 + s) as u64, 2.5));
     let g0: Vec<T> = cast(&data(total, (n * 7 + c * 3 + s) as u64, -0.5));
     let (x, g) = match order {
         ChannelOrder::Nchw => (x0, g0),
@@ -590,6 +605,28 @@ fn layer_norm_bwd_recovers_the_saved_f32_mean() {
             .map(|v| (1e4 + v * 5e-3) as f32)
             .collect();
         layer_norm_case_of(&x, rows, cols, WANTS[i % 2]);
+    }
+}
+
+/// GroupNorm and InstanceNorm backward on groups with a large mean against their spread
+/// (x ≈ 1e4 ± 1e-2, both layouts): the kernel recovers the f32 saved mean's rounding as the
+/// CPU backward does.
+#[test]
+fn group_norm_bwd_recovers_the_saved_f32_mean() {
+    if !ready() {
+        return;
+    }
+    for (i, order) in [ChannelOrder::Nchw, ChannelOrder::Nhwc]
+        .into_iter()
+        .enumerate()
+    {
+        let (n, c, s) = (2, 6, 97);
+        let x0: Vec<f32> = data(n * c * s, 60 + i as u64, 0.0)
+            .into_iter()
+            .map(|v| (1e4 + v * 5e-3) as f32)
+            .collect();
+        group_norm_case_of(order, (n, c, s), 3, false, WANTS[0], x0.clone());
+        group_norm_case_of(order, (n, c, s), c, true, WANTS[i], x0);
     }
 }
 
