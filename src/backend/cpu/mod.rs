@@ -430,7 +430,10 @@ fn column_moments_to<T: Element>(
     column_heads::<T>(&mut heads, &mut vec![T::Compute::ZERO; cols], x);
     // every task's temporaries are `Scratch` vectors, back to the worker's pool for its next
     // task or call (the task's result goes to the pool of the caller, which merges them)
-    let one = |task: &[T]| {
+    let task_len = (task_rows * cols).max(1);
+    let one = |(t, task): (usize, &[T])| {
+        // the caller's output where this task reads (empty: no prefetch)
+        let task_dest = dest.get(t * task_len..).unwrap_or(&[]);
         let mut mean = Scratch::filled(T::Compute::ZERO, cols);
         let mut m2 = Scratch::filled(T::Compute::ZERO, cols);
         let mut shift = Scratch::filled(T::Compute::ZERO, cols);
@@ -448,9 +451,9 @@ fn column_moments_to<T: Element>(
             for (c, chunk) in piece.chunks(chunk_len).enumerate() {
                 // the chunk and the rest of the task, which the pass prefetches ahead of itself
                 let ahead = &task[p * piece_len + c * chunk_len..];
-                let at = task.as_ptr() as usize - x.as_ptr() as usize;
-                let at = at / std::mem::size_of::<T>().max(1) + p * piece_len + c * chunk_len;
-                let dest = dest.get(at..).unwrap_or(&[]);
+                let dest = task_dest
+                    .get(p * piece_len + c * chunk_len..)
+                    .unwrap_or(&[]);
                 block.n = (chunk.len() / cols) as f64;
                 let parts = (&mut mean[..], &mut m2[..]);
                 if !shifted_columns::<T>(
@@ -487,11 +490,14 @@ fn column_moments_to<T: Element>(
         }
         total
     };
-    let task_len = (task_rows * cols).max(1);
     let tasks: Vec<ColumnMoments> = if parallel {
-        x.par_chunks(task_len).on_threads().map(one).collect()
+        x.par_chunks(task_len)
+            .on_threads()
+            .enumerate()
+            .map(one)
+            .collect()
     } else {
-        x.chunks(task_len).map(one).collect()
+        x.chunks(task_len).enumerate().map(one).collect()
     };
     let mut all = ColumnMoments::new(cols);
     for t in &tasks {
