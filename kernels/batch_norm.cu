@@ -307,14 +307,20 @@ NK_DEVICE void batch_norm_affine(const BatchNormApplyParams p) {
 //     the coefficients of dx = dy·p + (x − μ)·q + o (in f64, rounded to C, CPU order):
 //       p = r·γ, q = −r³·γB/M, o = −r·γA/M   (M = n·s)
 //     and grad_weight = B·r, grad_bias = A (overwritten or accumulated); resets the counter.
+//     f32 with `recover` (saved statistics of this batch) where |μ|·r >= 64 (`rounding_matters`,
+//     common/types.cuh): the blocks also sum D = Σ(x − μ) and the last one recovers the saved
+//     mean's rounding, μ' = μ + lo from recentred(μ, D/M) (the CPU backward's rule, as the
+//     LayerNorm and GroupNorm backward): B = Σdy·(x − μ) − lo·A, and the input kernel's
+//     dx = dy·p + (x − μ)·q + (o − lo·q) centres on μ' with the saved μ.
 //   bwd_input_{nchw,nhwc}  dx elementwise from the coefficients. Grid-stride.
 // Frozen (running statistics, training = 0): r = 1/sqrt(rv + eps) in C, q = o = 0; the input
 //   kernel computes p = r·γ itself (1 launch); the reduce runs only for grad_weight/grad_bias.
-// Workspace (C values): sa[splits·c], sb[splits·c], coef[3·c] (p, q, o).
+// Workspace (C values): sa[splits·c], sb[splits·c], coef[3·c] (p, q, o), sd[splits·c].
 template <class C> struct BnBwdWorkspace {
     C* sa;
     C* sb;
     C* coef;
+    C* sd;
 };
 
 template <class C> NK_DEVICE BnBwdWorkspace<C> bn_bwd_workspace(const NormBwdParams& p) {
@@ -323,6 +329,7 @@ template <class C> NK_DEVICE BnBwdWorkspace<C> bn_bwd_workspace(const NormBwdPar
     ws.sa = static_cast<C*>(p.workspace);
     ws.sb = ws.sa + slots;
     ws.coef = ws.sb + slots;
+    ws.sd = ws.coef + 3 * p.c;
     return ws;
 }
 
@@ -331,21 +338,36 @@ template <class C> NK_DEVICE C bn_bwd_rstd(const NormBwdParams& p, i64 ch) {
     return p.training ? v : (C)1 / nk_sqrt(v + (C)p.eps);
 }
 
-template <class C>
+// Whether channel `ch` (saved mean `mu`) has its saved mean's rounding recovered: f32 data,
+// `recover` and saved statistics, |μ|·r >= 64 (f16/bf16 data cannot carry the case and an f64
+// mean's rounding is 2^-29 of an f32 one's, as in layer_norm_bwd).
+template <class S, class C> NK_DEVICE bool bn_bwd_recovers(const NormBwdParams& p, C mu, i64 ch) {
+    return sizeof(S) == 4 && p.recover && p.training && rounding_matters(mu, bn_bwd_rstd<C>(p, ch));
+}
+
+template <class S, class C>
 NK_DEVICE void bn_bwd_finish_channel(const NormBwdParams& p, const BnBwdWorkspace<C>& ws, i64 ch) {
-    C a = (C)0, b = (C)0;
+    const C mu = static_cast<const C*>(p.mean)[ch];
+    const bool rec = bn_bwd_recovers<S>(p, mu, ch);
+    C a = (C)0, b = (C)0, d = (C)0;
     for (i64 k = 0; k < p.splits; ++k) {
         a += ((volatile C*)ws.sa)[k * p.c + ch];
         b += ((volatile C*)ws.sb)[k * p.c + ch];
+        if (rec) d += ((volatile C*)ws.sd)[k * p.c + ch];
     }
     const C r = bn_bwd_rstd<C>(p, ch);
     const C gamma = p.weight ? static_cast<const C*>(p.weight)[ch] : (C)1;
     const double rd = (double)r;
     const double count = (double)(p.n * p.s);
+    // the saved mean's rounding: μ' = μ + lo, B = Σdy·(x − μ') = Σdy·(x − μ) − lo·A
+    const double lo = rec ? (double)recentred(mu, d / (C)count).lo : 0.0;
+    const double bb = (double)b - lo * (double)a;
+    const C q = p.training ? (C)(-rd * rd * rd * ((double)gamma * bb) / count) : (C)0;
     ws.coef[ch] = r * gamma;
-    ws.coef[p.c + ch] = p.training ? (C)(-rd * rd * rd * ((double)gamma * (double)b) / count) : (C)0;
-    ws.coef[2 * p.c + ch] = p.training ? (C)(-rd * ((double)gamma * (double)a) / count) : (C)0;
-    store_param_grad<C>(p.grad_weight, ch, (double)b * rd, p.accumulate);
+    ws.coef[p.c + ch] = q;
+    ws.coef[2 * p.c + ch] =
+        p.training ? (C)(-rd * ((double)gamma * (double)a) / count - lo * (double)q) : (C)0;
+    store_param_grad<C>(p.grad_weight, ch, bb * rd, p.accumulate);
     store_param_grad<C>(p.grad_bias, ch, (double)a, p.accumulate);
 }
 
@@ -362,20 +384,25 @@ NK_DEVICE void batch_norm_bwd_reduce_nchw(const NormBwdParams p) {
     const i64 lo = total * split / p.splits;
     const i64 hi = total * (split + 1) / p.splits;
     const C mu = static_cast<const C*>(p.mean)[ch];
-    C a = (C)0, b = (C)0;
+    const bool rec = bn_bwd_recovers<S>(p, mu, ch);
+    C a = (C)0, b = (C)0, d = (C)0;
     for (i64 j = lo + threadIdx.x; j < hi; j += blockDim.x) {
         const i64 n = j / p.s;
         const i64 off = (n * p.c + ch) * p.s + (j - n * p.s);
         const C g = Traits<S>::load(dy[off]);
+        const C dev = Traits<S>::load(x[off]) - mu;
         a += g;
-        b += g * (Traits<S>::load(x[off]) - mu);
+        b += g * dev;
+        if (rec) d += dev;
     }
     a = block_all_reduce_sum(a, smem);
     b = block_all_reduce_sum(b, smem);
+    if (rec) d = block_all_reduce_sum(d, smem);  // uniform over the block (one channel)
     const BnBwdWorkspace<C> ws = bn_bwd_workspace<C>(p);
     if (threadIdx.x == 0) {
         ws.sa[split * p.c + ch] = a;
         ws.sb[split * p.c + ch] = b;
+        if (rec) ws.sd[split * p.c + ch] = d;
         __threadfence();
         u32* counter = static_cast<u32*>(p.counters) + ch;
         last = atomicAdd(counter, 1u) == (u32)(p.splits - 1);
@@ -383,7 +410,7 @@ NK_DEVICE void batch_norm_bwd_reduce_nchw(const NormBwdParams p) {
     __syncthreads();
     if (last && threadIdx.x == 0) {
         __threadfence();
-        bn_bwd_finish_channel<C>(p, ws, ch);
+        bn_bwd_finish_channel<S, C>(p, ws, ch);
         static_cast<u32*>(p.counters)[ch] = 0u;
     }
 }
@@ -393,6 +420,7 @@ NK_DEVICE void batch_norm_bwd_reduce_nhwc(const NormBwdParams p) {
     typedef typename Traits<S>::C C;
     __shared__ C ssa[8][32];
     __shared__ C ssb[8][32];
+    __shared__ C ssd[8][32];
     __shared__ int last;
     const S* x = static_cast<const S*>(p.x);
     const S* dy = static_cast<const S*>(p.dy);
@@ -401,27 +429,34 @@ NK_DEVICE void batch_norm_bwd_reduce_nhwc(const NormBwdParams p) {
     const i64 rows = p.n * p.s;
     const i64 lo = rows * split / p.splits;
     const i64 hi = rows * (split + 1) / p.splits;
-    C a = (C)0, b = (C)0;
+    C a = (C)0, b = (C)0, d = (C)0;
+    bool rec = false;
     if (ch < p.c) {
         const C mu = static_cast<const C*>(p.mean)[ch];
+        rec = bn_bwd_recovers<S>(p, mu, ch);
         for (i64 r = lo + threadIdx.y; r < hi; r += blockDim.y) {
             const C g = Traits<S>::load(dy[r * p.c + ch]);
+            const C dev = Traits<S>::load(x[r * p.c + ch]) - mu;
             a += g;
-            b += g * (Traits<S>::load(x[r * p.c + ch]) - mu);
+            b += g * dev;
+            if (rec) d += dev;
         }
     }
     ssa[threadIdx.y][threadIdx.x] = a;
     ssb[threadIdx.y][threadIdx.x] = b;
+    ssd[threadIdx.y][threadIdx.x] = d;
     __syncthreads();
     const BnBwdWorkspace<C> ws = bn_bwd_workspace<C>(p);
     if (threadIdx.y == 0 && ch < p.c) {
-        C ta = (C)0, tb = (C)0;
+        C ta = (C)0, tb = (C)0, td = (C)0;
         for (int k = 0; k < (int)blockDim.y; ++k) {
             ta += ssa[k][threadIdx.x];
             tb += ssb[k][threadIdx.x];
+            td += ssd[k][threadIdx.x];
         }
         ws.sa[split * p.c + ch] = ta;
         ws.sb[split * p.c + ch] = tb;
+        if (rec) ws.sd[split * p.c + ch] = td;
         __threadfence();
     }
     __syncthreads();
@@ -432,7 +467,7 @@ NK_DEVICE void batch_norm_bwd_reduce_nhwc(const NormBwdParams p) {
     __syncthreads();
     if (last) {
         __threadfence();
-        if (threadIdx.y == 0 && ch < p.c) bn_bwd_finish_channel<C>(p, ws, ch);
+        if (threadIdx.y == 0 && ch < p.c) bn_bwd_finish_channel<S, C>(p, ws, ch);
         if (threadIdx.x == 0 && threadIdx.y == 0) static_cast<u32*>(p.counters)[blockIdx.x] = 0u;
     }
 }

@@ -236,7 +236,7 @@ NK_DEVICE void group_norm_bwd(const NormBwdParams p) {
         mu.lo = (C)0;
         // the saved mean's rounding recovered where it matters (f32 only, as layer_norm_bwd:
         // `rounding_matters` / `recentred`, common/types.cuh; the CPU backward's rule)
-        if (sizeof(S) == 4 && rounding_matters(mu.hi, r)) {
+        if (sizeof(S) == 4 && p.recover && rounding_matters(mu.hi, r)) {
             C sd = (C)0;
             for (i64 i = threadIdx.x; i < cg * p.s; i += blockDim.x) {
                 i64 ch;

@@ -292,10 +292,24 @@ where
     T: ElementData,
     T::Compute: ElementData,
 {
+    let x0: Vec<T> = cast(&data(n * c * s, (n * 100 + c * 10 + s) as u64, -2.0));
+    batch_norm_case_of(order, (n, c, s), w, mode, x0);
+}
+
+/// [`batch_norm_case`] on the given `x0` (`n·c·s` elements in NCHW order).
+fn batch_norm_case_of<T>(
+    order: ChannelOrder,
+    (n, c, s): (usize, usize, usize),
+    w: Want,
+    mode: u8,
+    x0: Vec<T>,
+) where
+    T: ElementData,
+    T::Compute: ElementData,
+{
     // mode 0: BatchNorm training, 1: BatchNorm frozen, 2: InstanceNorm with running stats
     let total = n * c * s;
     let shape = [n, c, s, 1];
-    let x0: Vec<T> = cast(&data(total, (n * 100 + c * 10 + s) as u64, -2.0));
     let g0: Vec<T> = cast(&data(total, (n * 7 + c * 3 + s) as u64, 0.5));
     let (x, g) = match order {
         ChannelOrder::Nchw => (x0, g0),
@@ -589,6 +603,14 @@ fn lrn_all<T: ElementData>() {
     }
 }
 
+/// `len` f32 values of 1e4 ± 1e-2 (seeded): a large mean against their spread.
+fn large_mean(len: usize, seed: u64) -> Vec<f32> {
+    data(len, seed, 0.0)
+        .into_iter()
+        .map(|v| (1e4 + v * 5e-3) as f32)
+        .collect()
+}
+
 /// Rows with a large mean against their spread (x ≈ 1e4 ± 1e-2): the f32 saved mean's rounding
 /// (up to 4.9e-4) is a sizeable part of x − mean, and the kernel recovers it as the CPU backward
 /// does (`recentred`, kernels/common/types.cuh); without that, dweight was about 10 % off the
@@ -600,10 +622,7 @@ fn layer_norm_bwd_recovers_the_saved_f32_mean() {
     }
     for (i, cols) in [97, 1025, LN_BWD_RESIDENT_COLS + 1].into_iter().enumerate() {
         let rows = 5;
-        let x: Vec<f32> = data(rows * cols, 40 + i as u64, 0.0)
-            .into_iter()
-            .map(|v| (1e4 + v * 5e-3) as f32)
-            .collect();
+        let x: Vec<f32> = large_mean(rows * cols, 40 + i as u64);
         layer_norm_case_of(&x, rows, cols, WANTS[i % 2]);
     }
 }
@@ -621,12 +640,33 @@ fn group_norm_bwd_recovers_the_saved_f32_mean() {
         .enumerate()
     {
         let (n, c, s) = (2, 6, 97);
-        let x0: Vec<f32> = data(n * c * s, 60 + i as u64, 0.0)
-            .into_iter()
-            .map(|v| (1e4 + v * 5e-3) as f32)
-            .collect();
+        let x0: Vec<f32> = large_mean(n * c * s, 60 + i as u64);
         group_norm_case_of(order, (n, c, s), 3, false, WANTS[0], x0.clone());
         group_norm_case_of(order, (n, c, s), c, true, WANTS[i], x0);
+    }
+}
+
+/// BatchNorm's saved f32 mean (1e4 ± 1e-2 data: |μ|·r ≈ 1e6) is off by its rounding (up to
+/// 4.9e-4, i.e. 0.1σ); the CPU backward recovers it, and so must the reduce kernel. Channels
+/// of 97 to 8200 elements (one split, and several on the larger devices), both layouts, the
+/// parameter gradients with and without dx.
+#[test]
+fn batch_norm_bwd_recovers_the_saved_f32_mean() {
+    if !ready() {
+        return;
+    }
+    for (i, order) in [ChannelOrder::Nchw, ChannelOrder::Nhwc]
+        .into_iter()
+        .enumerate()
+    {
+        for (j, shape) in [(1, 3, 97), (8, 3, 1025), (5, 33, 13)]
+            .into_iter()
+            .enumerate()
+        {
+            let (n, c, s) = shape;
+            let x0: Vec<f32> = large_mean(n * c * s, 70 + (3 * i + j) as u64);
+            batch_norm_case_of(order, shape, WANTS[(i + j) % 4], 0, x0);
+        }
     }
 }
 

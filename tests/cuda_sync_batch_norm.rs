@@ -180,6 +180,98 @@ fn ranks_with_uneven_batches_match_one_batch_norm() {
     }
 }
 
+/// One rank's dx per step and parameter gradients (weight, bias).
+type Backward = (Vec<Vec<f64>>, [Vec<f64>; 2]);
+
+/// The CPU's SyncBatchNorm on one rank, as [`run_rank`]: dx per step and the parameter
+/// gradients.
+fn run_rank_cpu(
+    comm: Arc<dyn Communicator>,
+    lay: Layout,
+    xs: Vec<Buffer>,
+    gs: Vec<Buffer>,
+    n: usize,
+) -> Result<Backward> {
+    let mut m =
+        BatchNorm::new(BatchNormKind::SyncBatchNorm, config(DType::F32)).into_sync(Some(comm));
+    let sh = shape(n);
+    let mut dxs = Vec::new();
+    for (xb, gb) in xs.iter().zip(&gs) {
+        let mut yb = Buffer::filled(DType::F32, xb.len(), 0.0);
+        let mut dxb = Buffer::filled(DType::F32, xb.len(), 0.0);
+        m.forward(&host(xb, &sh, lay), &mut host_mut(&mut yb, &sh, lay))?;
+        m.backward(
+            &host(xb, &sh, lay),
+            &host(gb, &sh, lay),
+            Some(&mut host_mut(&mut dxb, &sh, lay)),
+        )?;
+        dxs.push(dxb.to_f64_vec());
+    }
+    let grad = |name| -> Result<Vec<f64>> {
+        Ok(m.grad(name)?.map(|b| b.to_f64_vec()).unwrap_or_default())
+    };
+    Ok((dxs, [grad("weight")?, grad("bias")?]))
+}
+
+/// f32 data near 1e4 with a spread of 1e-2: SyncBatchNorm keeps its global saved mean as given
+/// in the backward (the CPU op does: recovering its rounding would take one more collective),
+/// so the device's reduce kernel must not recover it from this rank's slice, as plain
+/// BatchNorm's does; dx and each rank's parameter gradients match the CPU's SyncBatchNorm.
+#[test]
+fn a_large_mean_keeps_the_global_saved_mean_as_the_cpu_op_does() {
+    let Some(dev0) = emu_common::device() else {
+        return;
+    };
+    let sizes = [3usize, 2];
+    let per = C * SPATIAL.iter().product::<usize>();
+    for lay in [Layout::Contiguous, Layout::ChannelsLast] {
+        let (xs, gs): (Vec<Buffer>, Vec<Buffer>) = sizes
+            .iter()
+            .enumerate()
+            .map(|(r, &n)| {
+                let x: Vec<f64> = emu_common::data(n * per, 90 + r as u64, 0.0)
+                    .iter()
+                    .map(|v| 1e4 + v * 5e-3)
+                    .collect();
+                let g = emu_common::data(n * per, 95 + r as u64, 0.0);
+                (
+                    Buffer::from_f64(DType::F32, &x),
+                    Buffer::from_f64(DType::F32, &g),
+                )
+            })
+            .unzip();
+        let spawn_all = |cpu: bool| -> Vec<Backward> {
+            let handles: Vec<_> = LocalCommunicator::group(sizes.len())
+                .into_iter()
+                .enumerate()
+                .map(|(r, comm)| {
+                    let (dev, n) = (dev0.clone(), sizes[r]);
+                    let (x, g) = (vec![xs[r].clone()], vec![gs[r].clone()]);
+                    std::thread::spawn(move || {
+                        if cpu {
+                            run_rank_cpu(Arc::new(comm), lay, x, g, n)
+                        } else {
+                            run_rank(dev, Arc::new(comm), DType::F32, DType::F32, lay, x, g, n)
+                                .map(|res| (res.dx, res.grads))
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect()
+        };
+        let (device, cpu) = (spawn_all(false), spawn_all(true));
+        for (r, (d, c)) in device.iter().zip(&cpu).enumerate() {
+            let what = format!("{lay:?} rank {r}");
+            close(&format!("{what} dx"), DType::F32, &d.0[0], &c.0[0]);
+            close(&format!("{what} grad weight"), DType::F32, &d.1[0], &c.1[0]);
+            close(&format!("{what} grad bias"), DType::F32, &d.1[1], &c.1[1]);
+        }
+    }
+}
+
 /// A communicator whose collectives fail on every rank.
 struct Failing;
 

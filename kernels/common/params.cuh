@@ -140,6 +140,10 @@ static_assert(sizeof(LayerNormBwdParams) == 104, "LayerNormBwdParams layout");
 // BatchNorm: statistics per channel (mean/rstd_or_var: c values); `training` = 1 uses the
 // saved rstd, 0 the running variance (r = 1/sqrt(var + eps)) and no batch terms.
 // GroupNorm / InstanceNorm (groups = c): saved statistics per (n, group), training only.
+// `recover` = 1 (with saved statistics): an f32 saved mean's rounding is recovered where it
+// matters (`rounding_matters`, common/types.cuh), as the CPU backward does; 0 keeps the saved
+// mean as given (SyncBatchNorm: its means are over every rank's batch, and the CPU op keeps
+// them too).
 // workspace / counters: sized by the launch plan (src/backend/cuda/launch.rs); counters are
 // zero before the first launch and left zero by the kernels.
 struct NormBwdParams {
@@ -161,8 +165,10 @@ struct NormBwdParams {
     double eps;
     int training;
     int accumulate;
+    int recover;
+    int reserved;
 };
-static_assert(sizeof(NormBwdParams) == 136, "NormBwdParams layout");
+static_assert(sizeof(NormBwdParams) == 144, "NormBwdParams layout");
 
 // LocalResponseNorm backward across channels.
 struct LrnBwdParams {

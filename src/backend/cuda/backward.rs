@@ -292,6 +292,10 @@ fn norm_params(
         eps,
         training: training as i32,
         accumulate: grads.accumulate as i32,
+        // saved statistics of this batch: their f32 mean's rounding is recovered where it
+        // matters (SyncBatchNorm clears it)
+        recover: training as i32,
+        reserved: 0,
     }
 }
 
@@ -571,7 +575,23 @@ impl CudaDevice {
         x: &DeviceTensor,
         args: CudaNormBackwardArgs,
     ) -> Result<()> {
-        let plan = plan_norm_backward(grad_output, x, &args, false)?;
+        self.batch_norm_backward_as(grad_output, x, args, true)
+    }
+
+    /// [`CudaDevice::batch_norm_backward`]; `recover` false keeps a saved mean as given where
+    /// its f32 rounding would otherwise be recovered (SyncBatchNorm: its statistics are over
+    /// every rank's batch, and the CPU op keeps them as given too).
+    pub(crate) fn batch_norm_backward_as(
+        &self,
+        grad_output: &DeviceTensor,
+        x: &DeviceTensor,
+        args: CudaNormBackwardArgs,
+        recover: bool,
+    ) -> Result<()> {
+        let mut plan = plan_norm_backward(grad_output, x, &args, false)?;
+        if let Planned::Run(p) = &mut plan {
+            p.params.recover &= recover as i32;
+        }
         self.run_norm_backward("batch_norm_backward", plan, &args.grads)
     }
 

@@ -815,6 +815,8 @@ impl EmuDevice {
             eps,
             training: training as i32,
             accumulate: grads.accumulate as i32,
+            recover: training as i32,
+            reserved: 0,
         };
         // SAFETY: addresses point into live slices and vectors checked or sized above (x, dy,
         // dx: n·c·s; per-channel buffers: c; workspace and zeroed counters from the same plan
@@ -877,6 +879,8 @@ impl EmuDevice {
             eps: 0.0,
             training: 1,
             accumulate: grads.accumulate as i32,
+            recover: 1,
+            reserved: 0,
         };
         // SAFETY: addresses point into live slices and vectors checked or sized above (x, dy,
         // dx: n·c·s; mean, rstd: n·groups; per-channel buffers: c; workspace and the zeroed

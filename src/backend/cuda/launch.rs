@@ -320,7 +320,9 @@ pub struct BatchNormBwdPlan {
     /// dx elementwise.
     pub input: Launch,
     pub splits: usize,
-    /// Bytes of workspace: (2·splits·c + 3·c) compute values.
+    /// Bytes of workspace: (3·splits·c + 3·c) compute values (partial Σdy, Σdy·(x − μ), the
+    /// coefficients, then partial Σ(x − μ) for the channels whose saved mean's rounding is
+    /// recovered).
     pub workspace_bytes: usize,
     /// u32 ticket counters (zero once; the kernel resets them).
     pub counters: usize,
@@ -346,7 +348,7 @@ pub fn batch_norm_bwd(
             config: elementwise(n * c * s, sms),
         },
         splits: stats.splits,
-        workspace_bytes: (2 * stats.splits + 3) * c * dtype.stat_dtype().size_in_bytes(),
+        workspace_bytes: (3 * stats.splits + 3) * c * dtype.stat_dtype().size_in_bytes(),
         counters: stats.counters,
     }
 }
@@ -600,7 +602,7 @@ mod tests {
         assert_eq!(p.splits, 132);
         assert_eq!(p.counters, 2);
         assert_eq!(p.reduce.config.grid, [2, 132, 1]);
-        assert_eq!(p.workspace_bytes, (2 * 132 + 3) * 64 * 4);
+        assert_eq!(p.workspace_bytes, (3 * 132 + 3) * 64 * 4);
         assert_eq!(p.input.kernel, "batch_norm_bwd_input_nhwc_f16");
         let p = group_norm_bwd(DType::F32, ChannelOrder::Nchw, 2, 6, 3, 132);
         assert_eq!(p.launch.config.grid, [6, 1, 1]);

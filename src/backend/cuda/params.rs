@@ -85,11 +85,11 @@ params_struct!(
 
 params_struct!(
     /// `NormBwdParams`: BatchNorm / InstanceNorm / GroupNorm backward.
-    NormBwdParams, 136, {
+    NormBwdParams, 144, {
     x: u64, dy: u64, dx: u64, mean: u64, rstd_or_var: u64, weight: u64,
     grad_weight: u64, grad_bias: u64, workspace: u64, counters: u64,
     n: i64, c: i64, s: i64, groups: i64, splits: i64, eps: f64,
-    training: i32, accumulate: i32,
+    training: i32, accumulate: i32, recover: i32, reserved: i32,
 });
 
 params_struct!(

@@ -223,6 +223,8 @@ impl CudaDevice {
                 grad_weight: sums.invstd.ptr(),
                 grad_bias: sums.mean.ptr(),
                 accumulate: 0,
+                // the global mean as given (the CPU op's SyncBatchNorm backward)
+                recover: 0,
                 ..plan.params
             };
             self.grad_pointers(OP, &p)?;
@@ -306,7 +308,7 @@ impl CudaDevice {
                 accumulate,
                 ..
             } = args.grads;
-            self.batch_norm_backward(
+            self.batch_norm_backward_as(
                 grad_output,
                 x,
                 CudaNormBackwardArgs {
@@ -322,6 +324,7 @@ impl CudaDevice {
                         accumulate,
                     },
                 },
+                false,
             )?;
         }
         Ok(())
