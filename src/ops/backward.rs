@@ -314,9 +314,9 @@ fn channel_backward(
             mu_s
         };
         let gamma: Vec<C> = param_values(weight, geom.c, 1.0);
-        let nc = geom.n * geom.c;
         let stat = |i: usize| grouping.stat(i);
-        let mu: Vec<Centre<C>> = (0..nc).map(|i| mu_s[stat(i)]).collect();
+        // the centre of each of the first `pairs` (n, c) pairs
+        let centres = |pairs: usize| -> Vec<Centre<C>> { (0..pairs).map(|i| mu_s[stat(i)]).collect() };
         let count = sync.map_or(grouping.count(), |(_, n)| n);
         // dx = g·p + (x − μ)·q + o for pair i, from its statistic's γ-weighted sums
         let coefficient = |i: usize, sa: f64, sb: f64| {
@@ -345,7 +345,8 @@ fn channel_backward(
         };
         // Every statistic's γ-weighted sums of A = Σg and B = Σg·(x − μ) (over every rank's
         // batch for SyncBatchNorm), then the apply over the whole tensor.
-        let two_pass_apply = |(xs, gs, dx): (&[T], &[T], &mut [T]), lay, (a, b): (&[f64], &[f64])| -> Result<()> {
+        let two_pass_apply = |(xs, gs, dx): (&[T], &[T], &mut [T]), (geom, lay): (Geom, ChannelLayout), mu: &[Centre<C>], (a, b): (&[f64], &[f64])| -> Result<()> {
+            let nc = geom.n * geom.c;
             let mut sa = vec![0.0; r_s.len()];
             let mut sb = vec![0.0; r_s.len()];
             for i in 0..nc {
@@ -369,7 +370,7 @@ fn channel_backward(
                 q.push(qi);
                 o.push(oi);
             }
-            let k = GradCoefficients { mu: &mu, p: &p, q: &q, o: &o, per_sample: true };
+            let k = GradCoefficients { mu, p: &p, q: &q, o: &o, per_sample: true };
             kernels::apply_channel_grad(xs, gs, dx, geom, lay, &k);
             Ok(())
         };
@@ -385,6 +386,18 @@ fn channel_backward(
                 && lay == ChannelLayout::First
                 && geom.c / grouping.groups.max(1) > 1;
             let fused = !grouping.per_channel && sync.is_none() && !two_byte_groups;
+            // Statistics per channel over channels-last rows (BatchNorm NHWC, and every (N, C)
+            // input: s = 1 is channels last): the N samples are one (1, C, N·S) tensor for the
+            // sums and the apply, so they take per-channel column sums over all rows and one
+            // coefficient per channel, not one per (n, c) pair. With s = 1 a pair was one
+            // element: BatchNorm1d's backward on 4096x1024 f32 took ~250 ms (N·C pairs of
+            // sums, coefficients and per-sample passes), against 6 ms for PyTorch.
+            let sums_geom = if grouping.per_channel && lay == ChannelLayout::Last {
+                Geom { n: 1, c: geom.c, s: geom.n * geom.s }
+            } else {
+                geom
+            };
+            let mu = centres(sums_geom.n * geom.c);
             let per_channel_fused = grouping.per_channel && sync.is_none() && lay == ChannelLayout::First;
             let (a, b) = match dx {
                 Some(dx) if fused => {
@@ -395,15 +408,15 @@ fn channel_backward(
                     kernels::channel_grad_fused_per_channel((xs, gs, dx), geom, &mu, unit_coefficients)
                 }
                 dx => {
-                    let (a, b) = kernels::channel_grad_sums(xs, gs, geom, lay, &mu);
+                    let (a, b) = kernels::channel_grad_sums(xs, gs, sums_geom, lay, &mu);
                     if let Some(dx) = dx {
-                        two_pass_apply((xs, gs, dx), lay, (&a, &b))?;
+                        two_pass_apply((xs, gs, dx), (sums_geom, lay), &mu, (&a, &b))?;
                     }
                     (a, b)
                 }
             };
             let per_channel = |f: &dyn Fn(usize) -> f64| -> Vec<f64> {
-                (0..geom.c).map(|c| (0..geom.n).map(|n| f(n * geom.c + c)).sum()).collect()
+                (0..geom.c).map(|c| (0..sums_geom.n).map(|n| f(n * geom.c + c)).sum()).collect()
             };
             Ok((per_channel(&|i| b[i] * r_s[stat(i)].to_f64()), per_channel(&|i| a[i])))
         })?
