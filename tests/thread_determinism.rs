@@ -10,9 +10,9 @@ mod sync_common;
 use normkit::backend::cpu::simd::{VectorPolicy, set_vector_policy};
 use normkit::backend::cpu::threads::install;
 use normkit::ops::{
-    BatchNormArgs, ForwardStats, Gradients, GroupNormArgs, LayerNormArgs, LayerNormBackwardArgs,
-    LrnArgs, NormBackwardArgs, batch_norm, batch_norm_backward, group_norm, layer_norm,
-    layer_norm_backward, local_response_norm,
+    BatchNormArgs, ForwardStats, Gradients, GroupNormArgs, GroupNormBackwardArgs, LayerNormArgs,
+    LayerNormBackwardArgs, LrnArgs, NormBackwardArgs, batch_norm, batch_norm_backward, group_norm,
+    group_norm_backward, layer_norm, layer_norm_backward, local_response_norm,
 };
 use normkit::{Tensor, TensorMut};
 use sync_common::{view, view_mut};
@@ -172,4 +172,54 @@ fn backward_ops_are_bit_identical_across_thread_counts() {
         .unwrap();
         [bits(&dx), bits(&dw), bits(&db)].concat()
     });
+}
+
+/// GroupNorm's backward on planes of one and of a few elements (`(N, C)` and `(N, C, L)`
+/// input: statistics per (sample, group) in tasks of whole groups, the parameter gradients
+/// summed per task and then over the tasks in order): the same bits at every thread count,
+/// and the same parameter gradients without `grad_input` as with it.
+#[test]
+fn short_plane_group_norm_backward_is_bit_identical_across_thread_counts() {
+    for shape in [vec![4096usize, 64], vec![512, 32, 5], vec![300, 12, 13]] {
+        let (n, c) = (shape.iter().product::<usize>(), shape[1]);
+        let (x, g) = (data(n, 5), data(n, 7));
+        let w: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 / c as f32).collect();
+        let run = |with_dx: bool| {
+            let mut y = vec![0.0f32; n];
+            let mut args = GroupNormArgs::new(4);
+            args.weight = Some(Tensor::new(&w, &[c]).unwrap());
+            let xt = Tensor::new(&x, &shape).unwrap();
+            let s = group_norm(&xt, &mut TensorMut::new(&mut y, &shape).unwrap(), args).unwrap();
+            let (mut dx, mut dw, mut db) = (vec![0.0f32; n], vec![0.0f32; c], vec![0.0f32; c]);
+            group_norm_backward(
+                &Tensor::new(&g, &shape).unwrap(),
+                &xt,
+                GroupNormBackwardArgs {
+                    num_groups: 4,
+                    weight: Some(Tensor::new(&w, &[c]).unwrap()),
+                    mean: s.mean.view(),
+                    invstd: s.invstd.view(),
+                    grads: Gradients {
+                        grad_input: with_dx.then(|| TensorMut::new(&mut dx, &shape).unwrap()),
+                        grad_weight: Some(TensorMut::new(&mut dw, &[c]).unwrap()),
+                        grad_bias: Some(TensorMut::new(&mut db, &[c]).unwrap()),
+                        accumulate: false,
+                    },
+                },
+            )
+            .unwrap();
+            (bits(&dx), [bits(&dw), bits(&db)].concat())
+        };
+        same_for_all_thread_counts(&format!("group_norm_backward {shape:?}"), &|| {
+            let (dx, params) = run(true);
+            assert!(dx.iter().any(|&b| b != 0), "{shape:?}: dx was not written");
+            [dx, params].concat()
+        });
+        let with = install(Some(2), || run(true).1);
+        let without = install(Some(2), || run(false).1);
+        assert!(
+            with == without,
+            "{shape:?}: dγ, dβ differ without grad_input"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use super::{
     channel_geom, check_min_rank, check_numel, check_param_dtypes, fmt_shape, param_values,
     with_element,
 };
-use crate::backend::cpu::backward::{self as kernels, GradCoefficients};
+use crate::backend::cpu::backward::{self as kernels, GradCoefficients, ShortGroups};
 use crate::backend::cpu::moments::Centre;
 use crate::backend::cpu::scratch::Scratch;
 use crate::backend::cpu::{ChannelLayout, Geom, LrnParams};
@@ -291,6 +291,43 @@ impl Grouping {
     }
 }
 
+/// The parameter gradients `(dγ, dβ)` per channel from `units` units of sums, `per` to an
+/// `(n, c)` pair in `(n, c)` order: `f(j, k)` is unit `j`'s `(dβ, dγ)` terms (`k` its pair's
+/// statistic), added per channel in unit order. Counters walk the pairs: no division per pair.
+fn per_channel_sums(
+    grouping: Grouping,
+    (units, per): (usize, usize),
+    f: impl Fn(usize, usize) -> (f64, f64),
+) -> (Vec<f64>, Vec<f64>) {
+    let c = grouping.geom.c;
+    let stats = if grouping.per_channel {
+        c
+    } else {
+        grouping.groups
+    };
+    let planes = c / stats.max(1);
+    let (mut dw, mut db) = (vec![0.0; c], vec![0.0; c]);
+    let mut j = 0;
+    for n in 0..units / (c * per).max(1) {
+        for g in 0..stats {
+            let k = if grouping.per_channel {
+                g
+            } else {
+                n * stats + g
+            };
+            for ch in g * planes..(g + 1) * planes {
+                for _ in 0..per {
+                    let (vb, vw) = f(j, k);
+                    db[ch] += vb;
+                    dw[ch] += vw;
+                    j += 1;
+                }
+            }
+        }
+    }
+    (dw, db)
+}
+
 /// The shared backward of BatchNorm, InstanceNorm and GroupNorm. With batch statistics
 /// (`training`): `dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))`, `ĝ = g·γ_c`, means over each statistic's
 /// elements; with running statistics: `dx = g·γ·r`. `dγ_c = Σ g·x̂`, `dβ_c = Σ g`.
@@ -322,12 +359,16 @@ fn channel_backward(
         // the centres of `units` units of the sums, `per` to an (n, c) pair (see `sums_geom`)
         let centres = |units: usize, per: usize| -> Vec<Centre<C>> { (0..units).map(|j| mu_s[stat(j / per)]).collect() };
         let count = sync.map_or(grouping.count(), |(_, n)| n);
+        // statistic k's `(r, q, o)` from its γ-weighted sums (`p = r·γ_c` per channel)
+        let stat_coefficients = |k: usize, sa: f64, sb: f64| {
+            let r = r_s[k].to_f64();
+            let (q, o) = if training { (-r * r * r * sb / count, -r * sa / count) } else { (0.0, 0.0) };
+            (r, C::from_f64(q), C::from_f64(o))
+        };
         // dx = g·p + (x − μ)·q + o for pair i, from its statistic's γ-weighted sums
         let coefficient = |i: usize, sa: f64, sb: f64| {
-            let r = r_s[stat(i)].to_f64();
-            let p = C::from_f64(r * gamma[i % geom.c].to_f64());
-            let (q, o) = if training { (-r * r * r * sb / count, -r * sa / count) } else { (0.0, 0.0) };
-            (p, C::from_f64(q), C::from_f64(o))
+            let (r, q, o) = stat_coefficients(stat(i), sa, sb);
+            (C::from_f64(r * gamma[i % geom.c].to_f64()), q, o)
         };
         // The coefficients of the pairs `i0 ..` of one statistic from their sums `A`, `B`.
         let unit_coefficients = |pairs: kernels::UnitPairs, a: &[f64], b: &[f64]| {
@@ -404,6 +445,21 @@ fn channel_backward(
             // channel): column sums over the N rows and one coefficient per column, instead
             // of per-pair passes over planes of a few elements. 4096x256x4 f32 took 249 ms at
             // one thread this way (PyTorch 2.15: 81 ms).
+            // Statistics per (sample, group) over planes of one element ((N, C) input) or
+            // shorter than SMALL_PLANE in channels-first layout: a kernel per run of whole
+            // statistics, their coefficients per statistic (see `group_grad_short`).
+            if !grouping.per_channel && sync.is_none() && (geom.s == 1 || (lay == ChannelLayout::First && geom.s < SMALL_PLANE)) {
+                let gamma: Vec<f64> = gamma.iter().map(|g| g.to_f64()).collect();
+                let groups = ShortGroups {
+                    s: geom.s,
+                    planes: geom.c / grouping.groups.max(1),
+                    groups: grouping.groups,
+                    mu: &mu_s,
+                    gamma: &gamma,
+                    coefficients: &stat_coefficients,
+                };
+                return Ok(kernels::group_grad_short((xs, gs, dx), geom.n * geom.c, &groups));
+            }
             let (sums_geom, per, sums_lay) = if grouping.per_channel && lay == ChannelLayout::Last {
                 (Geom { n: 1, c: geom.c, s: geom.n * geom.s }, 1, lay)
             } else if grouping.per_channel && geom.s < SMALL_PLANE {
@@ -429,15 +485,7 @@ fn channel_backward(
                     (a, b)
                 }
             };
-            // per channel, its units in order
-            let per_channel = |f: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
-                let mut out = vec![0.0; geom.c];
-                for j in 0..sums_geom.n * sums_geom.c {
-                    out[(j / per) % geom.c] += f(j, j / per);
-                }
-                out
-            };
-            Ok((per_channel(&|j, i| b[j] * r_s[stat(i)].to_f64()), per_channel(&|j, _| a[j])))
+            Ok(per_channel_sums(grouping, (sums_geom.n * sums_geom.c, per), |j, k| (a[j], b[j] * r_s[k].to_f64())))
         })?
     })
     .map_err(|e| e.in_op(op))?;

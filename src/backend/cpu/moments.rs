@@ -274,6 +274,60 @@ pub(crate) fn pair_sums<T: Element>(
     (u, v)
 }
 
+/// [`pair_sums`] of a run shorter than [`LANES`] (longer runs: `pair_sums` itself), inlined
+/// and without its calls: the same bits. Such a run is all tail, so each of its lanes holds
+/// `0 + term` of one element (never `−0`) and the rest zeros, which the pairwise tree adds
+/// exactly: the tree over the run's length rounded up to a power of two `M` is the same tree,
+/// here over `M` lanes of a constant size (unrolled and vectorised).
+#[inline(always)]
+pub(crate) fn short_pair_sums<T: Element>(
+    xs: &[T],
+    ys: &[T],
+    term: impl Fn(T::Compute, T::Compute) -> (T::Compute, T::Compute),
+) -> (T::Acc, T::Acc) {
+    let len = xs.len().min(ys.len());
+    match len.next_power_of_two() {
+        1 => short_tree::<T, 1>(xs, ys, term),
+        2 => short_tree::<T, 2>(xs, ys, term),
+        4 => short_tree::<T, 4>(xs, ys, term),
+        8 => short_tree::<T, 8>(xs, ys, term),
+        16 => short_tree::<T, 16>(xs, ys, term),
+        32 if len < LANES => short_tree::<T, 32>(xs, ys, term),
+        _ => pair_sums(xs, ys, term, |_| {}),
+    }
+}
+
+/// [`short_pair_sums`] of a run of at most `M` elements.
+#[inline(always)]
+fn short_tree<T: Element, const M: usize>(
+    xs: &[T],
+    ys: &[T],
+    term: impl Fn(T::Compute, T::Compute) -> (T::Compute, T::Compute),
+) -> (T::Acc, T::Acc) {
+    let (mut u, mut v) = ([T::Acc::ZERO; M], [T::Acc::ZERO; M]);
+    let mut add = |i: usize, x: T, y: T| {
+        let (a, b) = term(x.to_compute(), y.to_compute());
+        u[i] += acc_of::<T>(a);
+        v[i] += acc_of::<T>(b);
+    };
+    if let (Some(xs), Some(ys)) = (xs.first_chunk::<M>(), ys.first_chunk::<M>()) {
+        // a whole run of `M`: constant bounds (vectorised)
+        (0..M).for_each(|i| add(i, xs[i], ys[i]));
+    } else {
+        let pairs = xs.iter().zip(ys).take(M).enumerate();
+        pairs.for_each(|(i, (&x, &y))| add(i, x, y));
+    }
+    let mut n = M;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            u[i] += u[i + n];
+            v[i] += v[i + n];
+        }
+    }
+    (u[0], v[0])
+}
+
 /// The `K` sums `Σ term(x, y)[j]` over the pairs of `xs` and `ys` (the shorter's length), each
 /// in [`LANES`] lanes of compute-type partials added into accumulator-type lanes every
 /// [`FLUSH`] chunks; `after_chunk(k)` after chunk `k`, then the tail and the fixed lane tree.
@@ -383,6 +437,50 @@ pub fn finish<C: Real>(
 
 #[cfg(test)]
 mod tests {
+
+    /// `short_pair_sums` is `pair_sums` bit for bit at every length, short or not, f32 and bf16
+    /// (terms whose sums round: large and small magnitudes, both signs, a zero).
+    #[test]
+    fn short_pair_sums_are_pair_sums_bit_for_bit() {
+        use super::{pair_sums, short_pair_sums};
+        use crate::dtype::Element;
+        fn check<T: Element>(name: &str) {
+            let v: Vec<f64> = (0..80)
+                .map(|i| match i % 5 {
+                    0 => 1e4 + i as f64 * 0.37,
+                    1 => -3.1e-3 * i as f64,
+                    2 => 0.0,
+                    3 => 7.7e2 / (i as f64 + 1.0),
+                    _ => -(i as f64).sqrt() * 1e3,
+                })
+                .collect();
+            let xs: Vec<T> = v
+                .iter()
+                .map(|&a| T::from_compute(T::Compute::from_f64(a)))
+                .collect();
+            let ys: Vec<T> = v
+                .iter()
+                .rev()
+                .map(|&a| T::from_compute(T::Compute::from_f64(a * 0.5 - 3.0)))
+                .collect();
+            let term = |x: T::Compute, y: T::Compute| (x, x * (y - T::Compute::from_f64(1.5)));
+            for len in 0..70 {
+                for off in [0, 3] {
+                    let (xs, ys) = (&xs[off..off + len], &ys[off..off + len]);
+                    let (a, b) = pair_sums(xs, ys, term, |_| {});
+                    let (c, d) = short_pair_sums(xs, ys, term);
+                    let same = |p: T::Acc, q: T::Acc| p.to_f64().to_bits() == q.to_f64().to_bits();
+                    assert!(
+                        same(a, c) && same(b, d),
+                        "{name} len {len} off {off}: {a:?} {b:?} vs {c:?} {d:?}"
+                    );
+                }
+            }
+        }
+        check::<f32>("f32");
+        check::<half::bf16>("bf16");
+        check::<f64>("f64");
+    }
     use super::*;
     use half::bf16;
 
