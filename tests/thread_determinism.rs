@@ -174,13 +174,20 @@ fn backward_ops_are_bit_identical_across_thread_counts() {
     });
 }
 
-/// GroupNorm's backward on planes of one and of a few elements (`(N, C)` and `(N, C, L)`
-/// input: statistics per (sample, group) in tasks of whole groups, the parameter gradients
-/// summed per task and then over the tasks in order): the same bits at every thread count,
-/// and the same parameter gradients without `grad_input` as with it.
+/// GroupNorm's backward on short planes (`(N, C)` and `(N, C, L)` input, and channels-last
+/// samples of a few rows: statistics per (sample, group) in tasks of whole groups or samples,
+/// the parameter gradients summed per task and then over the tasks in order): the same bits
+/// at every thread count, and the same parameter gradients without `grad_input` as with it.
 #[test]
 fn short_plane_group_norm_backward_is_bit_identical_across_thread_counts() {
-    for shape in [vec![4096usize, 64], vec![512, 32, 5], vec![300, 12, 13]] {
+    let cases = [
+        (vec![4096usize, 64], false),
+        (vec![512, 32, 5], false),
+        (vec![300, 12, 13], false),
+        (vec![256, 32, 3, 5], true),
+        (vec![64, 16, 7, 9], true),
+    ];
+    for (shape, cl) in cases {
         let (n, c) = (shape.iter().product::<usize>(), shape[1]);
         let (x, g) = (data(n, 5), data(n, 7));
         let w: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 / c as f32).collect();
@@ -188,11 +195,11 @@ fn short_plane_group_norm_backward_is_bit_identical_across_thread_counts() {
             let mut y = vec![0.0f32; n];
             let mut args = GroupNormArgs::new(4);
             args.weight = Some(Tensor::new(&w, &[c]).unwrap());
-            let xt = Tensor::new(&x, &shape).unwrap();
-            let s = group_norm(&xt, &mut TensorMut::new(&mut y, &shape).unwrap(), args).unwrap();
+            let xt = view(&x, &shape, cl);
+            let s = group_norm(&xt, &mut view_mut(&mut y, &shape, cl), args).unwrap();
             let (mut dx, mut dw, mut db) = (vec![0.0f32; n], vec![0.0f32; c], vec![0.0f32; c]);
             group_norm_backward(
-                &Tensor::new(&g, &shape).unwrap(),
+                &view(&g, &shape, cl),
                 &xt,
                 GroupNormBackwardArgs {
                     num_groups: 4,
@@ -200,7 +207,7 @@ fn short_plane_group_norm_backward_is_bit_identical_across_thread_counts() {
                     mean: s.mean.view(),
                     invstd: s.invstd.view(),
                     grads: Gradients {
-                        grad_input: with_dx.then(|| TensorMut::new(&mut dx, &shape).unwrap()),
+                        grad_input: with_dx.then(|| view_mut(&mut dx, &shape, cl)),
                         grad_weight: Some(TensorMut::new(&mut dw, &[c]).unwrap()),
                         grad_bias: Some(TensorMut::new(&mut db, &[c]).unwrap()),
                         accumulate: false,
@@ -210,7 +217,7 @@ fn short_plane_group_norm_backward_is_bit_identical_across_thread_counts() {
             .unwrap();
             (bits(&dx), [bits(&dw), bits(&db)].concat())
         };
-        same_for_all_thread_counts(&format!("group_norm_backward {shape:?}"), &|| {
+        same_for_all_thread_counts(&format!("group_norm_backward {shape:?} cl {cl}"), &|| {
             let (dx, params) = run(true);
             assert!(dx.iter().any(|&b| b != 0), "{shape:?}: dx was not written");
             [dx, params].concat()

@@ -262,6 +262,15 @@ fn recovered_centres<C: Real>(
 /// layout runs as column sums over rows of `C·S` elements (see `channel_backward`).
 const SMALL_PLANE: usize = 64;
 
+/// Planes below which statistics per (sample, group) (GroupNorm, InstanceNorm) take
+/// `group_grad_short` (channels first) or `group_grad_last` (channels last), not the fused
+/// per-unit path with coefficients per pair. One thread, same-run medians, GroupNorm(32) f32
+/// backward, old / new: channels first (256, 256, 8, 8) 13.3–14.4 / 7.6–7.9 ms, (128, 256,
+/// 16, 8) 8.5–9.7 / 6.7–7.2, (64, 256, 16, 16) 6.6–7.6 / 7.4–7.7; channels last (256, 256, 8,
+/// 8) 7.8–8.1 / 6.6–6.7, (64, 256, 16, 16) 5.7–6.0 / 5.5–5.7, (16, 256, 32, 32) 6.2–6.4 /
+/// 5.6–6.5 (docs/perf/cpu.md, round 28).
+const SHORT_GROUP_PLANE: usize = 256;
+
 /// How the `N·C` (sample, channel) pairs map onto the normalised groups of a channel op.
 #[derive(Clone, Copy)]
 struct Grouping {
@@ -445,10 +454,11 @@ fn channel_backward(
             // channel): column sums over the N rows and one coefficient per column, instead
             // of per-pair passes over planes of a few elements. 4096x256x4 f32 took 249 ms at
             // one thread this way (PyTorch 2.15: 81 ms).
-            // Statistics per (sample, group) over planes of one element ((N, C) input) or
-            // shorter than SMALL_PLANE in channels-first layout: a kernel per run of whole
-            // statistics, their coefficients per statistic (see `group_grad_short`).
-            if !grouping.per_channel && sync.is_none() && (geom.s == 1 || (lay == ChannelLayout::First && geom.s < SMALL_PLANE)) {
+            // Statistics per (sample, group) on planes shorter than SHORT_GROUP_PLANE: a kernel
+            // per run of whole statistics (channels first, and every (N, C) input) or of whole
+            // samples (channels last), coefficients per statistic (`group_grad_short`,
+            // `group_grad_last`).
+            if !grouping.per_channel && sync.is_none() && geom.s < SHORT_GROUP_PLANE {
                 let gamma: Vec<f64> = gamma.iter().map(|g| g.to_f64()).collect();
                 let groups = ShortGroups {
                     s: geom.s,
@@ -458,7 +468,11 @@ fn channel_backward(
                     gamma: &gamma,
                     coefficients: &stat_coefficients,
                 };
-                return Ok(kernels::group_grad_short((xs, gs, dx), geom.n * geom.c, &groups));
+                return Ok(if lay == ChannelLayout::First || geom.s == 1 {
+                    kernels::group_grad_short((xs, gs, dx), geom.n * geom.c, &groups)
+                } else {
+                    kernels::group_grad_last((xs, gs, dx), geom.n, &groups)
+                });
             }
             let (sums_geom, per, sums_lay) = if grouping.per_channel && lay == ChannelLayout::Last {
                 (Geom { n: 1, c: geom.c, s: geom.n * geom.s }, 1, lay)
