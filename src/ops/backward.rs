@@ -263,7 +263,7 @@ fn recovered_centres<C: Real>(
 const SMALL_PLANE: usize = 64;
 
 /// Planes below which statistics per (sample, group) (GroupNorm, InstanceNorm) take
-/// `group_grad_short` (channels first) or `group_grad_last` (channels last), not the fused
+/// `group_grad_short` (channels first and channels last), not the fused
 /// per-unit path with coefficients per pair. One thread, same-run medians, GroupNorm(32) f32
 /// backward, old / new: channels first (256, 256, 8, 8) 13.3–14.4 / 7.6–7.9 ms, (128, 256,
 /// 16, 8) 8.5–9.7 / 6.7–7.2, (64, 256, 16, 16) 6.6–7.6 / 7.4–7.7; channels last (256, 256, 8,
@@ -456,8 +456,7 @@ fn channel_backward(
             // one thread this way (PyTorch 2.15: 81 ms).
             // Statistics per (sample, group) on planes shorter than SHORT_GROUP_PLANE: a kernel
             // per run of whole statistics (channels first, and every (N, C) input) or of whole
-            // samples (channels last), coefficients per statistic (`group_grad_short`,
-            // `group_grad_last`).
+            // samples (channels last), coefficients per statistic (`group_grad_short`).
             if !grouping.per_channel && sync.is_none() && geom.s < SHORT_GROUP_PLANE {
                 let gamma: Vec<f64> = gamma.iter().map(|g| g.to_f64()).collect();
                 let groups = ShortGroups {
@@ -468,11 +467,7 @@ fn channel_backward(
                     gamma: &gamma,
                     coefficients: &stat_coefficients,
                 };
-                return Ok(if lay == ChannelLayout::First || geom.s == 1 {
-                    kernels::group_grad_short((xs, gs, dx), geom.n * geom.c, &groups)
-                } else {
-                    kernels::group_grad_last((xs, gs, dx), geom.n, &groups)
-                });
+                return Ok(kernels::group_grad_short((xs, gs, dx), (geom.n, lay), &groups));
             }
             let (sums_geom, per, sums_lay) = if grouping.per_channel && lay == ChannelLayout::Last {
                 (Geom { n: 1, c: geom.c, s: geom.n * geom.s }, 1, lay)

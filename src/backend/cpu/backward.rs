@@ -298,61 +298,71 @@ pub struct ShortGroups<'a, C> {
     pub coefficients: StatCoefficients<'a, C>,
 }
 
-/// Statistics per group of `planes` consecutive channels-first planes, each shorter than a
-/// few lines (GroupNorm and InstanceNorm over `(N, C)` and `(N, C, L)` input with short `L`):
-/// per statistic, its planes' `A = Σ g` and `B = Σ g·(x − μ)` as [`channel_grad_sums`],
-/// `coefficients` and the apply `dx = g·p + (x − μ)·q + o` of [`apply_channel_grad`] (the same
-/// operations, so the same `dx` as [`channel_grad_fused`]), a task per [`rows_per_piece`]-sized
-/// run of whole statistics. Returns the parameter gradients `(dγ, dβ) = (Σ r·B, Σ A)` per
-/// channel, summed per task in order, then over the tasks in order. [`channel_grad_fused`]
-/// kept a vector of plane slices and three of coefficients per statistic, and N·C sums for the
-/// ops layer to divide out per pair: GroupNorm's backward on (16384, 256) with 32 groups took
-/// 329 ms at one thread this way (PyTorch 2.15: 36 ms).
+impl<C: Real> ShortGroups<'_, C> {
+    /// Statistic `stat`'s `(r, q, o)` from its planes' `(A, B)` in order, `gamma` theirs.
+    #[inline(always)]
+    fn of_stat(
+        &self,
+        stat: usize,
+        gamma: &[f64],
+        sums: impl Iterator<Item = (f64, f64)>,
+    ) -> (f64, C, C) {
+        let (mut sa, mut sb) = (0.0, 0.0);
+        for (&gm, (av, bv)) in gamma.iter().zip(sums) {
+            sa += gm * av;
+            sb += gm * bv;
+        }
+        (self.coefficients)(stat, sa, sb)
+    }
+}
+
+/// `x`, `g` and, when wanted, `dx` of one task.
+type TaskData<'a, T> = (&'a [T], &'a [T], Option<&'a mut [T]>);
+
+/// Statistics per (sample, group) on short planes (GroupNorm and InstanceNorm over `(N, C)`
+/// input and over planes of fewer than a few hundred elements), `samples` samples:
+/// * channels first (and planes of one element, the same memory): per statistic, its
+///   planes' `A = Σ g` and `B = Σ g·(x − μ)` as [`channel_grad_sums`], their coefficients
+///   ([`StatCoefficients`]) and the apply `dx = g·p + (x − μ)·q + o` of
+///   [`apply_channel_grad`] (the same operations, so the same `dx` as [`channel_grad_fused`]),
+///   a task per [`rows_per_piece`]-sized run of whole statistics;
+/// * channels last: per sample, its column sums `(A, B)` per channel around its groups'
+///   centres, the coefficients per statistic, the apply over its rows, a task per run of
+///   whole samples.
+///
+/// Returns the parameter gradients `(dγ, dβ) = (Σ r·B, Σ A)` per channel, summed per task in
+/// order, then over the tasks in order. [`channel_grad_fused`] kept a vector of plane slices
+/// and three of coefficients per statistic, and N·C sums for the ops layer to divide out per
+/// pair: GroupNorm(32)'s backward at one thread took 329 ms on (16384, 256) and 84 ms on
+/// (4096, 256, 2, 2) NHWC this way (PyTorch 2.15: 49 and 10 ms).
 pub fn group_grad_short<T: Element>(
-    (x, g, dx): (&[T], &[T], Option<&mut [T]>),
-    pairs: usize,
+    data: TaskData<'_, T>,
+    (samples, layout): (usize, ChannelLayout),
     k: &ShortGroups<'_, T::Compute>,
 ) -> (Vec<f64>, Vec<f64>) {
     let c = k.planes * k.groups;
-    let stats = pairs / k.planes.max(1);
-    group_grad_tasks(
-        (x, g, dx),
-        (stats, k.s * k.planes),
-        c,
-        |xt, gt, dt, params, first| group_grad_task(xt, gt, dt, params, first, k),
-    )
+    if layout == ChannelLayout::First || k.s == 1 {
+        let items = (samples * k.groups, k.s * k.planes);
+        group_grad_tasks(data, items, c, |d, params, first| {
+            group_grad_task(d, params, first, k)
+        })
+    } else {
+        let items = (samples, k.s * c);
+        group_grad_tasks(data, items, c, |d, params, first| {
+            group_grad_last_task(d, params, first, k)
+        })
+    }
 }
 
-/// Channels-last statistics per (sample, group) (GroupNorm and InstanceNorm NHWC) on samples
-/// of a few rows: per sample, its column sums `(A, B)` per channel around its groups' centres,
-/// the coefficients per statistic ([`StatCoefficients`]), the apply over its rows, a task per
-/// [`rows_per_piece`]-sized run of whole samples. Returns `(dγ, dβ)` as [`group_grad_short`].
-/// [`channel_grad_fused`] built the coefficients of every `(n, c)` pair through the ops
-/// layer: GroupNorm's backward on (4096, 256, 2, 2) NHWC took 84 ms at one thread (PyTorch
-/// 2.15: 9 ms).
-pub fn group_grad_last<T: Element>(
-    (x, g, dx): (&[T], &[T], Option<&mut [T]>),
-    samples: usize,
-    k: &ShortGroups<'_, T::Compute>,
-) -> (Vec<f64>, Vec<f64>) {
-    let c = k.planes * k.groups;
-    group_grad_tasks(
-        (x, g, dx),
-        (samples, k.s * c),
-        c,
-        |xt, gt, dt, params, first| group_grad_last_task(xt, gt, dt, params, first, k),
-    )
-}
-
-/// The tasks of [`group_grad_short`] and [`group_grad_last`]: `items` items of `unit`
+/// The tasks of [`group_grad_short`]: `items` items of `unit`
 /// elements (statistics, samples) in runs of [`rows_per_piece`] items, `task(x, g, dx,
 /// (dγ, dβ), first item)` on each with its own zeroed per-channel partials of `(dγ, dβ)`,
 /// which are then added in task order.
 fn group_grad_tasks<T: Element>(
-    (x, g, dx): (&[T], &[T], Option<&mut [T]>),
+    (x, g, dx): TaskData<'_, T>,
     (items, unit): (usize, usize),
     c: usize,
-    task: impl Fn(&[T], &[T], Option<&mut [T]>, (&mut [f64], &mut [f64]), usize) + Sync,
+    task: impl Fn(TaskData<'_, T>, (&mut [f64], &mut [f64]), usize) + Sync,
 ) -> (Vec<f64>, Vec<f64>) {
     if unit == 0 || items == 0 || c == 0 {
         return (vec![0.0; c], vec![0.0; c]);
@@ -370,32 +380,30 @@ fn group_grad_tasks<T: Element>(
             .zip(inputs.zip(dx[..total].par_chunks_mut(len).on_threads()))
             .enumerate()
             .for_each(|(t, (slot, ((xt, gt), dt)))| {
-                task(xt, gt, Some(dt), zeroed_halves(slot), t * per_task)
+                task((xt, gt, Some(dt)), zeroed_halves(slot), t * per_task)
             }),
         None => sums
             .zip(inputs)
             .enumerate()
             .for_each(|(t, (slot, (xt, gt)))| {
-                task(xt, gt, None, zeroed_halves(slot), t * per_task)
+                task((xt, gt, None), zeroed_halves(slot), t * per_task)
             }),
     }
     merge_pairs(&slab, c)
 }
 
-/// The samples `first ..` of [`group_grad_last`] over one task's elements, adding their
+/// The samples `first ..` of [`group_grad_short`] in channels-last layout over one task's elements, adding their
 /// channels' `r·B` and `A` into `params`.
 fn group_grad_last_task<T: Element>(
-    xs: &[T],
-    gs: &[T],
-    dx: Option<&mut [T]>,
-    params: (&mut [f64], &mut [f64]),
+    (xs, gs, dx): TaskData<'_, T>,
+    (dw, db): (&mut [f64], &mut [f64]),
     first: usize,
     k: &ShortGroups<'_, T::Compute>,
 ) {
     let (planes, groups) = (k.planes, k.groups);
     let c = planes * groups;
     let sample = k.s * c;
-    let (mut dx, (dw, db)) = (dx, params);
+    let mut dx = dx;
     let zero = T::Compute::ZERO;
     let (mut hi, mut lo) = (vec![zero; c], vec![zero; c]);
     let (mut p, mut q, mut o) = (vec![zero; c], vec![zero; c], vec![zero; c]);
@@ -421,12 +429,8 @@ fn group_grad_last_task<T: Element>(
             let cs = gi * planes..(gi + 1) * planes;
             let gamma = &k.gamma[cs.clone()];
             let (ag, bg) = (&a[cs.clone()], &b[cs.clone()]);
-            let (mut sa, mut sb) = (0.0, 0.0);
-            for ((&gm, av), bv) in gamma.iter().zip(ag).zip(bg) {
-                sa += gm * av.to_f64();
-                sb += gm * bv.to_f64();
-            }
-            let (r, qg, og) = (k.coefficients)(stats + gi, sa, sb);
+            let sums = ag.iter().zip(bg).map(|(av, bv)| (av.to_f64(), bv.to_f64()));
+            let (r, qg, og) = k.of_stat(stats + gi, gamma, sums);
             let (_, og) = m.fold(qg, og);
             for (ch, &gm) in cs.zip(gamma) {
                 db[ch] += a[ch].to_f64();
@@ -445,16 +449,14 @@ simd_clones! {
 /// The statistics `first ..` of [`group_grad_short`] over one task's elements, adding their
 /// planes' `r·B` and `A` into `params` per channel.
 fn group_grad_task<T: Element>(
-    xs: &[T],
-    gs: &[T],
-    dx: Option<&mut [T]>,
+    data: TaskData<'_, T>,
     params: (&mut [f64], &mut [f64]),
     first: usize,
     k: &ShortGroups<'_, T::Compute>,
 ) {
     let (s, planes) = (k.s, k.planes);
     let unit = planes * s;
-    let (mut dx, (dw, db)) = (dx, params);
+    let ((xs, gs, mut dx), (dw, db)) = (data, params);
     let (mut a, mut b, mut p) = (vec![0.0; planes], vec![0.0; planes], vec![T::Compute::ZERO; planes]);
     for (j, (xu, gu)) in xs.chunks_exact(unit).zip(gs.chunks_exact(unit)).enumerate() {
         let stat = first + j;
@@ -477,12 +479,7 @@ fn group_grad_task<T: Element>(
         }
         let base = (stat % k.groups) * planes;
         let gamma = &k.gamma[base..base + planes];
-        let (mut sa, mut sb) = (0.0, 0.0);
-        for ((&gm, &av), &bv) in gamma.iter().zip(&a).zip(&b) {
-            sa += gm * av;
-            sb += gm * bv;
-        }
-        let (r, q, o) = (k.coefficients)(stat, sa, sb);
+        let (r, q, o) = k.of_stat(stat, gamma, a.iter().copied().zip(b.iter().copied()));
         let params = dw[base..base + planes].iter_mut().zip(&mut db[base..base + planes]);
         for ((w, d), (&av, &bv)) in params.zip(a.iter().zip(&b)) {
             *d += av;
