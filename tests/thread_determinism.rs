@@ -15,18 +15,10 @@ use normkit::ops::{
     group_norm_backward, layer_norm, layer_norm_backward, local_response_norm,
 };
 use normkit::{Tensor, TensorMut};
-use sync_common::{view, view_mut};
+use sync_common::{lcg_data, view, view_mut};
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0 + 100.0
-        })
-        .collect()
+    lcg_data(n, seed, 100.0)
 }
 
 /// Runs `f` at 1, 2 and 3 threads with the widest clones and at 1 and 2 threads with the AVX2

@@ -26,6 +26,19 @@ pub fn batch(step: usize, total: usize) -> Vec<f64> {
         .collect()
 }
 
+/// `n` pseudo-random values uniform in `[offset − 2, offset + 2)` (an LCG from `seed`).
+pub fn lcg_data(n: usize, seed: u64, offset: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0 + offset
+        })
+        .collect()
+}
+
 /// Converts logical values of shape `sh` into memory order for `channels_last`.
 pub fn to_memory<T: ElementData>(logical: &[f64], sh: &[usize], channels_last: bool) -> Vec<T> {
     let mut out = vec![T::default(); logical.len()];
