@@ -432,6 +432,32 @@ fn channel_backward(
             Ok(())
         };
         run_dense_grad::<T, _>(op, x, grad_output, grads.grad_input.as_mut(), true, |xs, gs, dx, lay| -> Result<_> {
+            // Planes shorter than SHORT_GROUP_PLANE, statistics per (sample, group): a kernel
+            // per run of whole statistics (channels first, and every (N, C) input) or of whole
+            // samples (channels last), coefficients per statistic (`group_grad_short`).
+            // Statistics per channel on channels-first planes from SMALL_PLANE up: two passes
+            // in memory order (`channel_grad_short`). One thread, same-run medians,
+            // BatchNorm2d f32 backward, old / new: (256, 256, 8, 8) 17.5-18.0 / 6.4-8.5 ms,
+            // (128, 256, 16, 8) 9.2-10.0 / 5.5-6.9 ms, (64, 256, 16, 16) 4.9-5.0 / 4.3-5.5 ms;
+            // below 64 elements the column sums below stay faster ((4096, 256, 2, 2): 5.7-5.8
+            // / 11.8-12.1 ms).
+            let short_channels = lay == ChannelLayout::First && geom.s >= SMALL_PLANE;
+            if sync.is_none() && geom.s < SHORT_GROUP_PLANE && (!grouping.per_channel || short_channels) {
+                let gamma: Vec<f64> = gamma.iter().map(|g| g.to_f64()).collect();
+                let stats = ShortGroups {
+                    s: geom.s,
+                    planes: geom.c / grouping.groups.max(1),
+                    groups: grouping.groups,
+                    mu: &mu_s,
+                    gamma: &gamma,
+                    coefficients: &stat_coefficients,
+                };
+                return Ok(if grouping.per_channel {
+                    kernels::channel_grad_short((xs, gs, dx), geom, &stats)
+                } else {
+                    kernels::group_grad_short((xs, gs, dx), (geom.n, lay), &stats)
+                });
+            }
             // Statistics per (sample, group): reduce and apply per group (channels first) or
             // per sample (channels last) while it is in cache (the bits of the two passes).
             // Statistics per channel, channels first: per channel, its N planes gathered.
@@ -454,40 +480,6 @@ fn channel_backward(
             // channel): column sums over the N rows and one coefficient per column, instead
             // of per-pair passes over planes of a few elements. 4096x256x4 f32 took 249 ms at
             // one thread this way (PyTorch 2.15: 81 ms).
-            // Statistics per (sample, group) on planes shorter than SHORT_GROUP_PLANE: a kernel
-            // per run of whole statistics (channels first, and every (N, C) input) or of whole
-            // samples (channels last), coefficients per statistic (`group_grad_short`).
-            if !grouping.per_channel && sync.is_none() && geom.s < SHORT_GROUP_PLANE {
-                let gamma: Vec<f64> = gamma.iter().map(|g| g.to_f64()).collect();
-                let groups = ShortGroups {
-                    s: geom.s,
-                    planes: geom.c / grouping.groups.max(1),
-                    groups: grouping.groups,
-                    mu: &mu_s,
-                    gamma: &gamma,
-                    coefficients: &stat_coefficients,
-                };
-                return Ok(kernels::group_grad_short((xs, gs, dx), (geom.n, lay), &groups));
-            }
-            // Statistics per channel on channels-first planes from SMALL_PLANE to
-            // SHORT_GROUP_PLANE elements: two passes in memory order (`channel_grad_short`).
-            // One thread, same-run medians, BatchNorm2d f32 backward, old / new: (256, 256, 8, 8)
-            // 17.5-18.0 / 6.4-8.5 ms, (128, 256, 16, 8) 9.2-10.0 / 5.5-6.9 ms, (64, 256, 16, 16)
-            // 4.9-5.0 / 4.3-5.5 ms; below 64 elements the column sums above stay faster
-            // ((4096, 256, 2, 2): 5.7-5.8 / 11.8-12.1 ms).
-            let short_channels = SMALL_PLANE..SHORT_GROUP_PLANE;
-            if grouping.per_channel && sync.is_none() && lay == ChannelLayout::First && short_channels.contains(&geom.s) {
-                let gamma: Vec<f64> = gamma.iter().map(|g| g.to_f64()).collect();
-                let channels = ShortGroups {
-                    s: geom.s,
-                    planes: 1,
-                    groups: geom.c,
-                    mu: &mu_s,
-                    gamma: &gamma,
-                    coefficients: &stat_coefficients,
-                };
-                return Ok(kernels::channel_grad_short((xs, gs, dx), geom, &channels));
-            }
             let (sums_geom, per, sums_lay) = if grouping.per_channel && lay == ChannelLayout::Last {
                 (Geom { n: 1, c: geom.c, s: geom.n * geom.s }, 1, lay)
             } else if grouping.per_channel && geom.s < SMALL_PLANE {
