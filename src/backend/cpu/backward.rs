@@ -383,12 +383,16 @@ pub fn channel_grad_short<T: Element>(
         let (hi, o) = k.mu[ch].fold(q, o);
         coef.push((hi, T::Compute::from_f64(r * gm), q, o));
     }
-    if let Some(dx) = dx {
-        group_grad_tasks((x, g, Some(dx)), items, c, |(xt, gt, dt), _, _| {
-            if let Some(dt) = dt {
-                channel_apply_task(xt, gt, dt, (s, &coef));
-            }
-        });
+    let total = n * c * s;
+    if let Some(dx) = dx.filter(|_| total > 0) {
+        // the same tasks as the sums, without their per-task sums
+        let len = rows_per_piece(c * s) * c * s;
+        let inputs = x[..total]
+            .par_chunks(len)
+            .on_threads()
+            .zip(g[..total].par_chunks(len).on_threads());
+        let tasks = dx[..total].par_chunks_mut(len).on_threads().zip(inputs);
+        tasks.for_each(|(dt, (xt, gt))| channel_apply_task(xt, gt, dt, (s, &coef)));
     }
     (dw, a)
 }
@@ -476,8 +480,8 @@ fn group_grad_tasks<T: Element>(
     merge_pairs(&slab, c)
 }
 
-/// The samples `first ..` of [`group_grad_short`] in channels-last layout over one task's elements, adding their
-/// channels' `r·B` and `A` into `params`.
+/// The samples `first ..` of [`group_grad_short`] in channels-last layout over one task's
+/// elements, adding their channels' `r·B` and `A` into `params`.
 fn group_grad_last_task<T: Element>(
     (xs, gs, dx): TaskData<'_, T>,
     (dw, db): (&mut [f64], &mut [f64]),
