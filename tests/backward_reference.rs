@@ -111,10 +111,15 @@ const SHAPES: [&[usize]; 9] = [
     &[3, 24, 15, 20],
 ];
 
-/// `f(shape, channels_last, layout, x, g)` for every shape of [`SHAPES`] in both layouts (2-D
+/// Rows wider than the channels-last backward's column blocks (1024 columns; 2100 = two whole
+/// blocks and a partial one), over more rows than its 16 pieces of partial sums take at once
+/// (600 rows of 1030), and channels last with two blocks per row.
+const WIDE_SHAPES: [&[usize]; 3] = [&[37, 2100], &[600, 1030], &[2, 1100, 3, 5]];
+
+/// `f(shape, channels_last, layout, x, g)` for every shape of `shapes` in both layouts (2-D
 /// shapes in one), `x` and `g` from `seeds` around `offsets`.
-fn each_case(seeds: (u64, u64), offsets: (f32, f32), f: Case<'_>) {
-    for shape in SHAPES {
+fn each_case(shapes: &[&[usize]], seeds: (u64, u64), offsets: (f32, f32), f: Case<'_>) {
+    for &shape in shapes {
         for cl in [false, true]
             .into_iter()
             .filter(|&cl| !cl || shape.len() > 2)
@@ -180,7 +185,17 @@ fn check(what: &str, want: Reference, backward: Backward<'_>) {
 
 #[test]
 fn batch_norm_backward_matches_the_closed_form_on_every_plane_length() {
-    each_case((3, 5), (1.5, 0.25), &|shape, cl, l, x, g| {
+    each_case(&SHAPES, (3, 5), (1.5, 0.25), &batch_norm_case);
+}
+
+#[test]
+fn batch_norm_backward_matches_the_closed_form_on_wide_rows() {
+    each_case(&WIDE_SHAPES, (13, 17), (-0.75, 0.5), &batch_norm_case);
+}
+
+/// One shape of the BatchNorm backward tests.
+fn batch_norm_case(shape: &[usize], cl: bool, l: Layout, x: &[f32], g: &[f32]) {
+    {
         let w: Vec<f32> = (0..l.c).map(|i| 0.5 + i as f32 / 16.0).collect();
         let mut y = vec![0.0f32; l.len()];
         let args = BatchNormArgs {
@@ -206,13 +221,13 @@ fn batch_norm_backward_matches_the_closed_form_on_every_plane_length() {
             )
             .unwrap()
         });
-    });
+    }
 }
 
 #[test]
 fn group_norm_backward_matches_the_closed_form_on_every_plane_length() {
     for groups in [4, 24] {
-        each_case((7, 11), (-2.5, 0.5), &|shape, cl, l, x, g| {
+        each_case(&SHAPES, (7, 11), (-2.5, 0.5), &|shape, cl, l, x, g| {
             let w: Vec<f32> = (0..l.c).map(|i| 1.5 - i as f32 / 32.0).collect();
             let mut y = vec![0.0f32; l.len()];
             let xt = view(x, shape, cl);

@@ -97,16 +97,22 @@ fn forward_ops_are_bit_identical_across_thread_counts() {
 #[test]
 fn backward_ops_are_bit_identical_across_thread_counts() {
     let shape = [16usize, 8, 40, 41];
-    let n: usize = shape.iter().product();
-    let (x, g) = (data(n, 3), data(n, 11));
     // channels last too: its column reductions and apply are separate kernels; planes of 99
-    // elements take the two passes in tasks of whole samples (`channel_grad_short`)
-    for (shape, cl) in [(shape, false), (shape, true), ([64, 8, 9, 11], false)] {
-        let n: usize = shape.iter().product();
+    // elements take the two passes in tasks of whole samples (`channel_grad_short`); rows of
+    // 1030 channels take column blocks, 600 of them the 16 pieces of partial sums
+    let cases = [
+        (shape, false),
+        (shape, true),
+        ([64, 8, 9, 11], false),
+        ([600, 1030, 1, 1], true),
+    ];
+    for (shape, cl) in cases {
+        let (n, c) = (shape.iter().product(), shape[1]);
+        let (x, g) = (data(n, 3), data(n, 11));
         let what = format!("batch_norm_backward {shape:?} channels_last={cl}");
         same_for_all_thread_counts(&what, &|| {
             let mut y = vec![0.0f32; n];
-            let (x, g) = (&x[..n], &g[..n]);
+            let (x, g) = (&x[..], &g[..]);
             let s = batch_norm(
                 &view(x, &shape, cl),
                 &mut view_mut(&mut y, &shape, cl),
@@ -116,7 +122,7 @@ fn backward_ops_are_bit_identical_across_thread_counts() {
                 },
             )
             .unwrap();
-            let (mut dx, mut dw, mut db) = (vec![0.0f32; n], vec![0.0f32; 8], vec![0.0f32; 8]);
+            let (mut dx, mut dw, mut db) = (vec![0.0f32; n], vec![0.0f32; c], vec![0.0f32; c]);
             batch_norm_backward(
                 &view(g, &shape, cl),
                 &view(x, &shape, cl),
@@ -128,8 +134,8 @@ fn backward_ops_are_bit_identical_across_thread_counts() {
                     },
                     grads: Gradients {
                         grad_input: Some(view_mut(&mut dx, &shape, cl)),
-                        grad_weight: Some(TensorMut::new(&mut dw, &[8]).unwrap()),
-                        grad_bias: Some(TensorMut::new(&mut db, &[8]).unwrap()),
+                        grad_weight: Some(TensorMut::new(&mut dw, &[c]).unwrap()),
+                        grad_bias: Some(TensorMut::new(&mut db, &[c]).unwrap()),
                         accumulate: false,
                     },
                 },
@@ -140,6 +146,7 @@ fn backward_ops_are_bit_identical_across_thread_counts() {
     }
     let rows = [2048usize, 96];
     let m: usize = rows.iter().product();
+    let (x, g) = (data(m, 3), data(m, 11));
     same_for_all_thread_counts("layer_norm_backward", &|| {
         let mut y = vec![0.0f32; m];
         let s = layer_norm(

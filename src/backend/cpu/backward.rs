@@ -14,8 +14,8 @@ pub const LANES: usize = 16;
 use super::prefetch;
 use super::threads::{self, OnThreads};
 use super::{
-    ChannelLayout, Geom, SplitCentres, fold_centres, part, reduction_rows, rows_per_piece,
-    sample_runs, split_centres,
+    ChannelLayout, Geom, SplitCentres, few_pieces_rows, fold_centres, part, reduction_rows,
+    rows_per_piece, sample_runs, split_centres,
 };
 use crate::dtype::{Element, Real};
 use rayon::prelude::*;
@@ -608,7 +608,15 @@ fn sample_grad_sums<T: Element>(
     parallel: bool,
 ) -> (Vec<f64>, Vec<f64>) {
     let c = centres.0.len();
-    let piece = (reduction_rows(xs.len() / c.max(1), c) * c).max(1);
+    // past one column block, at most 16 pieces: 64 slabs of 4096 columns' f64 pairs (4 MiB) cost
+    // 1.3–1.4x in zeroing, filling and merging them (BatchNorm1d 1024x4096 f32 backward)
+    let rows = xs.len() / c.max(1);
+    let piece_rows = if c > COLUMN_BLOCK {
+        few_pieces_rows(rows, c)
+    } else {
+        reduction_rows(rows, c)
+    };
+    let piece = (piece_rows * c).max(1);
     let mut slab = piece_sums::<T::Acc>(xs.len().min(gs.len()).div_ceil(piece), c);
     let one = |xc: &[T], gc: &[T], slot: &mut [T::Acc]| {
         let (a, b) = zeroed_halves(slot);
@@ -676,6 +684,12 @@ fn merge_pairs<A: Real>(slab: &[A], cols: usize) -> (Vec<f64>, Vec<f64>) {
 /// Per-column coefficients `(p, q, o)` of `dx = g·p + (x − μ)·q + o`.
 type GradColumns<'a, C> = (&'a [C], &'a [C], &'a [C]);
 
+/// Columns taken at once by the channels-last backward loops at generic widths
+/// ([`grad_sums_columns`], [`grad_apply_rows`]): every row of the piece over one block, then the
+/// next block, so the block's per-column sums (f64) or coefficients stay in L1 (4096 columns'
+/// sums and centres are 96 KiB). Each column sees the same operations in the same order.
+const COLUMN_BLOCK: usize = 1024;
+
 simd_clones! {
 /// `(Σ g, Σ g·(x − m))` over one contiguous run ([`moments::pair_sums`]: compute-type partials
 /// in lanes, flushed into accumulator-type lanes). The second sum is taken around `m.hi` and
@@ -727,7 +741,7 @@ fn grad_apply_run<T: Element>(
 /// block's then added into the accumulator type — the statistics' scheme per column
 /// ([`super::column_dev_sums`]), in memory order. Other widths add every element into the
 /// accumulator type (f64 for f32 input: a conversion and two read-modify-writes of the column
-/// sums per element). Same-run A/B on an AMD EPYC (Zen 4) VM, one thread, BatchNorm2d NHWC
+/// sums per element), [`COLUMN_BLOCK`] columns at a time. Same-run A/B on an AMD EPYC (Zen 4) VM, one thread, BatchNorm2d NHWC
 /// backward: 1.10–1.22x f32, 1.18–1.22x bf16. Wider rows in 64-column tiles per block (the
 /// forward statistics' order) measured 0.66–0.74x f32 on GroupNorm's 256 columns there, and
 /// partials kept in memory 0.91x, so they keep the element-wise sums.
@@ -743,12 +757,16 @@ fn grad_sums_columns<T: Element>(
         128 => grad_sums_tile::<T, 128>(a, b, xs, gs, centres),
         cols => {
             let (hi, lo) = centres;
-            for (xr, gr) in xs.chunks_exact(cols).zip(gs.chunks_exact(cols)) {
-                let cols = a.iter_mut().zip(b.iter_mut()).zip(hi.iter().zip(lo));
-                for (((a, b), (&hi, &lo)), (&xv, &gv)) in cols.zip(xr.iter().zip(gr)) {
-                    let g = gv.to_compute();
-                    *a += acc_of::<T>(g);
-                    *b += acc_of::<T>(g * Centre { hi, lo }.centre(xv.to_compute()));
+            for c0 in (0..cols).step_by(COLUMN_BLOCK) {
+                let c1 = (c0 + COLUMN_BLOCK).min(cols);
+                let (a, b, hi, lo) = (&mut a[c0..c1], &mut b[c0..c1], &hi[c0..c1], &lo[c0..c1]);
+                for (xr, gr) in xs.chunks_exact(cols).zip(gs.chunks_exact(cols)) {
+                    let cols = a.iter_mut().zip(b.iter_mut()).zip(hi.iter().zip(lo));
+                    for (((a, b), (&hi, &lo)), (&xv, &gv)) in cols.zip(xr[c0..c1].iter().zip(&gr[c0..c1])) {
+                        let g = gv.to_compute();
+                        *a += acc_of::<T>(g);
+                        *b += acc_of::<T>(g * Centre { hi, lo }.centre(xv.to_compute()));
+                    }
                 }
             }
         }
@@ -765,16 +783,21 @@ fn grad_apply_rows<T: Element>(
 ) {
     let (hi, (p, q, o)) = coef;
     let cols = hi.len();
-    let rows = dx.chunks_exact_mut(cols).zip(xs.chunks_exact(cols).zip(gs.chunks_exact(cols)));
-    for (dr, (xr, gr)) in rows {
-        // split at the row's first line boundary where it is long enough (`store_ranges`)
-        for r in prefetch::store_ranges(dr, cols) {
-            let coef = (hi[r.clone()].iter()).zip(p[r.clone()].iter().zip(&q[r.clone()]).zip(&o[r.clone()]));
-            let (dr, xr, gr) = (&mut dr[r.clone()], &xr[r.clone()], &gr[r]);
-            for ((d, (&xv, &gv)), (&hi, ((&p, &q), &o))) in
-                dr.iter_mut().zip(xr.iter().zip(gr)).zip(coef)
-            {
-                *d = T::from_compute(gv.to_compute() * p + (xv.to_compute() - hi) * q + o);
+    for c0 in (0..cols).step_by(COLUMN_BLOCK) {
+        let c1 = (c0 + COLUMN_BLOCK).min(cols);
+        let rows = dx.chunks_exact_mut(cols).zip(xs.chunks_exact(cols).zip(gs.chunks_exact(cols)));
+        for (dr, (xr, gr)) in rows {
+            let (dr, xr, gr) = (&mut dr[c0..c1], &xr[c0..c1], &gr[c0..c1]);
+            // split at the row's first line boundary where it is long enough (`store_ranges`)
+            for r in prefetch::store_ranges(dr, c1 - c0) {
+                let k = c0 + r.start..c0 + r.end;
+                let coef = (hi[k.clone()].iter()).zip(p[k.clone()].iter().zip(&q[k.clone()]).zip(&o[k]));
+                let (dr, xr, gr) = (&mut dr[r.clone()], &xr[r.clone()], &gr[r]);
+                for ((d, (&xv, &gv)), (&hi, ((&p, &q), &o))) in
+                    dr.iter_mut().zip(xr.iter().zip(gr)).zip(coef)
+                {
+                    *d = T::from_compute(gv.to_compute() * p + (xv.to_compute() - hi) * q + o);
+                }
             }
         }
     }

@@ -84,6 +84,14 @@ pub(crate) fn reduction_rows(rows: usize, cols: usize) -> usize {
     rows_per_piece(cols).max(rows.div_ceil(MAX_PARTIALS))
 }
 
+/// Rows per piece of a column reduction in at most [`MOMENT_TASKS`] pieces (and at least
+/// [`reduction_rows`]): for passes whose per-piece partials cost as much as their rows at
+/// thousands of columns ([`moment_pieces`]; the backward's channels-last sums, whose 64 slabs
+/// of 4096 columns' f64 pairs were 4 MiB to zero, fill and merge). Depends on the shape only.
+pub(crate) fn few_pieces_rows(rows: usize, cols: usize) -> usize {
+    reduction_rows(rows, cols).max(rows.div_ceil(MOMENT_TASKS))
+}
+
 /// A split shift: its `hi` and `lo` parts per column (structure of arrays, for vector loads).
 pub(crate) type SplitCentres<'a, C> = (&'a [C], &'a [C]);
 
@@ -525,7 +533,7 @@ fn column_moments_to<T: Element>(
 /// column's check failed); 1024 columns 1.00 → 0.95 ms / 0.60 → 0.53 ms; 64 and 256 columns
 /// unchanged. Depends on the shape only.
 fn moment_pieces(rows: usize, cols: usize) -> (usize, usize) {
-    let piece_rows = reduction_rows(rows, cols).max(rows.div_ceil(MOMENT_TASKS));
+    let piece_rows = few_pieces_rows(rows, cols);
     let min_pieces = MIN_TASK.div_ceil((piece_rows * cols).max(1));
     let task_pieces = rows.div_ceil(piece_rows).div_ceil(MOMENT_TASKS);
     (piece_rows, piece_rows * task_pieces.max(min_pieces))
