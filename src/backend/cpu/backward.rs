@@ -608,8 +608,8 @@ fn sample_grad_sums<T: Element>(
     parallel: bool,
 ) -> (Vec<f64>, Vec<f64>) {
     let c = centres.0.len();
-    // past one column block, at most 16 pieces: 64 slabs of 4096 columns' f64 pairs (4 MiB) cost
-    // 1.3–1.4x in zeroing, filling and merging them (BatchNorm1d 1024x4096 f32 backward)
+    // past one column block, at most 16 pieces: 64 slabs of 4096 columns' f64 pairs (4 MiB) to
+    // zero, fill and merge per call cost 1.15–1.4x (BatchNorm1d 1024x4096 f32 backward)
     let rows = xs.len() / c.max(1);
     let piece_rows = if c > COLUMN_BLOCK {
         few_pieces_rows(rows, c)
@@ -741,8 +741,8 @@ fn grad_apply_run<T: Element>(
 /// block's then added into the accumulator type — the statistics' scheme per column
 /// ([`super::column_dev_sums`]), in memory order. Other widths add every element into the
 /// accumulator type (f64 for f32 input: a conversion and two read-modify-writes of the column
-/// sums per element), [`COLUMN_BLOCK`] columns at a time. Same-run A/B on an AMD EPYC (Zen 4) VM, one thread, BatchNorm2d NHWC
-/// backward: 1.10–1.22x f32, 1.18–1.22x bf16. Wider rows in 64-column tiles per block (the
+/// sums per element), [`COLUMN_BLOCK`] columns at a time. Same-run A/B on an AMD EPYC (Zen 4)
+/// VM, one thread, BatchNorm2d NHWC backward: 1.10–1.22x f32, 1.18–1.22x bf16. Wider rows in 64-column tiles per block (the
 /// forward statistics' order) measured 0.66–0.74x f32 on GroupNorm's 256 columns there, and
 /// partials kept in memory 0.91x, so they keep the element-wise sums.
 fn grad_sums_columns<T: Element>(
