@@ -116,6 +116,12 @@ const SHAPES: [&[usize]; 9] = [
 /// (600 rows of 1030), and channels last with two blocks per row.
 const WIDE_SHAPES: [&[usize]; 3] = [&[37, 2100], &[600, 1030], &[2, 1100, 3, 5]];
 
+/// f32 rows of a multiple of 32 columns other than 64 and 128, which the channels-last
+/// backward sums in 32-column tiles of 16-row blocks: 192 over 40 rows (two whole blocks and
+/// part of one), 256 over 33, 384 channels last over samples of 35 rows, 1152 (past one
+/// column block) over 17.
+const TILE_SHAPES: [&[usize]; 4] = [&[40, 192], &[33, 256], &[3, 384, 5, 7], &[17, 1152]];
+
 /// `f(shape, channels_last, layout, x, g)` for every shape of `shapes` in both layouts (2-D
 /// shapes in one), `x` and `g` from `seeds` around `offsets`.
 fn each_case(shapes: &[&[usize]], seeds: (u64, u64), offsets: (f32, f32), f: Case<'_>) {
@@ -193,6 +199,11 @@ fn batch_norm_backward_matches_the_closed_form_on_wide_rows() {
     each_case(&WIDE_SHAPES, (13, 17), (-0.75, 0.5), &batch_norm_case);
 }
 
+#[test]
+fn batch_norm_backward_matches_the_closed_form_on_tiled_rows() {
+    each_case(&TILE_SHAPES, (19, 23), (0.5, -0.25), &batch_norm_case);
+}
+
 /// One shape of the BatchNorm backward tests.
 fn batch_norm_case(shape: &[usize], cl: bool, l: Layout, x: &[f32], g: &[f32]) {
     {
@@ -227,31 +238,44 @@ fn batch_norm_case(shape: &[usize], cl: bool, l: Layout, x: &[f32], g: &[f32]) {
 #[test]
 fn group_norm_backward_matches_the_closed_form_on_every_plane_length() {
     for groups in [4, 24] {
-        each_case(&SHAPES, (7, 11), (-2.5, 0.5), &|shape, cl, l, x, g| {
-            let w: Vec<f32> = (0..l.c).map(|i| 1.5 - i as f32 / 32.0).collect();
-            let mut y = vec![0.0f32; l.len()];
-            let xt = view(x, shape, cl);
-            let args = GroupNormArgs::new(groups);
-            let s = group_norm(&xt, &mut view_mut(&mut y, shape, cl), args).unwrap();
-            let stats = (s.mean.to_f64_vec(), s.invstd.to_f64_vec());
-            let per = l.c / groups;
-            let stat = |n: usize, c: usize| n * groups + c / per;
-            let want = reference(&l, (x, g, &w), (&stats.0, &stats.1), &stat);
-            let what = format!("group_norm_backward G={groups} {shape:?} channels_last={cl}");
-            check(&what, want, &|dx, dw, db, with_dx| {
-                group_norm_backward(
-                    &view(g, shape, cl),
-                    &xt,
-                    GroupNormBackwardArgs {
-                        num_groups: groups,
-                        weight: Some(Tensor::new(&w, &[l.c]).unwrap()),
-                        mean: s.mean.view(),
-                        invstd: s.invstd.view(),
-                        grads: grads((dx, dw, db), shape, cl, with_dx),
-                    },
-                )
-                .unwrap()
-            });
+        each_case(&SHAPES, (7, 11), (-2.5, 0.5), &group_norm_case(groups));
+    }
+}
+
+/// GroupNorm over 256 and 192 channels: channels last, the column sums of the short-plane
+/// path (samples of 16 and 25 rows) and of the long one (samples of 300 rows) in tiles.
+#[test]
+fn group_norm_backward_matches_the_closed_form_on_tiled_rows() {
+    let shapes: [&[usize]; 3] = [&[6, 256, 4, 4], &[3, 192, 5, 5], &[2, 256, 15, 20]];
+    each_case(&shapes, (29, 31), (1.25, -0.5), &group_norm_case(8));
+}
+
+/// One shape of the GroupNorm backward tests with `groups` groups.
+fn group_norm_case(groups: usize) -> impl Fn(&[usize], bool, Layout, &[f32], &[f32]) {
+    move |shape, cl, l, x, g| {
+        let w: Vec<f32> = (0..l.c).map(|i| 1.5 - i as f32 / 32.0).collect();
+        let mut y = vec![0.0f32; l.len()];
+        let xt = view(x, shape, cl);
+        let args = GroupNormArgs::new(groups);
+        let s = group_norm(&xt, &mut view_mut(&mut y, shape, cl), args).unwrap();
+        let stats = (s.mean.to_f64_vec(), s.invstd.to_f64_vec());
+        let per = l.c / groups;
+        let stat = |n: usize, c: usize| n * groups + c / per;
+        let want = reference(&l, (x, g, &w), (&stats.0, &stats.1), &stat);
+        let what = format!("group_norm_backward G={groups} {shape:?} channels_last={cl}");
+        check(&what, want, &|dx, dw, db, with_dx| {
+            group_norm_backward(
+                &view(g, shape, cl),
+                &xt,
+                GroupNormBackwardArgs {
+                    num_groups: groups,
+                    weight: Some(Tensor::new(&w, &[l.c]).unwrap()),
+                    mean: s.mean.view(),
+                    invstd: s.invstd.view(),
+                    grads: grads((dx, dw, db), shape, cl, with_dx),
+                },
+            )
+            .unwrap()
         });
     }
 }

@@ -105,6 +105,8 @@ fn backward_ops_are_bit_identical_across_thread_counts() {
         (shape, true),
         ([64, 8, 9, 11], false),
         ([600, 1030, 1, 1], true),
+        // 256 channels: the column sums in 32-column tiles
+        ([48, 256, 3, 3], true),
     ];
     for (shape, cl) in cases {
         let (n, c) = (shape.iter().product(), shape[1]);
@@ -189,6 +191,7 @@ fn short_plane_group_norm_backward_is_bit_identical_across_thread_counts() {
         (vec![300, 12, 13], false),
         (vec![256, 32, 3, 5], true),
         (vec![64, 16, 7, 9], true),
+        (vec![64, 256, 2, 2], true),
     ];
     for (shape, cl) in cases {
         let (n, c) = (shape.iter().product::<usize>(), shape[1]);

@@ -739,12 +739,22 @@ fn grad_apply_run<T: Element>(
 /// Rows of 64 or 128 columns (BatchNorm / GroupNorm channels last at those widths) are summed
 /// in blocks of [`moments::FLUSH`] rows whose compute-type partials stay in registers, each
 /// block's then added into the accumulator type — the statistics' scheme per column
-/// ([`super::column_dev_sums`]), in memory order. Other widths add every element into the
-/// accumulator type (f64 for f32 input: a conversion and two read-modify-writes of the column
-/// sums per element), [`COLUMN_BLOCK`] columns at a time. Same-run A/B on an AMD EPYC (Zen 4)
-/// VM, one thread, BatchNorm2d NHWC backward: 1.10–1.22x f32, 1.18–1.22x bf16. Wider rows in 64-column tiles per block (the
-/// forward statistics' order) measured 0.66–0.74x f32 on GroupNorm's 256 columns there, and
-/// partials kept in memory 0.91x, so they keep the element-wise sums.
+/// ([`super::column_dev_sums`]), in memory order. Same-run A/B on an AMD EPYC (Zen 4) VM, one
+/// thread, BatchNorm2d NHWC backward: 1.10–1.22x f32, 1.18–1.22x bf16.
+///
+/// Other rows of f32 of a multiple of 32 columns take the same blocks in 32-column tiles
+/// (four AVX-512 or eight AVX2 vectors of partials: no spills in either clone, and the same
+/// operations per column in both). Before, they added every element into f64 (a conversion
+/// and two read-modify-writes of the column sums per element). In-process A/B on an Intel Xeon
+/// (Emerald Rapids) VM, one thread, 5 alternations (docs/perf/cpu.md, round 30), AVX-512 /
+/// AVX2 clones: GroupNorm NHWC (1024, 256, 4, 4) 1.07x / 1.08x, (16, 256, 32, 32) 1.14x /
+/// 1.10x, BatchNorm2d NHWC (256, 256, 8, 8) 1.10x / 1.21x, BatchNorm1d 4096x1024 1.10x /
+/// 1.28x (128-column tiles in the AVX-512 clone: within 3 % of these). On an AMD EPYC (Zen
+/// 4) VM, 64-column tiles of GroupNorm's 256 columns in the AVX2 clone (16 vectors of
+/// partials, which spill) measured 0.66–0.74x; the 32-column tiles have not been measured
+/// there. bf16/f16 (whose
+/// accumulator is the compute type: 0.93–1.01x with tiles) and other widths keep the
+/// element-wise sums, [`COLUMN_BLOCK`] columns at a time.
 fn grad_sums_columns<T: Element>(
     a: &mut [T::Acc],
     b: &mut [T::Acc],
@@ -752,9 +762,12 @@ fn grad_sums_columns<T: Element>(
     gs: &[T],
     centres: SplitCentres<'_, T::Compute>,
 ) {
+    // f32 input: the accumulator type (f64) is wider than the compute type
+    let wide = std::mem::size_of::<T::Acc>() > std::mem::size_of::<T::Compute>();
     match a.len() {
         64 => grad_sums_tile::<T, 64>(a, b, xs, gs, centres),
         128 => grad_sums_tile::<T, 128>(a, b, xs, gs, centres),
+        cols if wide && cols % 32 == 0 => grad_sums_tile::<T, 32>(a, b, xs, gs, centres),
         cols => {
             let (hi, lo) = centres;
             for c0 in (0..cols).step_by(COLUMN_BLOCK) {
@@ -902,7 +915,9 @@ fn layer_norm_grad_apply<T: Element>(
 }
 }
 
-/// [`grad_sums_columns`] for rows of exactly `W` columns, `FLUSH` rows per block in registers.
+/// [`grad_sums_columns`] for rows of a multiple of `W` columns: per block of `FLUSH` rows,
+/// each `W`-column tile's compute-type partials in registers over the block's rows, then
+/// added into the accumulator type.
 #[inline(always)]
 fn grad_sums_tile<T: Element, const W: usize>(
     a: &mut [T::Acc],
@@ -911,23 +926,27 @@ fn grad_sums_tile<T: Element, const W: usize>(
     gs: &[T],
     (hi, lo): SplitCentres<'_, T::Compute>,
 ) {
-    let (hi, lo) = (&hi[..W], &lo[..W]);
-    let block = moments::FLUSH * W;
+    let cols = a.len();
+    let block = moments::FLUSH * cols;
     for (xb, gb) in xs.chunks(block).zip(gs.chunks(block)) {
-        let (mut pa, mut pb) = ([T::Compute::ZERO; W], [T::Compute::ZERO; W]);
-        for (xr, gr) in xb.chunks_exact(W).zip(gb.chunks_exact(W)) {
-            for i in 0..W {
-                let g = gr[i].to_compute();
-                pa[i] += g;
-                pb[i] += g * Centre {
-                    hi: hi[i],
-                    lo: lo[i],
+        for c0 in (0..cols).step_by(W) {
+            let (hi, lo) = (&hi[c0..c0 + W], &lo[c0..c0 + W]);
+            let (mut pa, mut pb) = ([T::Compute::ZERO; W], [T::Compute::ZERO; W]);
+            for (xr, gr) in xb.chunks_exact(cols).zip(gb.chunks_exact(cols)) {
+                let (xr, gr) = (&xr[c0..c0 + W], &gr[c0..c0 + W]);
+                for i in 0..W {
+                    let g = gr[i].to_compute();
+                    pa[i] += g;
+                    pb[i] += g * Centre {
+                        hi: hi[i],
+                        lo: lo[i],
+                    }
+                    .centre(xr[i].to_compute());
                 }
-                .centre(xr[i].to_compute());
             }
+            moments::add_parts::<T>(&mut a[c0..c0 + W], &pa);
+            moments::add_parts::<T>(&mut b[c0..c0 + W], &pb);
         }
-        moments::add_parts::<T>(a, &pa);
-        moments::add_parts::<T>(b, &pb);
     }
 }
 
