@@ -749,11 +749,11 @@ fn grad_apply_run<T: Element>(
 /// (Emerald Rapids) VM, one thread, 5 alternations (docs/perf/cpu.md, round 30), AVX-512 /
 /// AVX2 clones: GroupNorm NHWC (1024, 256, 4, 4) 1.07x / 1.08x, (16, 256, 32, 32) 1.14x /
 /// 1.10x, BatchNorm2d NHWC (256, 256, 8, 8) 1.10x / 1.21x, BatchNorm1d 4096x1024 1.10x /
-/// 1.28x (128-column tiles in the AVX-512 clone: within 3 % of these). On an AMD EPYC (Zen
-/// 4) VM, 64-column tiles of GroupNorm's 256 columns in the AVX2 clone (16 vectors of
-/// partials, which spill) measured 0.66–0.74x; the 32-column tiles have not been measured
-/// there. bf16/f16 (whose
-/// accumulator is the compute type: 0.93–1.01x with tiles) and other widths keep the
+/// 1.28x (128-column tiles in the AVX-512 clone: within 3 % of these). Round 17 measured
+/// 64-column tiles of GroupNorm's 256 columns at 0.66–0.74x on an AMD EPYC (Zen 4) VM, in the
+/// AVX-512 clone that f32 took there before round 18; the 32-column tiles in the AVX2 clone
+/// that Zen 4 runs for f32 now have not been measured there. bf16/f16 (whose
+/// accumulator is the compute type: 0.88–1.11x with tiles) and other widths keep the
 /// element-wise sums, [`COLUMN_BLOCK`] columns at a time.
 fn grad_sums_columns<T: Element>(
     a: &mut [T::Acc],
