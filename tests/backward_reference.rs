@@ -279,3 +279,30 @@ fn group_norm_case(groups: usize) -> impl Fn(&[usize], bool, Layout, &[f32], &[f
         });
     }
 }
+
+/// No channels: channels-last rows of zero columns (which the tile rule's `cols % 32 == 0`
+/// also matches) end in empty gradients or an error naming the op, never a panic.
+#[test]
+fn backward_with_no_channels_does_not_panic() {
+    for (shape, cl) in [([4usize, 0, 3, 3], true), ([4, 0, 3, 3], false)] {
+        let (x, g) = (Vec::<f32>::new(), Vec::<f32>::new());
+        let (mut dx, mut dw, mut db) = (Vec::<f32>::new(), Vec::<f32>::new(), Vec::<f32>::new());
+        let (mean, invstd) = (Vec::<f32>::new(), Vec::<f32>::new());
+        let r = batch_norm_backward(
+            &view(&g, &shape, cl),
+            &view(&x, &shape, cl),
+            NormBackwardArgs {
+                weight: None,
+                stats: ForwardStats::Saved {
+                    mean: Tensor::new(&mean, &[0]).unwrap(),
+                    invstd: Tensor::new(&invstd, &[0]).unwrap(),
+                },
+                grads: grads((&mut dx, &mut dw, &mut db), &shape, cl, true),
+            },
+        );
+        // an error or an empty result, either way no panic
+        if let Err(e) = r {
+            assert!(e.to_string().contains("batch_norm_backward"), "{e}");
+        }
+    }
+}

@@ -767,7 +767,7 @@ fn grad_sums_columns<T: Element>(
     match a.len() {
         64 => grad_sums_tile::<T, 64>(a, b, xs, gs, centres),
         128 => grad_sums_tile::<T, 128>(a, b, xs, gs, centres),
-        cols if wide && cols % 32 == 0 => grad_sums_tile::<T, 32>(a, b, xs, gs, centres),
+        cols if wide && cols > 0 && cols % 32 == 0 => grad_sums_tile::<T, 32>(a, b, xs, gs, centres),
         cols => {
             let (hi, lo) = centres;
             for c0 in (0..cols).step_by(COLUMN_BLOCK) {
@@ -1496,7 +1496,8 @@ mod tests {
                 );
             }
         }
-        for cols in [64, 128, 96, 7] {
+        // 96, 256 and 1056 (past one column block): f32 in 32-column tiles; 0: no columns
+        for cols in [64, 128, 96, 7, 256, 1056, 0] {
             check::<f32>(cols, 16 * 5 + 7, 2e-6);
             check::<half::bf16>(cols, 16 * 5 + 7, 1e-5);
         }
