@@ -762,8 +762,7 @@ fn grad_sums_columns<T: Element>(
     gs: &[T],
     centres: SplitCentres<'_, T::Compute>,
 ) {
-    // f32 input: the accumulator type (f64) is wider than the compute type
-    let wide = std::mem::size_of::<T::Acc>() > std::mem::size_of::<T::Compute>();
+    let wide = moments::acc_is_wider::<T>();
     match a.len() {
         64 => grad_sums_tile::<T, 64>(a, b, xs, gs, centres),
         128 => grad_sums_tile::<T, 128>(a, b, xs, gs, centres),
@@ -839,7 +838,7 @@ fn layer_norm_grad_row<T: Element>(
     // the row sums' compute-type lanes; added into `a`, `b` every `FLUSH` chunks where the
     // accumulator type is wider (f32 input), else once at the end (the same type: bf16, f16
     // and f64 input sum in place, as a flush in the loop cost bf16 0.85x)
-    let wide = std::mem::size_of::<T::Acc>() > std::mem::size_of::<T::Compute>();
+    let wide = moments::acc_is_wider::<T>();
     let (mut pa, mut pq) = ([T::Compute::ZERO; LANES], [T::Compute::ZERO; LANES]);
     let (xc, gc, wc) = (xr.chunks_exact(LANES), gr.chunks_exact(LANES), w.chunks_exact(LANES));
     let (xt, gt, wt) = (xc.remainder(), gc.remainder(), wc.remainder());

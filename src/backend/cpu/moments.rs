@@ -133,6 +133,14 @@ fn flush<T: Element>(acc: &mut [T::Acc; LANES], part: &[T::Compute; LANES]) {
     add_parts::<T>(acc, part);
 }
 
+/// Whether `T`'s accumulator type is wider than its compute type (f32 input: f64 sums of f32
+/// terms), where compute-type partials flushed into the accumulator save a conversion per
+/// element; for bf16/f16 (f32 both) and f64 the two are one type.
+#[inline(always)]
+pub(crate) fn acc_is_wider<T: Element>() -> bool {
+    std::mem::size_of::<T::Acc>() > std::mem::size_of::<T::Compute>()
+}
+
 /// `acc[i] += part[i]` (compute type into accumulator type, exact conversion): compute-type
 /// partials of a bounded number of terms added into their accumulators (the statistics' and
 /// the backward sums' flush).
